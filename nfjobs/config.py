@@ -1,0 +1,115 @@
+"""Shared sub-configs: data, optimisation and Slurm resources.
+
+Job configs (one frozen dataclass per job kind, in `nfjobs/jobs/<kind>.py`) nest these. Attribute docstrings
+become `--help` text through tyro. This module imports nothing heavy: the CLI and the sweep validator use it.
+"""
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+RUNTIME = "nfjobs.runtime"
+"""Field metadata marker: the field says how or where to run, not what to compute, so it is left out of the
+cell key (changing it does not make a finished cell run again)."""
+
+
+def runtime_field(default, **kwargs):
+    """A dataclass field excluded from the cell key (logging intervals, worker counts, device choice)."""
+    return field(default=default, metadata={RUNTIME: True}, **kwargs)
+
+
+def is_runtime(f: dataclasses.Field) -> bool:
+    return bool(f.metadata.get(RUNTIME, False))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which images a job reads."""
+
+    name: Literal["builtin", "cifar10", "cub"] = "builtin"
+    """Dataset: `builtin` (generated in code, no files), `cifar10` (official python batches) or `cub`
+    (CUB-200-2011 official layout)."""
+    root: str = ""
+    """Directory holding the official layout: `cifar-10-batches-py/` for cifar10, `CUB_200_2011/` for cub.
+    Unused for builtin."""
+    n_train: int = 0
+    """Training images to use after the validation split is held out (0 = all)."""
+    val_frac: float = 0.1
+    """Fraction of the training split held out (the last images, not random) as the validation set."""
+    builtin_n: int = 2048
+    """Images the builtin generator makes (train + validation)."""
+    builtin_seed: int = 0
+    """Seed of the builtin generator; the same seed gives the same images on every machine."""
+    augment: bool = False
+    """Random flips and crops on the device during training."""
+
+    def __post_init__(self):
+        if not 0.0 <= self.val_frac < 1.0:
+            raise ValueError(f"val_frac must be in [0, 1), got {self.val_frac}")
+        if self.n_train < 0:
+            raise ValueError(f"n_train must be >= 0 (0 = all), got {self.n_train}")
+        if self.builtin_n < 2:
+            raise ValueError(f"builtin_n must be >= 2, got {self.builtin_n}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser and learning-rate schedule (AdamW, linear warmup then cosine or constant)."""
+
+    lr: float = 1e-3
+    """Peak learning rate."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    warmup_steps: int = 100
+    """Linear warm-up steps from 0 to `lr`."""
+    schedule: Literal["cosine", "constant"] = "cosine"
+    """Learning-rate schedule after warm-up."""
+    min_lr: float = 1e-6
+    """Final learning rate of the cosine schedule."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value (0 = no clipping)."""
+
+    def __post_init__(self):
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+
+
+@dataclass(frozen=True)
+class SlurmConfig:
+    """Where and how cells run. Empty `account` means no Slurm (local subprocesses)."""
+
+    account: str = ""
+    """Slurm account (`--account`). Empty: run on this machine instead of submitting."""
+    partition: str = ""
+    """Slurm partition (`--partition`); empty uses the cluster's default."""
+    n_hours: float = 1.0
+    """Time limit of each job in hours."""
+    gpus_per_node: int = 0
+    """GPUs per job (`--gpus-per-node`)."""
+    cpus_per_task: int = 4
+    """CPUs per job (`--cpus-per-task`)."""
+    mem_gb: int = 0
+    """Memory per job in GB (`--mem`); 0 uses the cluster's default."""
+    qos: str = ""
+    """Quality of service (`--qos`)."""
+    constraint: str = ""
+    """Node features (`--constraint`), e.g. `a100|h100`."""
+    extra: tuple[str, ...] = ()
+    """Extra sbatch parameters as `key=value`, e.g. `reservation=mine` or `exclude=node03`."""
+    max_parallel: int = 0
+    """Most cells running at once (Slurm array `%N`, or local subprocesses); 0 = no limit on Slurm, 2 locally."""
+    signal_delay_s: int = 120
+    """Seconds before the time limit that a job is told to checkpoint and requeue itself."""
+    max_requeues: int = 3
+    """Times a cell may be requeued after hitting its time limit (preemption requeues are not counted)."""
+
+    def __post_init__(self):
+        if self.n_hours <= 0:
+            raise ValueError(f"n_hours must be > 0, got {self.n_hours}")
+        for item in self.extra:
+            if "=" not in item:
+                raise ValueError(f"extra sbatch parameters are `key=value`, got {item!r}")

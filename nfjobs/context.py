@@ -1,0 +1,107 @@
+"""What the launcher lends a running job: its run directory, a device, checkpoints for requeue, logging.
+
+Jobs never talk to Slurm; this is their whole view of where and how they run.
+"""
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+def run_dir_for(runs_root: Path | str, key: str) -> Path:
+    """Directory holding every artefact of the cell `key` (checkpoints, images, result.parquet)."""
+    return Path(runs_root) / key
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so a reader sees the old file or the new one, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class Context:
+    """Run-time services for one cell. `run(cfg, ctx)` of every job kind receives one."""
+
+    key: str
+    """The cell's content hash; names its run directory."""
+    kind: str
+    """The job kind being run."""
+    runs_root: Path
+    """Root folder holding all run directories (one per cell key)."""
+    log_every_s: float = 30.0
+    """Minimum seconds between progress lines."""
+
+    @property
+    def run_dir(self) -> Path:
+        d = run_dir_for(self.runs_root, self.key)
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def resolve(self, ref: str) -> Path:
+        """Run directory of another cell (by key), or `ref` itself if it is an existing path."""
+        path = Path(ref).expanduser()
+        if path.exists():
+            return path
+        candidate = run_dir_for(self.runs_root, ref)
+        if candidate.exists():
+            return candidate
+        raise FileNotFoundError(f"{ref!r} is neither an existing path nor a cell key under {self.runs_root}")
+
+    # ---------------------------------------------------------------- device
+    def device(self) -> Any:
+        """`torch.device("cuda")` when a GPU is visible, else CPU."""
+        import torch
+
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    # ---------------------------------------------------------------- checkpoints
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoint.pt"
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        """Atomically save `state` (anything `torch.save` takes); the last one wins."""
+        import io
+
+        import torch
+
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write_bytes(self.checkpoint_path, buf.getvalue())
+
+    def load_checkpoint(self, map_location: Any = "cpu") -> dict[str, Any] | None:
+        """The last saved state, or None on a first start. A requeued job resumes from this."""
+        if not self.checkpoint_path.exists():
+            return None
+        import torch
+
+        return torch.load(self.checkpoint_path, map_location=map_location, weights_only=False)
+
+    # ---------------------------------------------------------------- logging
+    def log(self, msg: str) -> None:
+        print(f"[{self.kind} {self.key}] {msg}", file=sys.stderr, flush=True)
+
+    def progress(self, items: Iterable[T], total: int | None = None, desc: str = "") -> Iterator[T]:
+        """Yield `items`, printing `desc i/total (rate)` at most every `log_every_s` seconds and at the end."""
+        if total is None and hasattr(items, "__len__"):
+            total = len(items)  # type: ignore[arg-type]
+        start = last = time.monotonic()
+        i = 0
+        for i, item in enumerate(items, 1):
+            yield item
+            now = time.monotonic()
+            if now - last >= self.log_every_s:
+                last = now
+                self.log(f"{desc} {i}/{total or '?'} ({i / (now - start):.2f}/s)")
+        self.log(f"{desc} done {i}/{total or i} in {time.monotonic() - start:.1f}s")
