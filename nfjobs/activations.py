@@ -1,0 +1,175 @@
+"""Immutable activation caches: shards of per-image token activations, written once, memory-mapped to read.
+
+A cache directory holds
+
+    meta.json                 what produced it (source, checkpoint hash, dataset, split, layer, dtype, shapes,
+                              counts) and whether it is complete
+    labels.npy                int64 (N,)
+    traits.npy                bool (N, T), when the dataset has traits
+    shards/acts_00000.npy     (images_in_shard, n_tokens, d), every shard `shard_size` images but the last
+
+Shards are written atomically (temporary file + rename), so a crashed or requeued writer finds only whole
+shards and resumes at the first missing one. Numpy only: readers need no torch.
+"""
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from jaxtyping import Bool, Float, Int
+
+from nfjobs.context import atomic_write_bytes
+
+META = "meta.json"
+LABELS = "labels.npy"
+TRAITS = "traits.npy"
+SHARDS = "shards"
+DTYPES = ("float16", "float32")
+
+
+class CacheError(RuntimeError):
+    """A cache directory is missing, incomplete, or was written by something else."""
+
+
+def shard_path(root: Path, i: int) -> Path:
+    return Path(root) / SHARDS / f"acts_{i:05d}.npy"
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+@dataclass
+class CacheWriter:
+    """Writes one cache directory shard by shard; reopening it with the same `meta` resumes it.
+
+    `meta` says what produced the activations; a directory holding a cache with different `meta` is refused
+    rather than mixed. Shapes and counts are added to it here.
+    """
+
+    root: Path
+    meta: dict[str, Any]
+    n_images: int
+    n_tokens: int
+    d: int
+    shard_size: int
+    dtype: Literal["float16", "float32"] = "float32"
+    _full_meta: dict[str, Any] = field(init=False)
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
+        self.root = Path(self.root)
+        self._full_meta = {
+            **self.meta, "n_images": self.n_images, "n_tokens": self.n_tokens, "d": self.d,
+            "shard_size": self.shard_size, "n_shards": self.n_shards, "dtype": self.dtype,
+        }
+        existing = self.root / META
+        if existing.exists():
+            old = json.loads(existing.read_text())
+            old.pop("complete", None)
+            if old != self._full_meta:
+                changed = sorted(k for k in old.keys() | self._full_meta.keys() if old.get(k) != self._full_meta.get(k))
+                raise CacheError(
+                    f"{self.root} holds a cache made by something else (differs in {', '.join(changed)}); "
+                    "delete the directory to rebuild it"
+                )
+        else:
+            self._write_meta(complete=False)
+
+    @property
+    def n_shards(self) -> int:
+        return -(-self.n_images // self.shard_size)
+
+    def shard_range(self, i: int) -> range:
+        """Image indices of shard `i`."""
+        return range(i * self.shard_size, min((i + 1) * self.shard_size, self.n_images))
+
+    def missing_shards(self) -> list[int]:
+        """Shards not yet on disk, in order; the writer resumes at the first."""
+        return [i for i in range(self.n_shards) if not shard_path(self.root, i).exists()]
+
+    def write_labels(self, labels: Int[np.ndarray, " N"], traits: Bool[np.ndarray, "N T"] | None = None) -> None:
+        if len(labels) != self.n_images or (traits is not None and len(traits) != self.n_images):
+            raise ValueError(f"labels/traits must have {self.n_images} rows")
+        atomic_write_bytes(self.root / LABELS, _npy_bytes(np.asarray(labels, np.int64)))
+        if traits is not None:
+            atomic_write_bytes(self.root / TRAITS, _npy_bytes(np.asarray(traits, bool)))
+
+    def write_shard(self, i: int, acts: Float[np.ndarray, "n T D"]) -> None:
+        expected = (len(self.shard_range(i)), self.n_tokens, self.d)
+        if acts.shape != expected:
+            raise ValueError(f"shard {i} must have shape {expected}, got {acts.shape}")
+        atomic_write_bytes(shard_path(self.root, i), _npy_bytes(np.asarray(acts, self.dtype)))
+
+    def finish(self) -> None:
+        """Mark the cache complete once every shard and the labels are written."""
+        missing = self.missing_shards()
+        if missing or not (self.root / LABELS).exists():
+            raise CacheError(f"{self.root}: cannot finish, shards {missing[:5]} or labels missing")
+        self._write_meta(complete=True)
+
+    def _write_meta(self, complete: bool) -> None:
+        text = json.dumps({**self._full_meta, "complete": complete}, indent=2, sort_keys=True)
+        atomic_write_bytes(self.root / META, text.encode())
+
+
+@dataclass(frozen=True)
+class ActivationCache:
+    """A complete cache opened for reading; shards are memory-mapped, nothing is loaded until asked."""
+
+    root: Path
+    meta: dict[str, Any]
+    labels: Int[np.ndarray, " N"]
+    traits: Bool[np.ndarray, "N T"] | None
+    shards: tuple[np.ndarray, ...]
+    """Memory-mapped (images_in_shard, n_tokens, d) arrays."""
+
+    @property
+    def n_images(self) -> int:
+        return int(self.meta["n_images"])
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.meta["n_tokens"])
+
+    @property
+    def d(self) -> int:
+        return int(self.meta["d"])
+
+    def batches(self) -> Iterator[tuple[Float[np.ndarray, "n T D"], Int[np.ndarray, " n"]]]:
+        """(activations, labels) per shard, in image order."""
+        start = 0
+        for shard in self.shards:
+            yield shard, self.labels[start : start + len(shard)]
+            start += len(shard)
+
+    def load_all(self, pool: Literal["mean"] | None = None) -> Float[np.ndarray, "N ..."]:
+        """Every image's activations in memory: (N, n_tokens, d), or (N, d) mean-pooled over tokens."""
+        if pool is None:
+            return np.concatenate(self.shards)
+        if pool == "mean":
+            return np.concatenate([s.mean(axis=1, dtype=np.float32) for s in self.shards])
+        raise ValueError(f"pool must be None or 'mean', got {pool!r}")
+
+
+def open_cache(root: Path | str) -> ActivationCache:
+    """Open the complete cache in `root`; a missing or unfinished cache is a `CacheError`."""
+    root = Path(root)
+    if not (root / META).exists():
+        raise CacheError(f"{root} holds no activation cache ({META} missing); run its cache cell first")
+    meta = json.loads((root / META).read_text())
+    if not meta.get("complete"):
+        raise CacheError(f"{root}: the cache is unfinished (its cache cell crashed or is still running)")
+    shards = tuple(np.load(shard_path(root, i), mmap_mode="r") for i in range(meta["n_shards"]))
+    traits = np.load(root / TRAITS) if (root / TRAITS).exists() else None
+    return ActivationCache(root, meta, np.load(root / LABELS), traits, shards)
