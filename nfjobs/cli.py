@@ -1,0 +1,50 @@
+"""Run one config of a job kind from the command line (tyro), in this process: `train.py`, `probe.py`."""
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import tyro
+
+from nfjobs.jobs import load_kind
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where results go."""
+
+    runs_root: str = "runs"
+    """Folder of run directories; this run's is <runs_root>/<cell key>."""
+    sweep: str = "cli"
+    """Sweep name recorded in the result rows."""
+    force: bool = False
+    """Run again even if this exact config already has an `ok` result."""
+
+
+def run_single(kind: str, argv: list[str] | None = None, description: str | None = None) -> int:
+    """Parse `kind`'s Config from `argv`, run it as one cell and print its result rows."""
+    from nfjobs import results
+    from nfjobs.runner import RESERVED_COLUMNS, CellSpec, config_columns, git_provenance, run_cell
+    from nfjobs.sweep import cell_key
+
+    module = load_kind(kind)
+    cfg, where = tyro.cli(
+        tuple[module.Config, Where], args=sys.argv[1:] if argv is None else argv,
+        description=description or module.__doc__, config=(tyro.conf.OmitArgPrefixes,),
+    )
+    key = cell_key(kind, cfg)
+    if not where.force and results.cell_status(where.runs_root, key) == "ok":
+        print(f"{key} already has a result ({results.result_path(where.runs_root, key)}); --force runs it again")
+        return 0
+    if where.force:
+        (Path(where.runs_root) / key / "checkpoint.pt").unlink(missing_ok=True)
+    spec = CellSpec(kind, cfg, key, where.sweep, "cli", where.runs_root, git_provenance())
+    rows = run_cell(spec)
+    import polars as pl
+
+    with pl.Config(tbl_rows=40, tbl_cols=12):
+        hidden = RESERVED_COLUMNS.union(config_columns(cfg)) - {"status"}
+        metric_cols = [c for c in rows[0] if c not in hidden and not c.startswith("run.")]
+        print(pl.DataFrame(rows, strict=False).select(metric_cols))
+    print(f"result: {results.result_path(where.runs_root, key)}")
+    return 0

@@ -1,0 +1,246 @@
+"""Running cells: `debug` (this process, in order), `local` (subprocesses, bounded) or `slurm` (job arrays).
+
+submitit is imported lazily, only when cells are actually dispatched to `local` or `slurm`.
+"""
+
+import collections
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+from nfjobs import results
+from nfjobs.config import SlurmConfig
+from nfjobs.context import run_dir_for
+from nfjobs.runner import CellSpec, CellTask, git_provenance, run_cell
+from nfjobs.sweep import Cell
+
+Mode = Literal["debug", "local", "slurm"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a launch will do: the cells to run now and the ones already finished."""
+
+    to_run: list[Cell]
+    done: list[Cell]
+
+    def summary(self) -> str:
+        lines = []
+        counts = collections.Counter(c.kind for c in self.to_run)
+        done = collections.Counter(c.kind for c in self.done)
+        for kind in sorted(counts.keys() | done.keys()):
+            lines.append(f"  {kind:<10} {counts[kind]:>6} to run  {done[kind]:>6} done (skipped)")
+        return "\n".join(lines)
+
+
+class DependencyError(Exception):
+    pass
+
+
+def plan(cells: Sequence[Cell], runs_root: Path, force: bool = False) -> Plan:
+    """Split cells into those to run and those whose result already says `ok` (skipped unless `force`)."""
+    to_run, done = [], []
+    for cell in cells:
+        (to_run if force or results.cell_status(runs_root, cell.key) != "ok" else done).append(cell)
+    launched = {c.key for c in to_run} | {c.key for c in done}
+    missing = [(c, d) for c in to_run for d in c.deps if d not in launched
+               and results.cell_status(runs_root, d) != "ok"]
+    if missing:
+        lines = [f"{c.source}: group {c.group}: cell {c.key} needs cell {d}, which has no finished result and is "
+                 "not part of this launch" for c, d in missing[:10]]
+        raise DependencyError("\n".join(lines))
+    return Plan(sorted(to_run, key=lambda c: c.stage), done)
+
+
+def _specs(cells: Sequence[Cell], runs_root: Path) -> list[CellSpec]:
+    prov = git_provenance()
+    return [CellSpec(c.kind, c.config, c.key, c.sweep, c.group, str(runs_root), prov) for c in cells]
+
+
+def _forget(cell: Cell, runs_root: Path) -> None:
+    """--force: drop the old result and checkpoint so the cell starts from scratch."""
+    run_dir = run_dir_for(runs_root, cell.key)
+    for name in (results.RESULT_FILE, "checkpoint.pt"):
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def record(cells: Sequence[Cell], runs_root: Path, jobs: dict[str, str] | None = None) -> None:
+    """Add the cells (and their job ids) to each sweep's manifest, so `status` and `results.load` find them."""
+    by_sweep: dict[str, list[Cell]] = collections.defaultdict(list)
+    for c in cells:
+        by_sweep[c.sweep].append(c)
+    for sweep, group in by_sweep.items():
+        manifest = results.read_manifest(runs_root, sweep)
+        for c in group:
+            manifest["cells"][c.key] = {"kind": c.kind, "group": c.group, "stage": c.stage, "source": c.source}
+            if jobs and c.key in jobs:
+                manifest["jobs"][c.key] = jobs[c.key]
+        results.write_manifest(runs_root, manifest)
+
+
+# ---------------------------------------------------------------------------------------------- debug
+def run_debug(cells: Sequence[Cell], runs_root: Path) -> None:
+    """In this process, one after another; the first exception propagates with its full traceback."""
+    for spec in _specs(cells, runs_root):
+        print(f"[debug] {spec.kind} {spec.key} ({spec.group})", file=sys.stderr, flush=True)
+        run_cell(spec)
+
+
+# ---------------------------------------------------------------------------------------------- local
+def run_local(cells: Sequence[Cell], runs_root: Path, log_dir: Path, slurm: SlurmConfig) -> dict[str, str]:
+    """Each cell in its own subprocess (submitit's local executor), at most `max_parallel` at once, stage by
+    stage. Blocks until all are finished; returns {key: final state}."""
+    import submitit
+
+    limit = slurm.max_parallel or 2
+    executor = submitit.AutoExecutor(folder=log_dir / "%j", cluster="local")
+    executor.update_parameters(timeout_min=int(slurm.n_hours * 60), gpus_per_node=slurm.gpus_per_node)
+    states: dict[str, str] = {}
+    specs = dict(zip((c.key for c in cells), _specs(cells, runs_root)))
+    for stage in sorted({c.stage for c in cells}):
+        queue = collections.deque(c for c in cells if c.stage == stage)
+        running: dict[str, Any] = {}
+        while queue or running:
+            while queue and len(running) < limit:
+                cell = queue.popleft()
+                running[cell.key] = executor.submit(CellTask(), specs[cell.key])
+            time.sleep(0.2)
+            for key, job in list(running.items()):
+                if job.done():
+                    states[key] = job.state
+                    del running[key]
+                    _print_state(key, states[key], len(states), len(cells))
+    return states
+
+
+def _print_state(key: str, state: str, n_done: int, n_total: int) -> None:
+    print(f"[local] {n_done}/{n_total} {key}: {state}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- slurm
+def max_array_size(default: int = 1001) -> int:
+    """The cluster's MaxArraySize (`scontrol show config`), or `default` if it cannot be read."""
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return default
+    m = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.MULTILINE)
+    return int(m.group(1)) if m else default
+
+
+def slurm_parameters(slurm: SlurmConfig) -> dict[str, Any]:
+    """submitit AutoExecutor parameters for a SlurmConfig."""
+    params: dict[str, Any] = {
+        "timeout_min": max(1, int(round(slurm.n_hours * 60))),
+        "slurm_account": slurm.account,
+        "gpus_per_node": slurm.gpus_per_node,
+        "cpus_per_task": slurm.cpus_per_task,
+        "slurm_signal_delay_s": slurm.signal_delay_s,
+        "nodes": 1,
+        "tasks_per_node": 1,
+    }
+    optional = {"slurm_partition": slurm.partition, "slurm_qos": slurm.qos, "slurm_constraint": slurm.constraint}
+    params.update({k: v for k, v in optional.items() if v})
+    if slurm.mem_gb:
+        params["mem_gb"] = slurm.mem_gb
+    if slurm.max_parallel:
+        params["slurm_array_parallelism"] = slurm.max_parallel
+    extra = dict(item.split("=", 1) for item in slurm.extra)
+    if extra:
+        params["slurm_additional_parameters"] = extra
+    return params
+
+
+class SubmissionError(Exception):
+    pass
+
+
+def submit_slurm(cells: Sequence[Cell], runs_root: Path, log_dir: Path, typed_flags: dict[str, Any]) -> dict[str, Any]:
+    """Submit cells as job arrays (chunks below MaxArraySize; one array per stage and resource set). Later
+    stages wait for earlier ones (`afterany`: a failed upstream cell gives its dependants a clear failed row
+    instead of leaving them queued forever). Resources: SlurmConfig defaults < the sweep's [slurm] table <
+    `typed_flags` (SlurmConfig fields the user typed). Returns {key: submitit job}."""
+    import submitit
+
+    chunk = max(1, max_array_size() - 1)
+    specs = dict(zip((c.key for c in cells), _specs(cells, runs_root)))
+    jobs: dict[str, Any] = {}
+    previous_ids: list[str] = []
+    for stage in sorted({c.stage for c in cells}):
+        stage_cells = [c for c in cells if c.stage == stage]
+        by_resources: dict[tuple, list[Cell]] = collections.defaultdict(list)
+        for c in stage_cells:
+            by_resources[tuple(sorted(c.slurm.items()))].append(c)
+        stage_ids: list[str] = []
+        for resources, group in by_resources.items():
+            cfg = SlurmConfig(**{**dict(resources), **typed_flags})
+            params = slurm_parameters(cfg)
+            if previous_ids:
+                extra = dict(params.get("slurm_additional_parameters", {}))
+                extra["dependency"] = "afterany:" + ":".join(previous_ids)
+                params["slurm_additional_parameters"] = extra
+            executor = submitit.AutoExecutor(folder=log_dir / "%j", cluster="slurm")
+            executor.update_parameters(**params)
+            for start in range(0, len(group), chunk):
+                part = group[start:start + chunk]
+                try:
+                    with executor.batch():
+                        submitted = [executor.submit(CellTask(), specs[c.key]) for c in part]
+                except Exception as err:  # sbatch's own words are the useful part
+                    raise SubmissionError(f"sbatch refused the job array: {err}") from err
+                jobs.update({c.key: j for c, j in zip(part, submitted)})
+                stage_ids.extend(sorted({j.job_id.split("_")[0] for j in submitted}))
+        previous_ids = stage_ids
+    return jobs
+
+
+def wait(jobs: dict[str, Any], poll_s: float = 5.0) -> dict[str, str]:
+    """Block until every job has ended, with one live status line; returns {key: final state}."""
+    done: dict[str, str] = {}
+    tty = sys.stderr.isatty()
+    while len(done) < len(jobs):
+        counts: collections.Counter[str] = collections.Counter()
+        for key, job in jobs.items():
+            if key in done:
+                counts[done[key]] += 1
+                continue
+            state = job.state
+            if job.done():
+                done[key] = state
+            counts[state] += 1
+        line = f"{len(done)}/{len(jobs)} ended | " + ", ".join(f"{s.lower()} {n}" for s, n in sorted(counts.items()))
+        print(("\r" if tty else "") + line + (" " * 8 if tty else ""), end="" if tty else "\n",
+              file=sys.stderr, flush=True)
+        if len(done) < len(jobs):
+            time.sleep(poll_s)
+    if tty:
+        print(file=sys.stderr)
+    return done
+
+
+def slurm_states(job_ids: Sequence[str]) -> dict[str, str]:
+    """Current Slurm state of each `jobid` or `jobid_task` (squeue for live jobs, sacct for ended ones)."""
+    if not job_ids or shutil.which("squeue") is None:
+        return {}
+    states: dict[str, str] = {}
+    arrays = sorted({j.split("_")[0] for j in job_ids})
+    try:
+        out = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(arrays)],
+                             capture_output=True, text=True, timeout=30).stdout
+        for line in out.splitlines():
+            job, _, state = line.partition("|")
+            states[job] = state.split()[0] if state else ""
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(arrays)],
+                             capture_output=True, text=True, timeout=30).stdout
+        for line in out.splitlines():
+            job, _, state = line.partition("|")
+            states[job] = state
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {j: states.get(j, "") for j in job_ids}
+

@@ -1,0 +1,39 @@
+"""`smoke`: a tiny job for checking a cluster setup and the launcher itself (no model, no data).
+
+It steps through `steps` steps of `step_seconds` each, checkpointing after every step, and returns one row with
+the host, the visible GPU and how many times it was (re)started. `fail_at_step` makes it raise on purpose.
+"""
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+CHECKPOINTABLE = True
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = 0
+    """Random seed (recorded only)."""
+    steps: int = 3
+    """Steps to run; each one is checkpointed."""
+    step_seconds: float = 0.0
+    """Seconds each step sleeps."""
+    fail_at_step: int = -1
+    """Raise an error at this step (-1 = never): shows how failures are reported."""
+    label: str = ""
+    """Free text, so a sweep can make distinct cells."""
+
+
+def run(cfg: Config, ctx) -> list[dict]:
+    state = ctx.load_checkpoint() or {"step": 0, "starts": 0}
+    state["starts"] += 1
+    for step in range(state["step"], cfg.steps):
+        if step == cfg.fail_at_step:
+            raise RuntimeError(f"smoke job failing on purpose at step {step}")
+        time.sleep(cfg.step_seconds)
+        state["step"] = step + 1
+        ctx.save_checkpoint(state)
+    gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    return [{"steps_done": state["step"], "starts": state["starts"], "host": socket.gethostname(), "gpus": gpu}]

@@ -1,0 +1,203 @@
+"""Checking TOML / command-line values against dataclass field types, with errors a person can act on.
+
+tyro does this for one command line; sweeps need it for thousands of cells and for values that come from TOML,
+so this small checker walks the same dataclass annotations. Supported: bool, int, float, str, Path, Literal,
+tuple[T, ...], tuple[A, B], list[T], `T | None`, and nested dataclasses.
+"""
+
+import dataclasses
+import difflib
+import functools
+import pathlib
+import types
+import typing
+from typing import Any, Literal, Union
+
+
+class TypeMismatch(ValueError):
+    """A value does not fit its field; `expected` says what would."""
+
+    def __init__(self, expected: str, got: Any):
+        self.expected, self.got = expected, got
+        super().__init__(f"expected {expected}, got {got!r} ({type(got).__name__})")
+
+
+@functools.cache
+def field_types(cls: type) -> dict[str, Any]:
+    """Resolved annotations of a dataclass's fields."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+@functools.cache
+def leaf_fields(cls: type) -> dict[str, Any]:
+    """Every leaf field of a (nested) dataclass by dotted path, e.g. `optim.lr` -> float."""
+    out: dict[str, Any] = {}
+    for name, tp in field_types(cls).items():
+        if dataclasses.is_dataclass(tp):
+            out.update({f"{name}.{k}": v for k, v in leaf_fields(tp).items()})
+        else:
+            out[name] = tp
+    return out
+
+
+@functools.cache
+def defaults_flat(cls: type) -> dict[str, Any]:
+    """Default value of every leaf field by dotted path."""
+    return flatten(dataclasses.asdict(cls()))
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for dotted, v in flat.items():
+        *parents, leaf = dotted.split(".")
+        node = tree
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = v
+    return tree
+
+
+def build(cls: type, flat: dict[str, Any]) -> Any:
+    """Instantiate a nested dataclass from already-checked leaf values (missing leaves keep defaults)."""
+    return _build(cls, unflatten(flat))
+
+
+def _build(cls: type, tree: dict[str, Any]) -> Any:
+    kwargs = {}
+    for name, tp in field_types(cls).items():
+        if name in tree:
+            kwargs[name] = _build(tp, tree[name]) if dataclasses.is_dataclass(tp) else tree[name]
+    return cls(**kwargs)
+
+
+def describe(tp: Any) -> str:
+    """A short human description of a type: `float`, `one of 'a', 'b'`, `list of int`."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (Union, types.UnionType):
+        return " or ".join(describe(a) for a in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {describe(args[0])}"
+        return f"a list of {len(args)} values ({', '.join(describe(a) for a in args)})"
+    if origin is list:
+        return f"a list of {describe(args[0])}"
+    if tp is type(None):
+        return "none"
+    if tp is pathlib.Path:
+        return "a path (string)"
+    return getattr(tp, "__name__", str(tp))
+
+
+def is_sequence_type(tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return any(is_sequence_type(a) for a in typing.get_args(tp))
+    return origin in (tuple, list)
+
+
+def coerce(value: Any, tp: Any) -> Any:
+    """`value` converted to `tp` where that is lossless (int -> float, list -> tuple), else TypeMismatch."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value in args and type(value) is type(next(a for a in args if a == value)):
+            return value
+        close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise TypeMismatch(describe(tp) + hint, value)
+    if origin in (Union, types.UnionType):
+        for a in args:
+            try:
+                return coerce(value, a)
+            except TypeMismatch:
+                continue
+        raise TypeMismatch(describe(tp), value)
+    if origin is tuple or origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise TypeMismatch(describe(tp), value)
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(value) != len(args):
+                raise TypeMismatch(describe(tp), value)
+            items = [coerce(v, a) for v, a in zip(value, args)]
+        else:
+            items = [coerce(v, args[0]) for v in value]
+        return tuple(items) if origin is tuple else items
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeMismatch("true or false", value)
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise TypeMismatch("an integer", value)
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise TypeMismatch("a number", value)
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise TypeMismatch("a string", value)
+    if tp is pathlib.Path:
+        if isinstance(value, (str, pathlib.Path)):
+            return pathlib.Path(value)
+        raise TypeMismatch("a path (string)", value)
+    if tp is type(None):
+        if value is None:
+            return None
+        raise TypeMismatch("none", value)
+    raise TypeMismatch(describe(tp), value)
+
+
+def parse_string(text: str, tp: Any) -> Any:
+    """A command-line string converted to `tp` (`true`/`false`, numbers, comma-separated lists)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        for a in args:
+            try:
+                return parse_string(text, a)
+            except TypeMismatch:
+                continue
+        raise TypeMismatch(describe(tp), text)
+    if origin in (tuple, list):
+        parts = [p.strip() for p in text.split(",")] if text.strip() else []
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            return coerce([parse_string(p, a) for p, a in zip(parts, args)] if len(parts) == len(args) else parts, tp)
+        return coerce([parse_string(p, args[0]) for p in parts], tp)
+    if origin is Literal:
+        for a in args:
+            if str(a) == text:
+                return a
+        return coerce(text, tp)  # raises with a suggestion
+    if tp is bool:
+        low = text.lower()
+        if low in ("true", "1", "yes"):
+            return True
+        if low in ("false", "0", "no"):
+            return False
+        raise TypeMismatch("true or false", text)
+    if tp is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise TypeMismatch("an integer", text) from None
+    if tp is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise TypeMismatch("a number", text) from None
+    return coerce(text, tp)
