@@ -142,6 +142,8 @@ def _suggest(key: str, valid: list[str]) -> str:
         by_leaf = {v.rsplit(".", 1)[-1]: v for v in valid}
         leaf_close = difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.6)
         close = [by_leaf[leaf_close[0]]] if leaf_close else []
+    if not close:  # an abbreviation: `gpus` for `gpus_per_node`
+        close = [v for v in valid if v.rsplit(".", 1)[-1].startswith(key.rsplit(".", 1)[-1])][:1]
     return f"; did you mean {close[0]!r}?" if close else ""
 
 

@@ -1,0 +1,49 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+ROOT = TESTS.parent
+# test-only job kinds (tests/kinds) are importable here and in the subprocesses / Slurm jobs the tests start
+sys.path.insert(0, str(TESTS))
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), str(ROOT), os.environ.get("PYTHONPATH")]))
+
+
+def _slurm_problem() -> str | None:
+    if shutil.which("sinfo") is None:
+        return "sinfo is not on PATH"
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError) as err:
+        return f"sinfo failed: {err}"
+    if out.returncode != 0:
+        return f"sinfo failed: {out.stderr.strip()}"
+    if not any(s in out.stdout for s in ("idle", "mixed", "allocated")):
+        return f"no usable node (sinfo says {out.stdout.strip()!r})"
+    return None
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> None:
+    """A real Slurm cluster: skip without one, but fail when NFJOBS_REQUIRE_SLURM=1 (CI)."""
+    problem = _slurm_problem()
+    if problem is None:
+        return
+    if os.environ.get("NFJOBS_REQUIRE_SLURM") == "1":
+        pytest.fail(f"Slurm is required here (NFJOBS_REQUIRE_SLURM=1) but {problem}")
+    pytest.skip(f"no Slurm cluster ({problem}); start one with `bash scripts/dev-slurm.sh up`")
+
+
+@pytest.fixture
+def sweep_file(tmp_path):
+    """Write a sweep file from text and return its path."""
+    def write(text: str, name: str = "s.toml") -> Path:
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    return write

@@ -1,0 +1,51 @@
+"""A deterministic job kind with nested configs, for pinning sweep semantics without models."""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from nfjobs.config import DataConfig, OptimConfig, runtime_field
+
+
+@dataclass(frozen=True)
+class Head:
+    width: int = 8
+    """Hidden width."""
+    act: Literal["relu", "gelu"] = "relu"
+    """Activation."""
+    dims: tuple[int, ...] = (1, 2)
+    """A list-typed field."""
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = 0
+    """Random seed."""
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    head: Head = field(default_factory=Head)
+    upstream: str = ""
+    """A cell key this cell reads (for dependency tests)."""
+    fail: bool = False
+    """Raise instead of returning rows."""
+    log_every: int = runtime_field(10)
+    """How often to log (does not change results)."""
+
+
+def depends_on(cfg: Config) -> list[str]:
+    return [cfg.upstream] if cfg.upstream else []
+
+
+def check(cfg: Config) -> list[tuple[str, str]]:
+    from nfjobs.data import check as check_data
+
+    return check_data(cfg.data)
+
+
+def run(cfg: Config, ctx) -> list[dict]:
+    if cfg.fail:
+        raise ValueError("toy job asked to fail")
+    upstream = ""
+    if cfg.upstream:
+        upstream = (ctx.resolve(cfg.upstream) / "result.parquet").exists()
+    score = cfg.optim.lr * cfg.head.width + cfg.seed % 7
+    return [{"metric": score, "split": s, "upstream_ok": upstream} for s in ("train", "val")]
