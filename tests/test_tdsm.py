@@ -4,15 +4,20 @@ import pytest
 import torch
 
 from nfjobs.probes import tdsm as T
-from nfjobs.probes.toy import ToyField, fourier_queries
+from nfjobs.probes.toy import ToyField
 
 H = W = 6
+
+
+def grid():
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, H), torch.linspace(-1, 1, W), indexing="ij")
+    return torch.stack([ys, xs], -1).reshape(-1, 2)
 
 
 @pytest.fixture
 def field():
     torch.manual_seed(0)
-    return ToyField(context_dim=5, query_dim=16, n_latents=8, latent_dim=12, hidden=16).eval()
+    return ToyField(n_freq=8, n_latents=8, latent_dim=12, hidden=16).eval()
 
 
 def test_token_subset():
@@ -25,8 +30,8 @@ def test_token_subset():
 @pytest.mark.parametrize("chunk", [1, 5, 64])
 @pytest.mark.parametrize("tokens", [list(range(8)), [6, 2, 3]])
 def test_batched_equals_loop(field, chunk, tokens):
-    latents = field.encode(torch.randn(3, 10, 5))
-    q = fourier_queries(H, W)
+    latents = field.encode(torch.rand(3, 10, 2) * 2 - 1, torch.rand(3, 10, 3))
+    q = grid()
     with torch.no_grad():
         loop = T.decode_tokens_loop(field.decode, q, latents, tokens)
         batched = T.decode_tokens_batched(field.decode, q, latents, tokens, chunk)
@@ -35,8 +40,8 @@ def test_batched_equals_loop(field, chunk, tokens):
 
 
 def test_component_is_single_token_decode(field):
-    latents = field.encode(torch.randn(2, 10, 5))
-    q = fourier_queries(H, W)
+    latents = field.encode(torch.rand(2, 10, 2) * 2 - 1, torch.rand(2, 10, 3))
+    q = grid()
     maps = T.tdsm(field.decode, q, latents, (H, W), [4], "rgb", chunk=3)
     alone = field.decode(q.expand(2, -1, -1), latents[:, 4:5])[0].reshape(2, H, W, 3)
     torch.testing.assert_close(maps, alone)
@@ -62,9 +67,9 @@ def test_heads(head, how, c):
 @pytest.mark.parametrize("mode", ["frozen", "finetune", "two_stage"])
 def test_training_modes(field, mode):
     torch.manual_seed(0)
-    ctx, labels = torch.randn(16, 10, 5), torch.randint(0, 3, (16,))
+    ctx, labels = (torch.rand(16, 10, 2) * 2 - 1, torch.rand(16, 10, 3)), torch.randint(0, 3, (16,))
     tokens = T.token_subset(8, every=2)
-    clf = T.TDSMClassifier(field, fourier_queries(H, W), (H, W), tokens, "mean",
+    clf = T.TDSMClassifier(field, grid(), (H, W), tokens, "mean",
                            T.make_head("gap", (H, W), 4, 4, 3), chunk=8)
     before = {n: p.detach().clone() for n, p in clf.named_parameters()}
     T.fit_tdsm(clf, ctx, labels, mode=mode, epochs=2, lr=1e-2, batch_size=8)

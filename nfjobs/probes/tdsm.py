@@ -5,7 +5,8 @@ component image (B, P, 3); stacking the chosen tokens gives (B, K, P, 3), reduce
 (B, H, W, C) with C = K (mean over RGB, L2 norm) or 3K (RGB kept, token-major: channel 3k + c).
 
 Works with any `decode(queries (B, P, Q), latents (B, N, D)) -> (rgb (B, P, 3), hidden)` whose batch items are
-independent; the queries come from the field's own coordinate grid and query embedding.
+independent. The queries are whatever the field's decoder takes for the raster-ordered pixel grid: coordinates
+(P, 2) for the project's fields, which embed them (Fourier features) inside `decode`.
 """
 
 import time
@@ -146,7 +147,7 @@ def make_head(name: HeadName, size: tuple[int, int], n_tokens: int, channels: in
 class TDSMClassifier(nn.Module):
     """field.encode → TDSM → head, differentiable end to end (for fine-tuning the field with the head).
 
-    `field` is any module with `encode(context) -> latents (B, N, D)` and `decode(queries, latents)`.
+    `field` is any module with `encode(*context) -> latents (B, N, D)` and `decode(queries, latents)`.
     """
 
     def __init__(
@@ -158,17 +159,18 @@ class TDSMClassifier(nn.Module):
         self.size, self.tokens, self.how, self.chunk = size, list(tokens), how, chunk
         self.register_buffer("queries", queries)
 
-    def forward(self, context: Tensor) -> Float[Tensor, "B n_classes"]:
-        latents = self.field.encode(context)
+    def forward(self, *context: Tensor) -> Float[Tensor, "B n_classes"]:
+        latents = self.field.encode(*context)
         maps = tdsm(self.field.decode, self.queries, latents, self.size, self.tokens, self.how, self.chunk)
         return self.head(maps)
 
 
 def fit_tdsm(
-    clf: TDSMClassifier, contexts: Tensor, labels: Int[Tensor, " N"], *, mode: Mode, epochs: int, lr: float,
+    clf: TDSMClassifier, contexts: tuple[Tensor, ...], labels: Int[Tensor, " N"], *, mode: Mode, epochs: int, lr: float,
     batch_size: int, finetune_lr_scale: float = 0.1, stage_one_frac: float = 0.5, seed: int = 0,
 ) -> float:
-    """Train a TDSM classifier on (context, label) pairs; returns seconds spent.
+    """Train a TDSM classifier on contexts (tensors indexed by image, e.g. coords and RGB) and labels; returns
+    seconds spent.
 
     `frozen`: only the head learns (the field stays in eval mode). `finetune`: field and head learn together.
     `two_stage`: the head alone for `stage_one_frac` of the epochs, then everything at `lr·finetune_lr_scale`.
@@ -192,7 +194,7 @@ def fit_tdsm(
             clf.field.train(train_field)
             for idx in torch.randperm(len(labels), generator=gen).split(batch_size):
                 idx = idx.to(labels.device)
-                loss = F.cross_entropy(clf(contexts[idx]), labels[idx])
+                loss = F.cross_entropy(clf(*(c[idx] for c in contexts)), labels[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -1,0 +1,328 @@
+"""The `cache` job kind: compute a representation of every image once and store it as activation shards.
+
+Sources: `original` (4×4 pixel patches, or (x, y, r, g, b) points with sparse context), `nf` (the last latent
+(B, N, D) of a trained neural field), `tdsm` (token-decoded spatial maps of a trained field, as H·W tokens of
+K or 3K channels) and `backbone` (per-patch tokens of a torchvision ViT-B/16 or ResNet layer).
+
+A cell writes one cache per split under `<run_dir>/<split>/` (see `nfjobs.activations`). Sparse context picks
+the same seeded random pixels of each image for every source, so representations are compared on the same
+observations. A requeued or re-run cell resumes at the first missing shard; a finished one is reused.
+"""
+
+import hashlib
+import inspect
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Literal
+
+from nfjobs.config import DataConfig, is_runtime, runtime_field
+
+CHECKPOINTABLE = True
+"""Resumable: progress is the shards on disk (written atomically), so a requeue continues where it stopped."""
+
+Source = Literal["original", "nf", "tdsm", "backbone"]
+Backbone = Literal["vit_b_16", "resnet18", "resnet50"]
+RESNET_BLOCKS = {"resnet18": (2, 2, 2, 2), "resnet50": (3, 4, 6, 3)}
+
+
+def backbone_layers(name: str) -> list[str]:
+    """Module names of `name` whose output can be cached (torchvision naming, no weights needed)."""
+    if name == "vit_b_16":
+        return ["conv_proj", *(f"encoder.layers.encoder_layer_{i}" for i in range(12)), "encoder.ln"]
+    blocks = [f"layer{i + 1}.{j}" for i, n in enumerate(RESNET_BLOCKS[name]) for j in range(n)]
+    return ["conv1", "bn1", "relu", "maxpool", *(f"layer{i}" for i in range(1, 5)), *blocks]
+
+
+@dataclass(frozen=True)
+class TdsmOptions:
+    """Token-decoded spatial maps: which tokens, how each component image becomes channels."""
+
+    every: int = 4
+    """Decode every `every`-th latent token (ignored when `tokens` is given)."""
+    tokens: tuple[int, ...] = ()
+    """Explicit latent token indices to decode."""
+    reduce: Literal["mean", "rgb", "l2"] = "mean"
+    """Per pixel and token: mean over RGB, RGB kept (3 channels per token), or L2 norm."""
+    chunk: int = runtime_field(512)
+    """(image, token) pairs per decoder forward in the batched variant; 0 = one forward per token (loop)."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Cache one representation of a dataset's images as activation shards."""
+
+    seed: int = 0
+    """Seed of the sparse-context pixel subsets (the same for every source)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    split: Literal["train", "val", "both"] = "both"
+    """Which split(s) to cache; `both` writes `train/` and `val/` (what a probe needs)."""
+    source: Source = "original"
+    """What to cache: pixels, a trained field's last latent, its TDSM, or a vision backbone's layer."""
+    checkpoint: str = ""
+    """`nf`/`tdsm`: cell key of a `train` cell, or the path of a train run directory (holding model.pt)."""
+    label: str = ""
+    """Name of this representation in result tables (default: the source)."""
+    context: Literal["full", "sparse"] = "full"
+    """Every pixel, or a seeded random subset of pixels per image (not for `backbone`)."""
+    context_frac: float = 0.2
+    """Sparse context: fraction of the pixels (at least 64, as in training)."""
+    patch_size: int = 4
+    """`original` with full context: side of the square pixel patches."""
+    backbone: Backbone = "resnet18"
+    """`backbone`: torchvision architecture."""
+    backbone_weights: str = ""
+    """`backbone`: local state-dict file; empty = random initialisation (tests only)."""
+    backbone_size: int = 224
+    """`backbone`: images are resized to this side (ViT-B/16 is built for it)."""
+    layer: str = ""
+    """`backbone`: module whose output is cached (see `backbone_layers`); empty = the last block."""
+    tdsm: TdsmOptions = field(default_factory=TdsmOptions)
+    dtype: Literal["float16", "float32"] = "float16"
+    """Storage dtype of the shards."""
+    shard_size: int = 1024
+    """Images per shard (the unit of resumption)."""
+    batch_size: int = runtime_field(256)
+    """Images per forward."""
+
+    def __post_init__(self):
+        if not 0.0 < self.context_frac <= 1.0:
+            raise ValueError(f"context_frac must be in (0, 1], got {self.context_frac}")
+        if self.shard_size < 1 or self.batch_size < 1:
+            raise ValueError("shard_size and batch_size must be >= 1")
+
+    @property
+    def backbone_layer(self) -> str:
+        return self.layer or ("encoder.ln" if self.backbone == "vit_b_16" else "layer4")
+
+
+def _looks_like_path(ref: str) -> bool:
+    return "/" in ref or ref.startswith((".", "~")) or ref.endswith(".pt")
+
+
+def _checkpoint_file(run_dir: Path) -> Path:
+    return run_dir / "model.pt" if run_dir.is_dir() else run_dir
+
+
+def check(cfg: Config) -> list[tuple[str, str]]:
+    """Problems visible without torch: missing checkpoint path or weights file, unknown layer, bad combos."""
+    from nfjobs.data import check as check_data
+
+    problems = check_data(cfg.data)
+    if cfg.source in ("nf", "tdsm"):
+        if not cfg.checkpoint:
+            problems.append(("checkpoint", f"source {cfg.source!r} needs the cell key or run dir of a train cell"))
+        elif _looks_like_path(cfg.checkpoint):
+            ckpt = _checkpoint_file(Path(cfg.checkpoint).expanduser())
+            if not ckpt.is_file():
+                problems.append(("checkpoint", f"{ckpt} does not exist (a train run dir holds model.pt)"))
+    if cfg.source == "backbone":
+        valid = backbone_layers(cfg.backbone)
+        if cfg.layer and cfg.layer not in valid:
+            problems.append(("layer", f"{cfg.backbone} has no layer {cfg.layer!r}; valid: {', '.join(valid)}"))
+        if cfg.backbone_weights and not Path(cfg.backbone_weights).expanduser().is_file():
+            problems.append(("backbone_weights", f"{cfg.backbone_weights} does not exist"))
+        if cfg.context == "sparse":
+            problems.append(("context", "a backbone sees whole images; use context = 'full'"))
+    return problems
+
+
+def depends_on(cfg: Config) -> list[str]:
+    """The train cell whose checkpoint this cache reads, when named by key."""
+    needs = cfg.source in ("nf", "tdsm") and cfg.checkpoint and not _looks_like_path(cfg.checkpoint)
+    return [cfg.checkpoint] if needs else []
+
+
+# ---------------------------------------------------------------- helpers (torch imported inside)
+def sparse_indices(image_ids: range, n_pixels: int, n_keep: int, seed: int, split: str):
+    """(len(image_ids), n_keep) pixel indices, a function of (seed, split, image index) only: any source,
+    shard size or restart draws the same points for the same image."""
+    import numpy as np
+
+    salt = 0 if split == "train" else 1
+    return np.stack([np.random.default_rng([seed, salt, i]).permutation(n_pixels)[:n_keep] for i in image_ids])
+
+
+def _file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def load_field(run_dir: Path, device):
+    """The trained neural field of a train run directory, in eval mode."""
+    from nfjobs.jobs.train import load_trained
+
+    model, _ = load_trained(run_dir, device)
+    return model.eval()
+
+
+def _build_backbone(cfg: Config, device):
+    """The torchvision backbone (weights from `backbone_weights`) and the module whose output is cached.
+    The layer name is checked on the `meta` device first, so a bad name fails before any real allocation."""
+    import torch
+    import torchvision.models as tvm
+
+    kwargs = {"image_size": cfg.backbone_size} if cfg.backbone == "vit_b_16" else {}
+    with torch.device("meta"):
+        names = {n for n, _ in getattr(tvm, cfg.backbone)(**kwargs).named_modules()}
+    if cfg.backbone_layer not in names:
+        raise ValueError(f"{cfg.backbone} has no layer {cfg.backbone_layer!r}; valid: {', '.join(backbone_layers(cfg.backbone))}")
+    model = getattr(tvm, cfg.backbone)(**kwargs)
+    if cfg.backbone_weights:
+        state = torch.load(Path(cfg.backbone_weights).expanduser(), map_location="cpu", weights_only=True)
+        model.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+    return model.to(device).eval(), dict(model.named_modules())[cfg.backbone_layer]
+
+
+class _Stop(Exception):
+    """Raised by the layer hook: nothing after the cached layer needs computing."""
+
+
+def _content(obj) -> dict:
+    """A config as a dict without its runtime fields (what the cached values depend on)."""
+    return {f.name: _content(v) if hasattr(v := getattr(obj, f.name), "__dataclass_fields__") else v
+            for f in fields(obj) if not is_runtime(f)}
+
+
+def _make_encoder(cfg: Config, ctx):
+    """A function (split, image ids, uint8 images (B, H, W, 3)) -> activations (B, T, D) on the device, plus
+    the provenance fields it adds to the cache metadata. All validation happens before anything touches the
+    device."""
+    problems = check(cfg)
+    if problems:
+        raise ValueError("; ".join(f"{k}: {m}" for k, m in problems))
+    meta: dict = {}
+    ckpt = None
+    if cfg.source in ("nf", "tdsm"):
+        try:
+            run_dir = ctx.resolve(cfg.checkpoint)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"checkpoint: {err} (has the train cell run?)") from None
+        ckpt = _checkpoint_file(run_dir)
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"checkpoint: {ckpt} does not exist (a train run dir holds model.pt)")
+        meta = {"checkpoint": cfg.checkpoint, "checkpoint_sha256": _file_hash(ckpt)}
+
+    import torch
+    import torch.nn.functional as F
+    from einops import rearrange
+
+    from nfjobs.nf import fields as nf
+
+    device = ctx.device()
+    if cfg.source == "backbone":
+        model, layer = _build_backbone(cfg, device)
+        meta = {"backbone": cfg.backbone, "layer": cfg.backbone_layer, "weights": cfg.backbone_weights}
+        mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1)
+        std = torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1)
+        out: list = []
+
+        def hook(_module, _inputs, output):
+            out.append(output)
+            raise _Stop
+
+        layer.register_forward_hook(hook)
+    if cfg.source in ("nf", "tdsm"):
+        model = load_field(run_dir.parent if run_dir.is_file() else run_dir, device)
+        takes_points = len(inspect.signature(model.encode).parameters) == 2
+        if cfg.context == "sparse" and not takes_points:
+            raise ValueError(f"checkpoint: {type(model).__name__} encodes whole images; sparse context needs "
+                             "a field with encode(coords, rgb)")
+
+    @torch.no_grad()
+    def encode(split: str, ids: range, images_u8) -> "torch.Tensor":
+        images = torch.from_numpy(images_u8).to(device).permute(0, 3, 1, 2).float() / 255  # (B, 3, H, W)
+        b, _, h, w = images.shape
+        coords, rgb = nf.grid(h, w, device).expand(b, -1, -1), nf.pixels(images)
+        if cfg.context == "sparse":
+            keep = nf.n_context(h * w, cfg.context_frac)
+            idx = torch.from_numpy(sparse_indices(ids, h * w, keep, cfg.seed, split)).to(device)
+            coords, rgb = nf.gather(coords, idx), nf.gather(rgb, idx)
+        if cfg.source == "original":
+            if cfg.context == "sparse":
+                return torch.cat([coords.flip(-1), rgb * 2 - 1], dim=-1)  # (x, y, r, g, b)
+            p = cfg.patch_size
+            return rearrange(images * 2 - 1, "b c (h p) (w q) -> b (h w) (p q c)", p=p, q=p)
+        if cfg.source == "backbone":
+            x = F.interpolate(images, size=(cfg.backbone_size,) * 2, mode="bilinear", align_corners=False)
+            out.clear()
+            try:
+                model((x - mean) / std)
+            except _Stop:
+                pass
+            act = out[0]
+            if act.ndim == 4:  # ResNet / patch embedding: (B, C, H, W) → tokens
+                return rearrange(act, "b c h w -> b (h w) c")
+            return act[:, 1:]  # ViT blocks: drop the class token
+        latents = model.encode(coords, rgb) if takes_points else model.encode(images)
+        if cfg.source == "nf":
+            return latents
+        from nfjobs.probes.tdsm import tdsm, token_subset
+
+        t = cfg.tdsm
+        tokens = token_subset(latents.shape[1], t.every, t.tokens)
+        maps = tdsm(model.decode, nf.grid(h, w, device), latents, (h, w), tokens, t.reduce, t.chunk)
+        return rearrange(maps, "b h w c -> b (h w) c")
+
+    return encode, meta
+
+
+def cache_dir(run_dir: Path, split: str) -> Path:
+    """Where a cache cell keeps the activations of `split`."""
+    return Path(run_dir) / split
+
+
+def run(cfg: Config, ctx) -> list[dict]:
+    """Write (or finish, or reuse) the caches of the requested split(s); one row per split."""
+    import json
+
+    import numpy as np
+
+    from nfjobs.activations import META, CacheWriter
+    from nfjobs.data import load_split
+
+    rows, todo = [], []
+    for split in ("train", "val") if cfg.split == "both" else (cfg.split,):
+        meta_file = cache_dir(ctx.run_dir, split) / META
+        if meta_file.exists() and (meta := json.loads(meta_file.read_text())).get("complete"):
+            ctx.log(f"{split}: cache complete, reused")
+            rows.append({"split": split, "n_images": meta["n_images"], "n_tokens": meta["n_tokens"],
+                         "d": meta["d"], "shards_written": 0, "cache_s": 0.0})
+        else:
+            todo.append(split)
+    if not todo:
+        return rows
+    encode, provenance = _make_encoder(cfg, ctx)
+    for split in todo:
+        data = load_split(cfg.data, split)
+        start = time.perf_counter()
+        first = encode(split, range(1), data.images[:1])
+        meta = {
+            "source": cfg.source, "label": cfg.label or cfg.source, "context": cfg.context,
+            "context_frac": cfg.context_frac if cfg.context == "sparse" else 1.0, "seed": cfg.seed,
+            "dataset": asdict(cfg.data), "split": split, "image_shape": list(data.images.shape[1:]),
+            "class_names": list(data.class_names), "trait_names": list(data.trait_names),
+            "config": _content(cfg), **provenance,
+        }
+        writer = CacheWriter(cache_dir(ctx.run_dir, split), json.loads(json.dumps(meta)), len(data.images),
+                             first.shape[1], first.shape[2], cfg.shard_size, cfg.dtype)
+        writer.write_labels(data.labels, data.traits)
+        missing = writer.missing_shards()
+        if len(missing) < writer.n_shards:
+            ctx.log(f"{split}: resuming at shard {missing[0]} of {writer.n_shards}")
+        for i in ctx.progress(missing, total=len(missing), desc=f"cache {split}"):
+            ids = writer.shard_range(i)
+            parts = []
+            for s in range(ids.start, ids.stop, cfg.batch_size):
+                sub = range(s, min(s + cfg.batch_size, ids.stop))
+                parts.append(encode(split, sub, data.images[sub.start : sub.stop]).float().cpu().numpy())
+            writer.write_shard(i, np.concatenate(parts))
+        writer.finish()
+        elapsed = time.perf_counter() - start
+        n_new = sum(len(writer.shard_range(i)) for i in missing)
+        rows.append({"split": split, "n_images": writer.n_images, "n_tokens": writer.n_tokens, "d": writer.d,
+                     "shards_written": len(missing), "cache_s": elapsed, "images_per_s": n_new / max(elapsed, 1e-9)})
+    return rows
