@@ -209,10 +209,9 @@ def wait(jobs: dict[str, Any], poll_s: float = 5.0) -> dict[str, str]:
             if key in done:
                 counts[done[key]] += 1
                 continue
-            state = job.state
             if job.done():
-                done[key] = state
-            counts[state] += 1
+                done[key] = job.state
+            counts[done.get(key) or job.state] += 1
         line = f"{len(done)}/{len(jobs)} ended | " + ", ".join(f"{s.lower()} {n}" for s, n in sorted(counts.items()))
         print(("\r" if tty else "") + line + (" " * 8 if tty else ""), end="" if tty else "\n",
               file=sys.stderr, flush=True)

@@ -1,0 +1,114 @@
+"""Result files: atomic writes, tolerant loading, reports and their bootstrap intervals."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nfjobs import results
+from nfjobs.context import atomic_write_bytes
+
+
+def test_atomic_write_replaces_whole_files_and_leaves_no_temp_files(tmp_path):
+    path = tmp_path / "a" / "result.parquet"
+    results.write_rows(path, [{"x": 1, "status": "ok"}])
+    results.write_rows(path, [{"x": 2, "status": "ok"}, {"x": 3, "status": "ok"}])
+    assert pl.read_parquet(path)["x"].to_list() == [2, 3]
+    assert os.listdir(path.parent) == ["result.parquet"]
+
+
+def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "f.bin"
+    atomic_write_bytes(path, b"old")
+
+    def boom(*_):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_bytes(path, b"new")
+    assert path.read_bytes() == b"old"
+
+
+def test_rows_with_different_columns_load_as_one_frame(tmp_path):
+    results.write_rows(tmp_path / "a" / "result.parquet", [{"kind": "train", "psnr": 20.0, "status": "ok"}])
+    results.write_rows(tmp_path / "b" / "result.parquet", [{"kind": "probe", "accuracy": 0.5, "status": "ok"}])
+    df = results.load(tmp_path).collect()
+    assert df.height == 2 and {"psnr", "accuracy"} <= set(df.columns)
+
+
+def test_unreadable_files_are_skipped_and_reported(tmp_path, capsys):
+    results.write_rows(tmp_path / "good" / "result.parquet", [{"v": 1.0, "status": "ok"}])
+    bad = tmp_path / "bad" / "result.parquet"
+    bad.parent.mkdir()
+    bad.write_bytes(b"PAR1 this is not parquet")
+    df = results.load(tmp_path).collect()
+    assert df["v"].to_list() == [1.0]
+    err = capsys.readouterr().err
+    assert "skipped 1 unreadable" in err and str(bad) in err
+
+
+def test_cell_status_reads_ok_failed_or_nothing(tmp_path):
+    assert results.cell_status(tmp_path, "k") is None
+    results.write_rows(results.result_path(tmp_path, "k"), [{"status": "ok"}, {"status": "ok"}])
+    assert results.cell_status(tmp_path, "k") == "ok"
+    results.write_rows(results.result_path(tmp_path, "k"), [{"status": "failed"}])
+    assert results.cell_status(tmp_path, "k") == "failed"
+
+
+def test_loading_an_unknown_sweep_says_where_it_looked(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no sweep named 'nope'"):
+        results.load("nope", tmp_path)
+
+
+def test_report_groups_and_summarises():
+    df = pl.DataFrame({
+        "lr": [0.1, 0.1, 0.1, 0.2, 0.2], "acc": [0.5, 0.7, 0.6, 0.9, None],
+        "status": ["ok", "ok", "ok", "ok", "ok"],
+    })
+    table = results.report(df, ["lr"], "acc")
+    assert table["lr"].to_list() == [0.1, 0.2]
+    assert table["n"].to_list() == [3, 1]
+    assert table["mean"].to_list() == pytest.approx([0.6, 0.9])
+    assert table["std"][0] == pytest.approx(0.1)
+    assert table["ci95_low"][1] == table["ci95_high"][1] == 0.9
+
+
+def test_report_excludes_failed_rows_and_names_missing_columns():
+    df = pl.DataFrame({"g": ["a", "a"], "m": [1.0, 100.0], "status": ["ok", "failed"]})
+    assert results.report(df, ["g"], "m")["mean"].to_list() == [1.0]
+    with pytest.raises(KeyError, match="nope"):
+        results.report(df, ["nope"], "m")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=1, max_size=40),
+       st.floats(0.5, 0.99))
+def test_bootstrap_ci_is_ordered_and_within_the_data_range(values, level):
+    low, high = results.bootstrap_ci(np.asarray(values), level=level)
+    assert min(values) - 1e-6 <= low <= high <= max(values) + 1e-6
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.floats(-1e3, 1e3, allow_nan=False), st.integers(1, 30))
+def test_bootstrap_ci_of_a_constant_is_that_constant(value, n):
+    low, high = results.bootstrap_ci(np.full(n, value))
+    assert low == pytest.approx(value) and high == pytest.approx(value)
+
+
+def test_bootstrap_ci_covers_the_true_mean_about_as_often_as_it_says():
+    rng = np.random.default_rng(0)
+    hits = sum(
+        low <= 0.0 <= high
+        for low, high in (results.bootstrap_ci(rng.normal(0.0, 1.0, 50), 0.9, n_boot=500, seed=i) for i in range(200))
+    )
+    assert 0.8 <= hits / 200 <= 0.97
+
+
+def test_markdown_export_is_a_pipe_table():
+    text = results.to_markdown(pl.DataFrame({"a": [1, 2], "b": [0.5, 0.25]}))
+    assert text.splitlines() == ["| a | b |", "|---|---|", "| 1 | 0.5000 |", "| 2 | 0.2500 |"]
