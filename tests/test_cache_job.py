@@ -42,7 +42,7 @@ def _run(tmp_path, key="k", ctx_cls=Context, **kw):
 @pytest.mark.parametrize("context", ["full", "sparse"])
 def test_original(tmp_path, context):
     _, ctx, rows = _run(tmp_path, source="original", context=context, dtype="float32")
-    assert [r["split"] for r in rows] == ["train", "val"] and rows[0]["n_images"] == 30
+    assert [r["cached_split"] for r in rows] == ["train", "val"] and rows[0]["n_images"] == 30
     c = open_cache(ctx.run_dir / "train")
     if context == "full":
         assert (c.n_tokens, c.d) == (64, 48)

@@ -47,3 +47,58 @@ def test_knn_matches_sklearn():
     ref = KNeighborsClassifier(n_neighbors=20, weights="distance").fit(x[:200].numpy(), y[:200].numpy())
     assert ours.accuracy == pytest.approx(ref.score(x[200:].numpy(), y[200:].numpy()), abs=1e-9)
     assert np.isnan(ours.train_accuracy)
+
+
+# ---------------------------------------------------------------- the probe job on real caches
+from nfjobs.config import DataConfig  # noqa: E402
+from nfjobs.context import Context  # noqa: E402
+from nfjobs.jobs import cache, probe  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory):
+    """An `original` cache and a `tdsm` cache (stand-in field) of 60 builtin images; the field's run dir is
+    deleted afterwards and loading any field fails, so probes can only read the shards."""
+    from nfjobs.probes.toy import ToyField
+
+    runs = tmp_path_factory.mktemp("runs")
+    field_dir = runs / "train-x"
+    field_dir.mkdir()
+    (field_dir / "model.pt").write_bytes(b"w")
+    torch.manual_seed(0)
+    toy = ToyField(n_latents=4, latent_dim=8, hidden=8).eval()
+    mp = pytest.MonkeyPatch()
+    mp.setattr(cache, "load_field", lambda d, device: toy)
+    data = DataConfig(builtin_n=60, val_frac=0.25)
+    for key, extra in [("orig", dict(source="original")),
+                       ("tdsm", dict(source="tdsm", checkpoint=str(field_dir), tdsm=cache.TdsmOptions(every=1)))]:
+        cache.run(cache.Config(data=data, shard_size=16, **extra), Context(key=key, kind="cache", runs_root=runs))
+    for f in field_dir.iterdir():
+        f.unlink()
+    field_dir.rmdir()
+
+    def no_model(*_args, **_kw):
+        raise AssertionError("a probe tried to load a model")
+
+    mp.setattr(cache, "load_field", no_model)
+    yield runs
+    mp.undo()
+
+
+@pytest.mark.parametrize("kind,key", [("transformer", "orig"), ("linear", "orig"), ("knn", "orig"),
+                                      ("tdsm_gap", "tdsm"), ("tdsm_gmp", "tdsm"), ("tdsm_cnn", "tdsm"),
+                                      ("tdsm_attn", "tdsm"), ("linear", "tdsm")])
+def test_probe_job_reads_cache_only(caches, kind, key):
+    cfg = probe.Config(activations=key, probe=kind, epochs=2, batch_size=16, d_model=32)
+    assert probe.depends_on(cfg) == [key] and probe.check(cfg) == []
+    (row,) = probe.run(cfg, Context(key=f"p-{kind}-{key}", kind="probe", runs_root=caches))
+    assert 0.0 <= row["accuracy"] <= 1.0 and row["train_s"] >= 0
+    assert row["representation"] == ("original" if key == "orig" else "tdsm") and row["n_val"] == 15
+    assert row["context"] == "full"
+
+
+def test_probe_job_errors(caches, tmp_path):
+    assert probe.check(probe.Config())[0][0] == "activations"
+    assert "no cached train or val" in probe.check(probe.Config(activations=str(tmp_path)))[0][1]
+    with pytest.raises(ValueError, match="needs a tdsm cache"):
+        probe.run(probe.Config(activations="orig", probe="tdsm_gap"), Context("p", "probe", caches))

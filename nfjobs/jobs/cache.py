@@ -289,7 +289,7 @@ def run(cfg: Config, ctx) -> list[dict]:
         meta_file = cache_dir(ctx.run_dir, split) / META
         if meta_file.exists() and (meta := json.loads(meta_file.read_text())).get("complete"):
             ctx.log(f"{split}: cache complete, reused")
-            rows.append({"split": split, "n_images": meta["n_images"], "n_tokens": meta["n_tokens"],
+            rows.append({"cached_split": split, "n_images": meta["n_images"], "n_tokens": meta["n_tokens"],
                          "d": meta["d"], "shards_written": 0, "cache_s": 0.0})
         else:
             todo.append(split)
@@ -323,6 +323,6 @@ def run(cfg: Config, ctx) -> list[dict]:
         writer.finish()
         elapsed = time.perf_counter() - start
         n_new = sum(len(writer.shard_range(i)) for i in missing)
-        rows.append({"split": split, "n_images": writer.n_images, "n_tokens": writer.n_tokens, "d": writer.d,
+        rows.append({"cached_split": split, "n_images": writer.n_images, "n_tokens": writer.n_tokens, "d": writer.d,
                      "shards_written": len(missing), "cache_s": elapsed, "images_per_s": n_new / max(elapsed, 1e-9)})
     return rows
