@@ -68,7 +68,7 @@ def caches(tmp_path_factory):
     torch.manual_seed(0)
     toy = ToyField(n_latents=4, latent_dim=8, hidden=8).eval()
     mp = pytest.MonkeyPatch()
-    mp.setattr(cache, "load_field", lambda d, device: toy)
+    mp.setattr(cache, "load_field", lambda d, device: (toy, "toy"))
     data = DataConfig(builtin_n=60, val_frac=0.25)
     for key, extra in [("orig", dict(source="original")),
                        ("tdsm", dict(source="tdsm", checkpoint=str(field_dir), tdsm=cache.TdsmOptions(every=1)))]:
@@ -93,7 +93,7 @@ def test_probe_job_reads_cache_only(caches, kind, key):
     assert probe.depends_on(cfg) == [key] and probe.check(cfg) == []
     (row,) = probe.run(cfg, Context(key=f"p-{kind}-{key}", kind="probe", runs_root=caches))
     assert 0.0 <= row["accuracy"] <= 1.0 and row["train_s"] >= 0
-    assert row["representation"] == ("original" if key == "orig" else "tdsm") and row["n_val"] == 15
+    assert row["representation"] == ("original" if key == "orig" else "toy-tdsm") and row["n_val"] == 15
     assert row["context"] == "full"
 
 
@@ -102,3 +102,21 @@ def test_probe_job_errors(caches, tmp_path):
     assert "no cached train or val" in probe.check(probe.Config(activations=str(tmp_path)))[0][1]
     with pytest.raises(ValueError, match="needs a tdsm cache"):
         probe.run(probe.Config(activations="orig", probe="tdsm_gap"), Context("p", "probe", caches))
+
+
+def test_report_table_and_chart(tmp_path):
+    import polars as pl
+
+    from nfjobs.probes.report import bar_chart, summary, wide
+
+    rows = pl.DataFrame([
+        {"kind": "probe", "status": "ok", "representation": r, "context": c, "probe": p, "accuracy": a, "train_s": 1.0}
+        for r, a in (("original", 0.4), ("perceiver", 0.6)) for c in ("full", "sparse") for p in ("linear", "knn")
+    ])
+    table = summary(rows)
+    assert table.height == 8 and table["n_seeds"].to_list() == [1] * 8
+    assert wide(table).columns == ["representation", "full/knn", "full/linear", "sparse/knn", "sparse/linear"]
+    bar_chart(table, tmp_path / "acc.png")
+    from PIL import Image
+
+    assert Image.open(tmp_path / "acc.png").size[0] > 100

@@ -62,7 +62,8 @@ class Config:
     checkpoint: str = ""
     """`nf`/`tdsm`: cell key of a `train` cell, or the path of a train run directory (holding model.pt)."""
     label: str = ""
-    """Name of this representation in result tables (default: the source)."""
+    """Name of this representation in result tables (default: `original`, `backbone`, the field's name such as
+    `perceiver-sparse-nce-ft`, or that name + `-tdsm`)."""
     context: Literal["full", "sparse"] = "full"
     """Every pixel, or a seeded random subset of pixels per image (not for `backbone`)."""
     context_frac: float = 0.2
@@ -152,11 +153,13 @@ def _file_hash(path: Path) -> str:
 
 
 def load_field(run_dir: Path, device):
-    """The trained neural field of a train run directory, in eval mode."""
+    """The trained neural field of a train run directory (eval mode) and a name for it from its config:
+    family, then `-sparse` (sparse-context training), `-nce` (Soft-InfoNCE), `-ft` (initialised from a cell)."""
     from nfjobs.jobs.train import load_trained
 
-    model, _ = load_trained(run_dir, device)
-    return model.eval()
+    model, tc = load_trained(run_dir, device)
+    tags = [t for t, on in (("sparse", tc.context_frac < 1), ("nce", tc.nce_weight > 0), ("ft", tc.init_from)) if on]
+    return model.eval(), "-".join([tc.model, *tags])
 
 
 def _build_backbone(cfg: Config, device):
@@ -226,7 +229,8 @@ def _make_encoder(cfg: Config, ctx):
 
         layer.register_forward_hook(hook)
     if cfg.source in ("nf", "tdsm"):
-        model = load_field(run_dir.parent if run_dir.is_file() else run_dir, device)
+        model, field_name = load_field(run_dir.parent if run_dir.is_file() else run_dir, device)
+        meta["field"] = field_name
         takes_points = len(inspect.signature(model.encode).parameters) == 2
         if cfg.context == "sparse" and not takes_points:
             raise ValueError(f"checkpoint: {type(model).__name__} encodes whole images; sparse context needs "
@@ -270,6 +274,13 @@ def _make_encoder(cfg: Config, ctx):
     return encode, meta
 
 
+def _default_label(source: str, field_name: str | None) -> str:
+    """`original`, `resnet18-layer4`, the field's name (`perceiver-sparse`), or `perceiver-sparse-tdsm`."""
+    if source == "nf":
+        return field_name or source
+    return f"{field_name}-{source}" if field_name else source
+
+
 def cache_dir(run_dir: Path, split: str) -> Path:
     """Where a cache cell keeps the activations of `split`."""
     return Path(run_dir) / split
@@ -301,7 +312,8 @@ def run(cfg: Config, ctx) -> list[dict]:
         start = time.perf_counter()
         first = encode(split, range(1), data.images[:1])
         meta = {
-            "source": cfg.source, "label": cfg.label or cfg.source, "context": cfg.context,
+            "source": cfg.source, "context": cfg.context,
+            "label": cfg.label or _default_label(cfg.source, provenance.get("field")),
             "context_frac": cfg.context_frac if cfg.context == "sparse" else 1.0, "seed": cfg.seed,
             "dataset": asdict(cfg.data), "split": split, "image_shape": list(data.images.shape[1:]),
             "class_names": list(data.class_names), "trait_names": list(data.trait_names),
