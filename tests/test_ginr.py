@@ -14,8 +14,13 @@ TINY = GinrConfig(image_size=8, dim=16, pos_emb_dim=8, num_lp=16, depth=1, ff_di
 
 @dataclass(frozen=True)
 class Cfg:
+    """The fields of the train job's Config that a family reads."""
+
     ginr: GinrConfig = TINY
-    device: str = "cpu"
+    context_frac: float = 1.0
+    jitter: bool = False
+    nce_weight: float = 0.0
+    eval_batch_size: int = 3
 
 
 def _images(b=4, seed=0):
@@ -34,9 +39,18 @@ def test_shapes_and_backend(decoder, backend):
     assert model.backend == backend
 
 
-def test_wrong_image_size_is_a_clear_error():
+def test_wrong_image_size_and_unused_train_options_are_clear_errors():
     with pytest.raises(ValueError, match="image_size"):
         ginr.build(Cfg()).encode(torch.rand(1, 3, 16, 16))
+    with pytest.raises(ValueError, match="context_frac"):
+        ginr.build(replace(Cfg(), context_frac=0.2))
+
+
+def test_patch_centres_and_reconstruct():
+    centres = ginr.patch_centres(8, 2)
+    assert centres.shape == (16, 2) and torch.allclose(centres[0], torch.tensor([1 / 14, 1 / 14]))
+    out = ginr.reconstruct(ginr.build(Cfg()), _images(2), 0.1)
+    assert out.shape == (2, 3, 8, 8) and 0 <= out.min() and out.max() <= 1
 
 
 def test_lp_tokens_interleave_equidistantly():
@@ -77,14 +91,15 @@ def test_faithful_bias_uses_raster_index():
 def test_faithful_bias_is_nearly_flat_at_full_size_unlike_2d():
     """32×32 images, 2×2 patches, 256 LPs: the reference's α=10 barely separates vertical neighbours."""
     grid, n = 16, 256
-    token_pos = ginr.pixel_grid(grid, grid)
+    token_pos = ginr.patch_centres(32, 2)
     faithful = ginr.SpatialBias("faithful_1d", 10.0, False, token_pos, (grid, grid))
     corrected = ginr.SpatialBias("2d", 256.0, False, token_pos, (grid, grid))
     q = token_pos[[100]].unsqueeze(0)  # centre of patch (6, 4)
     below = 100 + grid  # the token of the patch one row down
     f, c = faithful(q)[0, 0, 0], corrected(q)[0, 0, 0]
     assert (f[100] - f[below]).abs() < 0.05 and (f.max() - f.min()) <= 10.0
-    assert torch.isclose(c[100] - c[below], torch.tensor(1.0)) and c.shape == (n,)
+    spacing = 2 / 31  # unit-square distance of vertically adjacent patch centres
+    assert torch.isclose(c[100] - c[below], torch.tensor(256.0 * spacing**2)) and c.shape == (n,)
 
 
 def test_alpha_learnable_or_fixed():
@@ -99,7 +114,7 @@ def test_strong_2d_bias_makes_decoding_local():
     torch.manual_seed(0)
     model = ginr.build(Cfg(replace(TINY, alpha=1e4)))
     latents = torch.randn(1, 16, 16)
-    q = model.decoder.bias.token_pos[[0]].unsqueeze(0)  # query at token 0's patch centre
+    q = model.decoder.bias.token_pos[[0]].unsqueeze(0) * 2 - 1  # query at token 0's patch centre, in [-1, 1]
     base = model.decode(q, latents)[0]
     far, near = latents.clone(), latents.clone()
     far[0, 15] += 5.0
@@ -130,7 +145,7 @@ def test_a_few_steps_reduce_the_loss(variant):
 
 
 def test_evaluate_rows():
-    cfg = Cfg(replace(TINY, eval_batch_size=3))
+    cfg = Cfg()
     rows = ginr.evaluate(ginr.build(cfg), _images(5), cfg)
     assert len(rows) == 1 and rows[0]["backend"] == "pure" and rows[0]["context_frac"] == 1.0
     assert 0 < rows[0]["psnr"] < 60

@@ -9,13 +9,18 @@ from nfjobs.models import jepa
 from nfjobs.models.jepa_config import JepaConfig
 
 TINY = JepaConfig(dim=16, depth=1, ff_dim=32, n_freqs=4, pred_depth=1, transformer_heads=2, recon_hidden=32,
-                  d_state=4, mamba_backend="pure", ema_ramp_steps=10, eval_batch_size=3)
+                  d_state=4, mamba_backend="pure", ema_ramp_steps=10)
 
 
 @dataclass(frozen=True)
 class Cfg:
+    """The fields of the train job's Config that a family reads."""
+
     jepa: JepaConfig = TINY
-    device: str = "cpu"
+    context_frac: float = 1.0
+    jitter: bool = False
+    nce_weight: float = 0.0
+    eval_batch_size: int = 3
 
 
 def _images(b=4, seed=0):
@@ -70,9 +75,9 @@ def test_optimiser_over_all_parameters_leaves_target_to_ema():
 
 def test_momentum_schedule():
     jc = replace(TINY, ema_momentum=0.99, ema_momentum_end=1.0, ema_ramp_steps=100)
-    assert jepa.ema_momentum(0, jc) == 0.99
-    assert jepa.ema_momentum(50, jc) == pytest.approx(0.995)
-    assert jepa.ema_momentum(500, jc) == 1.0
+    assert jepa.ema_momentum(0, jc).item() == pytest.approx(0.99)
+    assert jepa.ema_momentum(torch.tensor(50), jc).item() == pytest.approx(0.995)
+    assert jepa.ema_momentum(500, jc).item() == 1.0
 
 
 def test_collapse_monitor():
@@ -116,6 +121,13 @@ def test_recon_gradient_reaches_the_encoder_only_when_weighted(weight, monkeypat
     encoder_grad = sum(p.grad.abs().sum() for p in model.context_encoder.parameters() if p.grad is not None)
     assert all(p.grad is not None for p in model.decoder.parameters())
     assert (encoder_grad > 0) == (weight > 0)
+
+
+def test_reconstruct_and_unused_train_options():
+    out = jepa.reconstruct(jepa.build(Cfg()), _images(2), 0.2)
+    assert out.shape == (2, 3, 8, 8) and 0 <= out.min() and out.max() <= 1
+    with pytest.raises(ValueError, match="obs_frac"):
+        jepa.build(replace(Cfg(), context_frac=0.2))
 
 
 def test_evaluate_rows():

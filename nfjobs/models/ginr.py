@@ -6,8 +6,9 @@ Decoder (LAINR): multi-scale Fourier features of the query coordinate; one cross
 the latents with an additive spatial bias −α·d²; per-band branches modulated by the attention output, chained
 residually, each with an RGB head; the heads' outputs sum.
 
-Coordinates are (y, x) pixel centres in [0, 1] (row-major, like `make_coord_grid(shape, (0, 1))` of the
-reference).
+Query coordinates follow the project convention (`nfjobs.nf.fields.grid`: (y, x) in [−1, 1], row-major).
+Inside, they are mapped to the unit square u = (q + 1)/2, where the reference's formulas live (its Fourier
+features sin(π ω u), its α on unit-square distances, its jitter std).
 """
 
 import math
@@ -20,13 +21,19 @@ from torch import Tensor, nn
 
 from nfjobs.models.ginr_config import GinrConfig
 from nfjobs.models.mamba import SequenceEncoder, resolve_backend
+from nfjobs.nf import fields
 
 
-def pixel_grid(h: int, w: int, device: torch.device | str | None = None) -> Float[Tensor, "HW 2"]:
-    """(y, x) centres of an h×w pixel (or patch) grid in [0, 1], row-major."""
-    ys = (torch.arange(h, device=device) + 0.5) / h
-    xs = (torch.arange(w, device=device) + 0.5) / w
-    return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(-1, 2)
+def unit(coords: Float[Tensor, "*S 2"]) -> Float[Tensor, "*S 2"]:
+    """Project coordinates in [−1, 1] → the unit square of the reference code."""
+    return (coords + 1.0) / 2.0
+
+
+def patch_centres(image_size: int, patch_size: int) -> Float[Tensor, "N 2"]:
+    """Unit-square (y, x) centre of each patch (mean of its pixels' coordinates), row-major."""
+    g = image_size // patch_size
+    pix = unit(fields.grid(image_size, image_size)).reshape(g, patch_size, g, patch_size, 2)
+    return pix.mean(dim=(1, 3)).reshape(g * g, 2)
 
 
 def fourier_features(x: Float[Tensor, "*S 2"], omegas: Float[Tensor, " F"]) -> Float[Tensor, "*S 4F"]:
@@ -115,6 +122,7 @@ class LainrDecoder(nn.Module):
 
     def forward(self, queries: Float[Tensor, "B Q 2"], latents: Float[Tensor, "B N D"]
                 ) -> tuple[Float[Tensor, "B Q 3"], Float[Tensor, "B Q D"]]:
+        queries = unit(queries.float())
         x_q = F.relu(self.query(fourier_features(queries, self.omega_q)))
         bias = None if self.bias is None else self.bias(queries).to(x_q.dtype)
         modulation = self.attn(x_q, latents, bias)
@@ -140,7 +148,7 @@ class SimpleDecoder(nn.Module):
 
     def forward(self, queries: Float[Tensor, "B Q 2"], latents: Float[Tensor, "B N D"]
                 ) -> tuple[Float[Tensor, "B Q 3"], Float[Tensor, "B Q H"]]:
-        gamma = fourier_features(queries, self.omegas)
+        gamma = fourier_features(unit(queries.float()), self.omegas)
         modulation = self.attn(self.query(gamma), latents)
         h = self.mlp(torch.cat([modulation, gamma], dim=-1))
         return self.out(h), h
@@ -159,7 +167,7 @@ def interleave_order(n_patches: int, num_lp: int) -> tuple[Int[Tensor, " L"], In
 
 
 class MambaGinr(nn.Module):
-    """Images → latents at the LP tokens → RGB at any continuous (y, x) query coordinate."""
+    """Images → latents at the LP tokens → RGB at any continuous (y, x) query coordinate in [−1, 1]."""
 
     def __init__(self, cfg: GinrConfig, backend: str):
         super().__init__()
@@ -170,8 +178,9 @@ class MambaGinr(nn.Module):
         g = cfg.image_size // p
         n_patches = g * g
         self.proj = nn.Linear(3 * p * p, cfg.dim - cfg.pos_emb_dim)
+        centres = patch_centres(cfg.image_size, p)
         pos_omegas = 2.0 * torch.arange(1, cfg.pos_emb_dim // 4 + 1)
-        self.register_buffer("pos_emb", fourier_features(pixel_grid(g, g), pos_omegas), persistent=False)
+        self.register_buffer("pos_emb", fourier_features(centres, pos_omegas), persistent=False)
         self.lps = nn.Parameter(torch.randn(cfg.num_lp, cfg.dim))
         order, lp_pos = interleave_order(n_patches, cfg.num_lp)
         self.register_buffer("order", order, persistent=False)
@@ -180,8 +189,7 @@ class MambaGinr(nn.Module):
                                        cfg.d_state, cfg.d_conv, cfg.expand, cfg.transformer_heads)
         # LP k sits just before the (k - #LPs before it)-th patch of the scan: that patch's centre is its position.
         next_patch = (lp_pos - torch.arange(cfg.num_lp)).clamp(max=n_patches - 1)
-        token_pos = pixel_grid(g, g)[next_patch]
-        self.decoder = LainrDecoder(cfg, token_pos, (g, g)) if cfg.decoder == "lainr" else SimpleDecoder(cfg)
+        self.decoder = LainrDecoder(cfg, centres[next_patch], (g, g)) if cfg.decoder == "lainr" else SimpleDecoder(cfg)
 
     @property
     def backend(self) -> str:
@@ -205,26 +213,30 @@ class MambaGinr(nn.Module):
 
 
 def build(cfg) -> MambaGinr:
-    """The Mamba-GINR model of `cfg.ginr`, its backend resolved for the job's device."""
-    return MambaGinr(cfg.ginr, resolve_backend(cfg.ginr.mamba_backend, getattr(cfg, "device", None)))
-
-
-def _pixels(images: Float[Tensor, "B 3 H W"]) -> tuple[Float[Tensor, "B HW 2"], Float[Tensor, "B HW 3"]]:
-    b, _, h, w = images.shape
-    return pixel_grid(h, w, images.device).expand(b, -1, -1), rearrange(images, "b c h w -> b (h w) c")
+    """The Mamba-GINR model of `cfg.ginr` (the train job's `context_frac`, `jitter`, `nce_weight` do not apply)."""
+    if cfg.context_frac != 1.0 or cfg.jitter or cfg.nce_weight > 0:
+        raise ValueError("model='ginr' encodes whole images: leave context_frac=1, jitter=false, nce_weight=0 "
+                         "(its coordinate jitter is ginr.jitter_std)")
+    return MambaGinr(cfg.ginr, resolve_backend(cfg.ginr.mamba_backend))
 
 
 def _psnr(mse: Float[Tensor, " B"]) -> Float[Tensor, " B"]:
     return -10.0 * torch.log10(mse.clamp_min(1e-10))
 
 
-def training_loss(model: MambaGinr, images: Float[Tensor, "B 3 H W"], step: int, cfg
+def _grid(images: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B HW 2"]:
+    b, _, h, w = images.shape
+    return fields.grid(h, w, images.device).expand(b, -1, -1)
+
+
+def training_loss(model: MambaGinr, images: Float[Tensor, "B 3 H W"], step: Tensor, cfg
                   ) -> tuple[Tensor, dict[str, Tensor]]:
-    """MSE on every pixel (the reference's full-image protocol), queries jittered by `ginr.jitter_std`."""
-    coords, target = _pixels(images)
+    """MSE on every pixel (the reference's full-image protocol); queries jittered by `ginr.jitter_std`
+    (unit-square units, so 2× that in [−1, 1]), targets stay the pixel values."""
+    coords = _grid(images)
     if cfg.ginr.jitter_std > 0:
-        coords = coords + cfg.ginr.jitter_std * torch.randn_like(coords)
-    mse = (model(images, coords) - target).square().flatten(1).mean(1)
+        coords = coords + 2.0 * cfg.ginr.jitter_std * torch.randn_like(coords)
+    mse = (model(images, coords).float() - fields.pixels(images)).square().flatten(1).mean(1)
     logs = {"mse": mse.mean().detach(), "psnr": _psnr(mse.detach()).mean()}
     bias = getattr(model.decoder, "bias", None)
     if bias is not None:
@@ -233,14 +245,21 @@ def training_loss(model: MambaGinr, images: Float[Tensor, "B 3 H W"], step: int,
 
 
 @torch.no_grad()
+def reconstruct(model: MambaGinr, images: Float[Tensor, "B 3 H W"], frac: float) -> Float[Tensor, "B 3 H W"]:
+    """Full-grid reconstruction; GINR always sees the whole image, so `frac` does not change it."""
+    b, _, h, w = images.shape
+    return model(images, _grid(images)).float().clamp(0, 1).transpose(1, 2).reshape(b, 3, h, w)
+
+
+@torch.no_grad()
 def evaluate(model: MambaGinr, images: Float[Tensor, "B 3 H W"], cfg) -> list[dict]:
     """Mean per-image PSNR (predictions clamped to [0, 1]) of full reconstructions on the pixel grid."""
     was_training = model.training
     model.eval()
     mses = []
-    for chunk in images.split(cfg.ginr.eval_batch_size):
-        coords, target = _pixels(chunk)
-        mses.append((model(chunk, coords).clamp(0, 1) - target).square().flatten(1).mean(1))
+    for chunk in images.split(cfg.eval_batch_size):
+        rgb = model(chunk, _grid(chunk)).float().clamp(0, 1)
+        mses.append((rgb - fields.pixels(chunk)).square().flatten(1).mean(1))
     model.train(was_training)
     mse = torch.cat(mses)
     return [{"context_frac": 1.0, "psnr": _psnr(mse).mean().item(), "mse": mse.mean().item(),

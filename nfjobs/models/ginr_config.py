@@ -9,8 +9,6 @@ alpha_learnable=False, jitter_std=0, encoder_final_norm=False` (see docs/models-
 from dataclasses import dataclass
 from typing import Literal
 
-from nfjobs.config import runtime_field
-
 MambaBackend = Literal["auto", "mamba_ssm", "pure", "transformer"]
 
 
@@ -69,8 +67,8 @@ class GinrConfig:
     the LP token's patch centre; `faithful_1d` reproduces the reference (distance of raster patch indices
     normalised to [0, 1], token k at (k+½)/num_lp); `none` disables it."""
     alpha: float = 256.0
-    """Bias strength α on unit-square coordinates. 256 costs one nat at one patch spacing (1/16) on 32×32
-    images with 2×2 patches; the reference uses 10 (nearly flat)."""
+    """Bias strength α on unit-square coordinates. 256 costs about one nat at one patch spacing (≈1/16) on
+    32×32 images with 2×2 patches; the reference uses 10 (nearly flat)."""
     alpha_learnable: bool = True
     """Learn α (as log α, so it stays positive) instead of keeping it fixed."""
     simple_hidden: int = 512
@@ -79,10 +77,8 @@ class GinrConfig:
     """Fourier frequencies per coordinate of the `simple` decoder (linearly spaced 1…simple_freqs)."""
 
     jitter_std: float = 0.01
-    """Std of Gaussian noise added to the query coordinates during training (0 = off, as in the
-    reference trainer where the call is commented out)."""
-    eval_batch_size: int = runtime_field(256)
-    """Images per forward pass in `evaluate`."""
+    """Std of Gaussian noise added to the query coordinates during training, in unit-square units (0 = off,
+    as in the reference trainer, where the call is commented out)."""
 
     def __post_init__(self):
         if self.dim <= self.pos_emb_dim or self.pos_emb_dim % 4:

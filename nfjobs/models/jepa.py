@@ -5,7 +5,8 @@ set (`target_frac`). The context encoder reads the observed (coordinate, RGB) pa
 target encoder reads all pixels without gradients; the predictor maps the context tokens and the target
 coordinates to the target embeddings. An INR decoder reconstructs every pixel from the context tokens.
 
-`encode(coords, values)` takes observations, not images; `observe(images, frac)` samples them.
+`encode(coords, values)` takes observations, not images; `observe(images, frac)` samples them. Coordinates
+follow the project convention (`nfjobs.nf.fields.grid`: (y, x) in [−1, 1]).
 """
 
 import copy
@@ -17,9 +18,10 @@ from einops import rearrange
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from nfjobs.models.ginr import CrossAttention, fourier_features, pixel_grid
+from nfjobs.models.ginr import CrossAttention, fourier_features, unit
 from nfjobs.models.jepa_config import JepaConfig
 from nfjobs.models.mamba import SequenceEncoder, resolve_backend
+from nfjobs.nf import fields
 
 
 class SetEncoder(nn.Module):
@@ -33,7 +35,8 @@ class SetEncoder(nn.Module):
                                        jc.expand, jc.transformer_heads)
 
     def forward(self, coords: Float[Tensor, "B K 2"], values: Float[Tensor, "B K 3"]) -> Float[Tensor, "B K D"]:
-        return self.encoder(self.embed(torch.cat([fourier_features(coords, self.omegas), values], dim=-1)))
+        gamma = fourier_features(unit(coords.float()), self.omegas)
+        return self.encoder(self.embed(torch.cat([gamma, values.float()], dim=-1)))
 
 
 class CrossAttnBlock(nn.Module):
@@ -70,7 +73,7 @@ class Predictor(nn.Module):
             self.out = nn.Sequential(*layers, nn.Linear(width, d))
 
     def forward(self, ctx: Float[Tensor, "B K D"], target_coords: Float[Tensor, "B T 2"]) -> Float[Tensor, "B T D"]:
-        gamma = fourier_features(target_coords, self.omegas)
+        gamma = fourier_features(unit(target_coords.float()), self.omegas)
         if self.mode == "pool":
             pooled = ctx.mean(1, keepdim=True).expand(-1, gamma.shape[1], -1)
             return self.out(torch.cat([pooled, gamma], dim=-1))
@@ -96,7 +99,7 @@ class ReconDecoder(nn.Module):
 
     def forward(self, queries: Float[Tensor, "B Q 2"], latents: Float[Tensor, "B K D"]
                 ) -> tuple[Float[Tensor, "B Q 3"], Float[Tensor, "B Q H"]]:
-        gamma = fourier_features(queries, self.omegas)
+        gamma = fourier_features(unit(queries.float()), self.omegas)
         if self.mode == "cross_attn":
             context = self.attn(self.query(gamma), self.norm(latents))
         else:
@@ -127,25 +130,25 @@ class NfJepa(nn.Module):
         return self.decoder(queries, latents)
 
     @torch.no_grad()
-    def update_target(self, momentum: float) -> None:
+    def update_target(self, momentum: float | Tensor) -> None:
         """target ← momentum · target + (1 − momentum) · context."""
         for t, c in zip(self.target_encoder.parameters(), self.context_encoder.parameters(), strict=True):
             t.lerp_(c, 1.0 - momentum)
 
 
 def build(cfg) -> NfJepa:
-    """The NF+JEPA model of `cfg.jepa`, its backend resolved for the job's device."""
-    return NfJepa(cfg.jepa, resolve_backend(cfg.jepa.mamba_backend, getattr(cfg, "device", None)))
+    """The NF+JEPA model of `cfg.jepa` (its context is `jepa.obs_frac`; the train job's `context_frac`, `jitter`
+    and `nce_weight` do not apply)."""
+    if cfg.context_frac != 1.0 or cfg.jitter or cfg.nce_weight > 0:
+        raise ValueError("model='jepa' samples its own context: leave context_frac=1, jitter=false, nce_weight=0 "
+                         "and set jepa.obs_frac")
+    return NfJepa(cfg.jepa, resolve_backend(cfg.jepa.mamba_backend))
 
 
 def pixels(images: Float[Tensor, "B 3 H W"]) -> tuple[Float[Tensor, "B HW 2"], Float[Tensor, "B HW 3"]]:
-    """Every pixel's (y, x) centre and RGB value, row-major."""
+    """Every pixel's (y, x) coordinate and RGB value, row-major."""
     b, _, h, w = images.shape
-    return pixel_grid(h, w, images.device).expand(b, -1, -1), rearrange(images, "b c h w -> b (h w) c")
-
-
-def gather(x: Float[Tensor, "B N C"], idx: Int[Tensor, "B K"]) -> Float[Tensor, "B K C"]:
-    return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    return fields.grid(h, w, images.device).expand(b, -1, -1), fields.pixels(images)
 
 
 def split_indices(b: int, n: int, k: int, t: int, device, generator: torch.Generator | None = None
@@ -164,12 +167,12 @@ def observe(images: Float[Tensor, "B 3 H W"], frac: float, generator: torch.Gene
     """A random `frac` of each image's pixels as (coordinates, values), in raster order."""
     coords, values = pixels(images)
     idx, _ = split_indices(len(images), coords.shape[1], count(frac, coords.shape[1]), 0, images.device, generator)
-    return gather(coords, idx), gather(values, idx)
+    return fields.gather(coords, idx), fields.gather(values, idx)
 
 
-def ema_momentum(step: int, jc: JepaConfig) -> float:
-    """Linear ramp from `ema_momentum` to `ema_momentum_end` over `ema_ramp_steps`."""
-    ramp = min(1.0, step / jc.ema_ramp_steps) if jc.ema_ramp_steps > 0 else 1.0
+def ema_momentum(step: int | Tensor, jc: JepaConfig) -> Tensor:
+    """Linear ramp from `ema_momentum` to `ema_momentum_end` over `ema_ramp_steps` (a 0-d tensor, no host sync)."""
+    ramp = (torch.as_tensor(step, dtype=torch.float32) / max(jc.ema_ramp_steps, 1)).clamp(max=1.0)
     return jc.ema_momentum + (jc.ema_momentum_end - jc.ema_momentum) * ramp
 
 
@@ -193,23 +196,23 @@ def jepa_loss(pred: Float[Tensor, "B T D"], target: Float[Tensor, "B T D"], kind
     return (pred - target).square().mean()
 
 
-def training_loss(model: NfJepa, images: Float[Tensor, "B 3 H W"], step: int, cfg
+def training_loss(model: NfJepa, images: Float[Tensor, "B 3 H W"], step: Tensor, cfg
                   ) -> tuple[Tensor, dict[str, Tensor]]:
     """JEPA loss on the target pixels plus the reconstruction loss of every pixel from the context."""
     jc: JepaConfig = cfg.jepa
     coords, values = pixels(images)
     n = coords.shape[1]
     ctx_idx, tgt_idx = split_indices(len(images), n, count(jc.obs_frac, n), count(jc.target_frac, n), images.device)
-    ctx = model.encode(gather(coords, ctx_idx), gather(values, ctx_idx))
+    ctx = model.encode(fields.gather(coords, ctx_idx), fields.gather(values, ctx_idx))
     with torch.no_grad():
-        target = gather(model.target_encoder(coords, values), tgt_idx)
+        target = fields.gather(model.target_encoder(coords, values), tgt_idx).float()
         if jc.target_layernorm:
             target = F.layer_norm(target, target.shape[-1:])
-    pred = model.predictor(ctx, gather(coords, tgt_idx))
+    pred = model.predictor(ctx, fields.gather(coords, tgt_idx)).float()
     loss_jepa = jepa_loss(pred, target, jc.loss)
     # recon_weight 0: the decoder still learns, on detached latents, so PSNR remains a readout.
     rgb, _ = model.decode(coords, ctx if jc.recon_weight > 0 else ctx.detach())
-    mse = (rgb - values).square().flatten(1).mean(1)
+    mse = (rgb.float() - values).square().flatten(1).mean(1)
     loss = loss_jepa + (jc.recon_weight if jc.recon_weight > 0 else 1.0) * mse.mean()
     logs = {
         "jepa": loss_jepa.detach(),
@@ -218,14 +221,23 @@ def training_loss(model: NfJepa, images: Float[Tensor, "B 3 H W"], step: int, cf
         "emb_std": embedding_std(ctx),
         "z_std": embedding_std(ctx.mean(1)),
         "target_std": embedding_std(target),
-        "ema_momentum": torch.tensor(ema_momentum(step, jc)),
+        "ema_momentum": ema_momentum(step, jc),
     }
     return loss, logs
 
 
-def after_step(model: NfJepa, step: int, cfg) -> None:
+def after_step(model: NfJepa, step: Tensor, cfg) -> None:
     """EMA update of the target encoder after the optimiser step."""
     model.update_target(ema_momentum(step, cfg.jepa))
+
+
+@torch.no_grad()
+def reconstruct(model: NfJepa, images: Float[Tensor, "B 3 H W"], frac: float) -> Float[Tensor, "B 3 H W"]:
+    """Full-grid reconstruction from a fixed random `frac` of each image's pixels."""
+    b, _, h, w = images.shape
+    coords, _ = pixels(images)
+    ctx = model.encode(*observe(images, frac, torch.Generator(images.device).manual_seed(0)))
+    return model.decode(coords, ctx)[0].float().clamp(0, 1).transpose(1, 2).reshape(b, 3, h, w)
 
 
 @torch.no_grad()
@@ -239,10 +251,10 @@ def evaluate(model: NfJepa, images: Float[Tensor, "B 3 H W"], cfg) -> list[dict]
     for frac in jc.eval_obs_fracs:
         generator = torch.Generator(images.device).manual_seed(0)
         mses = []
-        for chunk in images.split(jc.eval_batch_size):
+        for chunk in images.split(cfg.eval_batch_size):
             coords, values = pixels(chunk)
             ctx = model.encode(*observe(chunk, frac, generator))
-            mses.append((model.decode(coords, ctx)[0].clamp(0, 1) - values).square().flatten(1).mean(1))
+            mses.append((model.decode(coords, ctx)[0].float().clamp(0, 1) - values).square().flatten(1).mean(1))
         mse = torch.cat(mses)
         rows.append({"context_frac": frac, "psnr": (-10.0 * torch.log10(mse.clamp_min(1e-10))).mean().item(),
                      "mse": mse.mean().item(), "backend": model.backend, "target_grad_ok": grad_ok})

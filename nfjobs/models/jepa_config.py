@@ -8,8 +8,6 @@ Seed 002's ablation flags map to fields: `obs_frac`, `target_frac`, `recon_weigh
 from dataclasses import dataclass
 from typing import Literal
 
-from nfjobs.config import runtime_field
-
 MambaBackend = Literal["auto", "mamba_ssm", "pure", "transformer"]
 
 
@@ -68,8 +66,6 @@ class JepaConfig:
 
     eval_obs_fracs: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2, 0.5)
     """Observation fractions at which `evaluate` reports reconstruction PSNR."""
-    eval_batch_size: int = runtime_field(128)
-    """Images per forward pass in `evaluate`."""
 
     def __post_init__(self):
         for name in ("obs_frac", "target_frac"):
