@@ -1,0 +1,30 @@
+"""The seed-004 table from score-job result rows: prototypes, train images, mAP, 5% and 95% AP quantiles,
+and the constant-predictor mAP beside every line."""
+
+import polars as pl
+
+COLUMNS = {"n_prototypes": "Prototypes", "n_train_images": "Train", "map": "mAP", "ap_q05": "5%",
+           "ap_q95": "95%", "constant_map": "Constant mAP"}
+
+
+def table(rows: pl.DataFrame) -> pl.DataFrame:
+    """One line per scorer x prototypes x training images (mean over seeds/cells), from `score` result rows.
+
+    `rows` needs `row_type`, `scorer`, `n_prototypes` and the summary metrics (`results.load(...)` gives them).
+    """
+    summary = rows.filter(pl.col("row_type") == "summary")
+    if "status" in summary.columns:
+        summary = summary.filter(pl.col("status") == "ok")
+    return (
+        summary.group_by("scorer", "n_prototypes", "n_train_images")
+        .agg(pl.col("map", "ap_q05", "ap_q95", "constant_map").mean(), pl.len().alias("cells"))
+        .sort("scorer", "n_prototypes", "n_train_images")
+        .rename({**COLUMNS, "scorer": "Scorer"})
+    )
+
+
+def markdown(df: pl.DataFrame) -> str:
+    """`df` as a markdown table, all rows."""
+    with pl.Config(tbl_formatting="MARKDOWN", tbl_hide_column_data_types=True, tbl_hide_dataframe_shape=True,
+                   tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=80):
+        return str(df)
