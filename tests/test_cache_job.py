@@ -29,7 +29,7 @@ def field_dir(tmp_path, monkeypatch):
     torch.manual_seed(0)
     field = ToyField(n_latents=6, latent_dim=8, hidden=8).eval()
     loads = []
-    monkeypatch.setattr(cache, "load_field", lambda d, device: loads.append(d) or field)
+    monkeypatch.setattr(cache, "load_field", lambda d, device: loads.append(d) or (field, "toy"))
     return run_dir, loads
 
 
