@@ -142,12 +142,13 @@ def scorer_key(cfg: Config, ctx) -> str:
 
 def _batches(shards, n_tokens_per_batch: int):
     """(B, P, D) torch tensors in image order, about `n_tokens_per_batch` patches each."""
+    import numpy as np
     import torch
 
     for shard in shards:
         step = max(1, n_tokens_per_batch // shard.shape[1])
         for i in range(0, len(shard), step):
-            yield torch.from_numpy(shard[i : i + step].astype("float32", copy=False))
+            yield torch.from_numpy(np.array(shard[i : i + step], dtype=np.float32))  # memory-mapped: copy
 
 
 def _training_patches(shards, n: int, seed: int):
