@@ -99,3 +99,18 @@ def test_report_table(tmp_path):
     assert table["Train"].to_list() == [16, 180]
     text = report.markdown(table)
     assert text.count("\n") == 3 and "| Constant mAP |" in text
+
+
+def test_prototype_sweeps_expand_and_the_tiny_one_runs_to_the_table(tmp_path, capsys):
+    from nfjobs import results, sweep
+    from nfjobs.runner import CellSpec, run_cell
+
+    full = sweep.expand(["configs/sweeps/prototypes.toml"])
+    assert len(full) == 4 * 4 * 5 and {c.config.n_train for c in full} == {16, 64, 256, 1024, 0}
+    cells = [c for c in sweep.expand(["configs/sweeps/prototypes_tiny.toml"]) if c.config.scorer == "random"]
+    for c in cells:
+        run_cell(CellSpec(c.kind, c.config, c.key, c.sweep, c.group, str(tmp_path), {}))
+    table = report.table(results.load(tmp_path, warn=False).collect())
+    print(report.markdown(table))
+    assert table.height == len(cells) == 6 and table["Constant mAP"].n_unique() == 1
+    assert "| Prototypes | Train |" in capsys.readouterr().out
