@@ -10,8 +10,8 @@ are sorted once and the order is shared by all traits. Two exact paths use it:
 
 - dense (common traits): gather the label rows in score order, cumulative-sum them, read the counts at the
   end of each tie group: O(N) per prototype and trait;
-- sparse (rare traits): gather R at the trait's positives and sort those P ranks; cpos is then a
-  `searchsorted`: O(P log P) per prototype and trait.
+- sparse (rare traits): gather R at the trait's positives and sort those P ranks; cpos is then the position
+  in that order (moved to the end of runs of equal ranks): O(P log P) per prototype and trait.
 
 Traits without positives get AP 0 (what scikit-learn returns, with a warning) and are reported by `n_pos == 0`.
 Prototypes are processed in chunks so that memory stays bounded on CPU and GPU.
