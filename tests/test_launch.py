@@ -1,0 +1,130 @@
+"""launch.py end to end without Slurm: dry runs, debug and local dispatch, skipping, --force, failures, exit codes."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+import launch
+from nfjobs import results
+
+ROOT = Path(__file__).parent.parent
+FIXTURES = Path(__file__).parent / "sweeps"
+
+
+def run_launch(*args: str, runs: Path) -> int:
+    return launch.main([*args, "--runs-root", str(runs), "--log-root", str(runs.parent / "logs")])
+
+
+def test_dry_run_counts_cells_per_kind_and_writes_nothing(sweep_file, tmp_path, capsys):
+    path = sweep_file('[[group]]\nkind = "smoke"\nsteps = [1, 2, 3]\n[[group]]\nkind = "kinds.toy"\n')
+    assert run_launch("--sweep", str(path), "--dry-run", runs=tmp_path / "runs") == 0
+    out = capsys.readouterr().out
+    assert "4 cells" in out
+    assert "smoke" in out and "3 to run" in out and "kinds.toy" in out
+    assert not (tmp_path / "runs").exists()
+
+
+def test_debug_runs_cells_then_a_relaunch_skips_them_and_force_reruns(sweep_file, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    path = sweep_file('kind = "kinds.toy"\nhead.width = [4, 8]\n')
+    assert run_launch("--sweep", str(path), "--debug", runs=runs) == 0
+    df = results.load(path, runs).collect()
+    assert df.height == 4  # 2 cells x 2 rows
+    assert set(df["status"]) == {"ok"} and set(df["sweep"]) == {"s"}
+    assert {"optim.lr", "head.width", "metric", "run.git_commit", "run.host", "run.start"} <= set(df.columns)
+    first_end = df["run.end"].max()
+
+    capsys.readouterr()
+    assert run_launch("--sweep", str(path), "--dry-run", runs=runs) == 0
+    assert "0 to run       2 done (skipped)" in capsys.readouterr().out
+    assert run_launch("--sweep", str(path), "--debug", runs=runs) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert results.load(path, runs).collect()["run.end"].max() == first_end
+
+    assert run_launch("--sweep", str(path), "--debug", "--force", runs=runs) == 0
+    assert results.load(path, runs).collect()["run.end"].max() > first_end
+
+
+def test_debug_raises_at_once_and_records_a_failed_row(sweep_file, tmp_path):
+    runs = tmp_path / "runs"
+    path = sweep_file('kind = "kinds.toy"\nfail = true\n')
+    with pytest.raises(ValueError, match="toy job asked to fail"):
+        run_launch("--sweep", str(path), "--debug", runs=runs)
+    df = results.load(path, runs).collect()
+    assert df["status"].to_list() == ["failed"]
+    assert "ValueError: toy job asked to fail" in df["error"][0] and "Traceback" in df["error"][0]
+
+
+def test_typed_override_reaches_the_result_rows(sweep_file, tmp_path):
+    runs = tmp_path / "runs"
+    path = sweep_file('kind = "kinds.toy"\n[optim]\nlr = 0.5\n')
+    assert run_launch("--sweep", str(path), "--debug", "--optim.lr", "0.001", runs=runs) == 0
+    assert results.load(path, runs).collect()["optim.lr"].unique().to_list() == [0.001]
+
+
+def test_local_mode_runs_cells_in_subprocesses_and_reports_failures(sweep_file, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    path = sweep_file('kind = "kinds.toy"\nfail = [false, true]\nhead.width = [4, 8]\n')
+    assert run_launch("--sweep", str(path), "--max-parallel", "2", runs=runs) == 1
+    df = results.load(path, runs).collect()
+    per_cell = df.group_by("key").agg(pl.col("status").first(), pl.col("fail").first())
+    assert sorted(zip(per_cell["fail"], per_cell["status"])) == [(False, "ok")] * 2 + [(True, "failed")] * 2
+    assert "2 ok, 2 not ok" in capsys.readouterr().out
+    assert list((tmp_path / "logs" / "s").glob("*/*_log.err"))  # submitit logs under logs/<sweep>/
+
+
+def test_a_reference_to_a_cell_outside_the_launch_with_no_result_is_refused(sweep_file, tmp_path, capsys):
+    path = sweep_file('kind = "kinds.toy"\nupstream = "toy-000000000000"\n')
+    # a literal key is not a dependency the launcher can see, so the cell runs and fails clearly
+    with pytest.raises(FileNotFoundError, match="toy-000000000000"):
+        run_launch("--sweep", str(path), "--debug", runs=tmp_path / "runs")
+
+
+def test_two_stage_sweep_runs_upstream_first(sweep_file, tmp_path):
+    runs = tmp_path / "runs"
+    path = sweep_file('[[group]]\nname = "up"\nkind = "kinds.toy"\n'
+                      '[[group]]\nkind = "kinds.toy"\nupstream = "@up"\nhead.width = [1, 2]\n')
+    assert run_launch("--sweep", str(path), "--debug", runs=runs) == 0
+    df = results.load(path, runs).collect().filter(pl.col("upstream") != "")
+    assert df["upstream_ok"].to_list() == ["true"] * 4 or df["upstream_ok"].cast(pl.String).to_list() == ["true"] * 4
+
+
+@pytest.mark.parametrize("fixture", sorted(p.name for p in FIXTURES.glob("*.toml")))
+def test_bad_sweeps_exit_non_zero_with_one_clear_message_and_submit_nothing(fixture, tmp_path):
+    runs = tmp_path / "runs"
+    proc = subprocess.run(
+        [sys.executable, "launch.py", "--sweep", str(FIXTURES / fixture), "--runs-root", str(runs)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "nothing was submitted" in proc.stderr and str(FIXTURES / fixture) in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not runs.exists()
+
+
+def test_the_cli_validates_a_dry_run_without_importing_torch(tmp_path):
+    code = ("import sys, launch; rc = launch.main(['--sweep', 'tests/sweeps/../../configs/sweeps/quickstart.toml',"
+            f" '--dry-run', '--runs-root', {str(tmp_path)!r}]); "
+            "assert rc == 0; assert 'torch' not in sys.modules, 'torch was imported'; print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("ok")
+
+
+def test_status_and_report_commands(sweep_file, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    path = sweep_file('kind = "kinds.toy"\nhead.width = [4, 8]\nseed = [0, 1]\n')
+    assert run_launch("--sweep", str(path), "--debug", runs=runs) == 0
+    capsys.readouterr()
+    assert launch.main(["status", "--sweep", str(path), "--runs-root", str(runs)]) == 0
+    assert "4 cells | ok 4" in capsys.readouterr().out
+    out_file = tmp_path / "table.md"
+    assert launch.main(["report", "--sweep", str(path), "--runs-root", str(runs), "--by", "head.width",
+                        "--metric", "metric", "--where", "split=val", "--format", "markdown",
+                        "--out", str(out_file)]) == 0
+    table = out_file.read_text()
+    assert table.startswith("| head.width | mean | std | n | ci95_low | ci95_high |")
+    assert len(table.strip().splitlines()) == 4

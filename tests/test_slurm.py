@@ -1,0 +1,124 @@
+"""launch.py against a real Slurm cluster (start one with `bash scripts/dev-slurm.sh up`).
+
+Skipped with a reason where there is none; CI sets NFJOBS_REQUIRE_SLURM=1, which turns the skip into a failure.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from nfjobs import results
+
+ROOT = Path(__file__).parent.parent
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
+ACCOUNT = os.environ.get("NFJOBS_TEST_SLURM_ACCOUNT", "ci")
+PARTITION = os.environ.get("NFJOBS_TEST_SLURM_PARTITION", "cpu")
+
+
+def launch(sweep: Path, tmp_path: Path, *extra: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "launch.py", "--sweep", str(sweep), "--runs-root", str(tmp_path / "runs"),
+           "--log-root", str(tmp_path / "logs"), "--slurm-acct", ACCOUNT, "--slurm-partition", PARTITION,
+           "--cpus-per-task", "1", *extra]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def manifest_jobs(tmp_path: Path, sweep: str) -> dict[str, str]:
+    return json.loads((tmp_path / "runs" / "_sweeps" / f"{sweep}.json").read_text())["jobs"]
+
+
+def test_an_array_sweep_returns_one_result_per_cell(sweep_file, tmp_path):
+    path = sweep_file('kind = "smoke"\nsteps = [1, 2]\nlabel = ["a", "b", "c"]\n', "array.toml")
+    proc = launch(path, tmp_path, "--wait", "--max-parallel", "4")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    jobs = manifest_jobs(tmp_path, "array")
+    assert len(jobs) == 6 and len({j.split("_")[0] for j in jobs.values()}) == 1  # one array of 6 tasks
+    df = results.load(path, tmp_path / "runs").collect()
+    assert df.height == 6 and set(df["status"]) == {"ok"}
+    assert sorted(df["run.slurm_array_task_id"].to_list()) == [str(i) for i in range(6)]
+    assert (tmp_path / "logs" / "array").is_dir()
+
+
+def test_fire_and_forget_prints_job_ids_and_the_status_command(sweep_file, tmp_path):
+    path = sweep_file('kind = "smoke"\nlabel = ["x", "y"]\n', "forget.toml")
+    proc = launch(path, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "submitted 2 cells as job array(s)" in proc.stdout and "launch.py status --sweep" in proc.stdout
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and results.load(path, tmp_path / "runs").collect().height < 2:
+        time.sleep(1)
+    status = subprocess.run([sys.executable, "launch.py", "status", "--sweep", str(path), "--runs-root",
+                             str(tmp_path / "runs")], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert "2 cells | ok 2" in status.stdout
+
+
+def test_a_cell_that_raises_gives_a_failed_row_with_the_traceback(sweep_file, tmp_path):
+    path = sweep_file('kind = "smoke"\nfail_at_step = [-1, 1]\n', "fails.toml")
+    proc = launch(path, tmp_path, "--wait")
+    assert proc.returncode == 1
+    assert "1 ok, 1 not ok" in proc.stdout
+    df = results.load(path, tmp_path / "runs").collect().sort("fail_at_step")
+    assert df["status"].to_list() == ["ok", "failed"]
+    assert "RuntimeError: smoke job failing on purpose at step 1" in df["error"][1]
+    assert "Traceback" in df["error"][1]
+
+
+def test_a_cancelled_job_is_reported_not_hung_on(sweep_file, tmp_path):
+    path = sweep_file('kind = "smoke"\nsteps = 300\nstep_seconds = 1.0\n', "cancel.toml")
+    waiter = subprocess.Popen(
+        [sys.executable, "launch.py", "--sweep", str(path), "--runs-root", str(tmp_path / "runs"), "--log-root",
+         str(tmp_path / "logs"), "--slurm-acct", ACCOUNT, "--slurm-partition", PARTITION, "--cpus-per-task", "1",
+         "--wait"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    manifest = tmp_path / "runs" / "_sweeps" / "cancel.json"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (manifest.exists() and json.loads(manifest.read_text())["jobs"]):
+        time.sleep(0.5)
+    (job_id,) = manifest_jobs(tmp_path, "cancel").values()
+    subprocess.run(["scancel", job_id.split("_")[0]], check=True)
+    out, err = waiter.communicate(timeout=120)
+    assert waiter.returncode == 1, out + err
+    assert "0 ok, 1 not ok" in out and "no result" in out
+    status = subprocess.run([sys.executable, "launch.py", "status", "--sweep", str(path), "--runs-root",
+                             str(tmp_path / "runs")], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert "cancelled" in status.stdout
+
+
+def test_a_job_that_hits_its_time_limit_is_requeued_and_resumes_from_its_checkpoint(sweep_file, tmp_path):
+    # A 1-minute limit with the warning 45 s before it: slurmctld checks limits every 30 s, so each run is
+    # warned 15-45 s in, checkpoints and is requeued. 45 s of work cannot fit in one run.
+    path = sweep_file('kind = "smoke"\nsteps = 18\nstep_seconds = 2.5\n', "timeout.toml")
+    proc = launch(path, tmp_path, "--wait", "--n-hours", str(1 / 60), "--signal-delay-s", "45",
+                  "--max-requeues", "10", timeout=480)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    df = results.load(path, tmp_path / "runs").collect()
+    assert df.height == 1 and df["status"][0] == "ok"
+    assert df["steps_done"][0] == 16
+    assert df["starts"][0] >= 2  # it started more than once and resumed: the step counter survived
+    assert df["run.slurm_restarts"][0] >= 1
+
+
+def test_an_unknown_account_gives_slurms_error_and_submits_nothing(sweep_file, tmp_path):
+    path = sweep_file('kind = "smoke"\n', "badacct.toml")
+    proc = subprocess.run(
+        [sys.executable, "launch.py", "--sweep", str(path), "--runs-root", str(tmp_path / "runs"),
+         "--slurm-acct", "no-such-account", "--log-root", str(tmp_path / "logs")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "sbatch refused the job array" in proc.stderr
+    assert "account" in proc.stderr.lower() and "Traceback" not in proc.stderr
+    assert not manifest_jobs(tmp_path, "badacct")
+
+
+def test_a_two_stage_sweep_waits_for_its_first_stage(sweep_file, tmp_path):
+    path = sweep_file('[[group]]\nname = "up"\nkind = "kinds.toy"\n'
+                      '[[group]]\nkind = "kinds.toy"\nupstream = "@up"\nhead.width = [1, 2]\n', "stages.toml")
+    proc = launch(path, tmp_path, "--wait")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    df = results.load(path, tmp_path / "runs").collect()
+    down = df.filter(pl.col("upstream") != "")
+    assert down.height == 4 and down["upstream_ok"].cast(pl.String).to_list() == ["true"] * 4
