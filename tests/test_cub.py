@@ -91,10 +91,13 @@ def test_check_root_says_what_is_missing(tmp_path):
 
 def test_constant_predictor_map_is_mean_prevalence(tmp_path):
     truth = write_fixture(tmp_path)
-    test = cub.load_annotations(str(tmp_path), "val").traits
+    train, test = (cub.load_annotations(str(tmp_path), s).traits for s in ("train", "val"))
     expected = truth["traits"][~truth["is_train"]]
     keep = expected.any(0)
-    constant = protocol.constant_map(torch.from_numpy(test))
+    scores = torch.randn(len(train), 3), torch.randn(len(test), 3)
+    result = protocol.evaluate(scores[0], torch.from_numpy(train), scores[1], torch.from_numpy(test))
+    np.testing.assert_allclose(result.constant_ap, expected.mean(0), rtol=0, atol=1e-12)
+    constant = result.summary()["constant_map"]
     assert constant == pytest.approx(expected.mean(0)[keep].mean(), abs=1e-12)
     assert protocol.constant_map_problem(constant) is None
 

@@ -60,7 +60,9 @@ class Evaluation:
     train_pos: Int[np.ndarray, " T"]
     test_pos: Int[np.ndarray, " T"]
     prevalence: Float[np.ndarray, " T"]
-    """Test prevalence, which is also each trait's constant-predictor AP."""
+    """Fraction of test images with the trait."""
+    constant_ap: Float[np.ndarray, " T"]
+    """Test AP of a predictor that gives every image the same score (equals the prevalence)."""
     n_train: int
     n_test: int
     seconds_select: float
@@ -72,7 +74,7 @@ class Evaluation:
 
     def summary(self) -> dict[str, float | int | bool]:
         ap = self.test_ap[self.scored]
-        constant = float(self.prevalence[self.scored].mean()) if len(ap) else float("nan")
+        constant = float(self.constant_ap[self.scored].mean()) if len(ap) else float("nan")
         return {
             "map": float(ap.mean()) if len(ap) else float("nan"),
             "ap_q05": float(np.quantile(ap, 0.05)) if len(ap) else float("nan"),
@@ -111,6 +113,7 @@ def evaluate(
     seconds = time.perf_counter() - start
     test_ap = paired_average_precision(test_scores[:, chosen.index.to(test_scores.device)], test_traits)
     test_pos = test_traits.sum(0)
+    constant = torch.zeros(test_traits.shape, device=test_traits.device)
     return Evaluation(
         prototype=chosen.index.cpu().numpy(),
         train_ap=chosen.ap.cpu().numpy(),
@@ -118,15 +121,8 @@ def evaluate(
         train_pos=chosen.n_pos.cpu().numpy(),
         test_pos=test_pos.cpu().numpy(),
         prevalence=(test_pos.double() / len(test_traits)).cpu().numpy(),
+        constant_ap=paired_average_precision(constant, test_traits).cpu().numpy(),
         n_train=len(idx),
         n_test=len(test_traits),
         seconds_select=seconds,
     )
-
-
-def constant_map(traits: Bool[Tensor, "N T"]) -> float:
-    """mAP of a predictor that gives every image the same score, over traits with positives (= mean prevalence)."""
-    traits = traits.to(torch.bool)
-    keep = traits.any(0)
-    ap = paired_average_precision(torch.zeros(traits.shape, dtype=torch.float32), traits)
-    return float(ap[keep].mean())

@@ -123,10 +123,6 @@ class KMeans(_Base):
             # an empty cluster keeps its centre
             self.centres = torch.where(counts > 0, sums / counts.clamp(min=1), self.centres)
 
-    def inertia(self, activations: Float[Tensor, "N D"]) -> float:
-        """Mean squared distance of the points to their nearest centre."""
-        return float(self._assign(activations.float())[1].mean())
-
     def __call__(self, activations: Float[Tensor, "B D"]) -> Float[Tensor, "B K"]:
         return -_sq_dists(activations.float(), self.centres).sqrt_()
 
