@@ -80,6 +80,11 @@ def config_columns(config: Any) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v) for k, v in flat.items()}
 
 
+def metric_rows_repr(rows: list[dict[str, Any]], limit: int = 2000) -> str:
+    text = repr(rows)
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
 def run_cell(spec: CellSpec) -> list[dict[str, Any]]:
     """Run the cell and write its result file (status `ok`, or `failed` with the traceback, then re-raise)."""
     ctx = Context(key=spec.key, kind=spec.kind, runs_root=Path(spec.runs_root))
@@ -91,6 +96,7 @@ def run_cell(spec: CellSpec) -> list[dict[str, Any]]:
         module = load_kind(spec.kind)
         metric_rows = module.run(spec.config, ctx) or [{}]
         status, error = "ok", ""
+        metrics_given = metric_rows
     except BaseException as err:  # noqa: BLE001 - record, then re-raise (KeyboardInterrupt included)
         metric_rows, status, error = [{}], "failed", "".join(traceback.format_exception(err))
         failure = err
@@ -98,12 +104,14 @@ def run_cell(spec: CellSpec) -> list[dict[str, Any]]:
         failure = None
     timing = {"run.start": start, "run.end": dt.datetime.now(dt.timezone.utc), "run.seconds": time.monotonic() - t0}
     meta = {**spec.provenance, **_runtime_provenance(), **timing}
-    rows = []
-    for metrics in metric_rows:
-        clash = (RESERVED_COLUMNS | cfg_cols.keys() | meta.keys()) & metrics.keys()
-        if clash:
-            raise ValueError(f"job {spec.kind!r} returned metric names that clash with result columns: {sorted(clash)}")
-        rows.append({**base, "status": status, "error": error, **cfg_cols, **metrics, **meta})
+    fixed = {**base, **cfg_cols, **meta}
+    clash = sorted({k for m in metric_rows for k in m if (k in fixed and m[k] != fixed[k]) or k in ("status", "error")})
+    if clash and failure is None:  # a job bug; keep the metrics visible in the error rather than lose the run
+        status, metric_rows = "failed", [{}]
+        error = (f"job {spec.kind!r} returned metrics whose names clash with result columns {clash} "
+                 f"(rename them); its rows were: {metric_rows_repr(metrics_given)}")
+        failure = ValueError(error)
+    rows = [{**fixed, **metrics, "status": status, "error": error} for metrics in metric_rows]
     if isinstance(failure, (KeyboardInterrupt, SystemExit)):
         raise failure  # interrupted, not failed: no result, so a relaunch runs it again
     write_rows(result_path(spec.runs_root, spec.key), rows)

@@ -327,7 +327,9 @@ def _expand_file(path: Path, data: dict[str, Any], overrides: list[Override], p:
     meta = data.get("sweep", {})
     for k in meta:
         if k not in SWEEP_META:
-            p.add(f"sweep.{k}", f"unknown sweep setting{_suggest(k, sorted(SWEEP_META))}")
+            hint = _suggest(k, sorted(SWEEP_META)) or ("; keys after a [table] header belong to that table: "
+                                                      "put top-level keys above the first [table]")
+            p.add(f"sweep.{k}", f"unknown sweep setting{hint}")
     name = sweep_name or meta.get("name", path.stem)
     seeds = meta.get("seeds", "derived")
     if seeds not in SEED_POLICIES:

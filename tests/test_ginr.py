@@ -147,5 +147,5 @@ def test_a_few_steps_reduce_the_loss(variant):
 def test_evaluate_rows():
     cfg = Cfg()
     rows = ginr.evaluate(ginr.build(cfg), _images(5), cfg)
-    assert len(rows) == 1 and rows[0]["backend"] == "pure" and rows[0]["context_frac"] == 1.0
+    assert len(rows) == 1 and rows[0]["backend"] == "pure" and rows[0]["eval_context_frac"] == 1.0
     assert 0 < rows[0]["psnr"] < 60

@@ -133,5 +133,5 @@ def test_reconstruct_and_unused_train_options():
 def test_evaluate_rows():
     cfg = Cfg()
     rows = jepa.evaluate(jepa.build(cfg), _images(5), cfg)
-    assert [r["context_frac"] for r in rows] == [0.01, 0.05, 0.1, 0.2, 0.5]
+    assert [r["eval_context_frac"] for r in rows] == [0.01, 0.05, 0.1, 0.2, 0.5]
     assert all(r["target_grad_ok"] and r["backend"] == "pure" and 0 < r["psnr"] < 60 for r in rows)

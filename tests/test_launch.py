@@ -58,6 +58,16 @@ def test_debug_raises_at_once_and_records_a_failed_row(sweep_file, tmp_path):
     assert "ValueError: toy job asked to fail" in df["error"][0] and "Traceback" in df["error"][0]
 
 
+def test_a_metric_clashing_with_a_config_column_fails_the_cell_but_keeps_the_numbers(sweep_file, tmp_path):
+    runs = tmp_path / "runs"
+    path = sweep_file('kind = "kinds.toy"\nclash = true\n')
+    with pytest.raises(ValueError, match="clash with result columns"):
+        run_launch("--sweep", str(path), "--debug", runs=runs)
+    df = results.load(path, runs).collect()
+    assert df["status"].to_list() == ["failed"] and df["head.width"].to_list() == [8]
+    assert "['head.width']" in df["error"][0] and "'metric':" in df["error"][0]
+
+
 def test_typed_override_reaches_the_result_rows(sweep_file, tmp_path):
     runs = tmp_path / "runs"
     path = sweep_file('kind = "kinds.toy"\n[optim]\nlr = 0.5\n')

@@ -262,5 +262,5 @@ def evaluate(model: MambaGinr, images: Float[Tensor, "B 3 H W"], cfg) -> list[di
         mses.append((rgb - fields.pixels(chunk)).square().flatten(1).mean(1))
     model.train(was_training)
     mse = torch.cat(mses)
-    return [{"context_frac": 1.0, "psnr": _psnr(mse).mean().item(), "mse": mse.mean().item(),
+    return [{"eval_context_frac": 1.0, "psnr": _psnr(mse).mean().item(), "mse": mse.mean().item(),
              "backend": model.backend}]

@@ -256,7 +256,7 @@ def evaluate(model: NfJepa, images: Float[Tensor, "B 3 H W"], cfg) -> list[dict]
             ctx = model.encode(*observe(chunk, frac, generator))
             mses.append((model.decode(coords, ctx)[0].float().clamp(0, 1) - values).square().flatten(1).mean(1))
         mse = torch.cat(mses)
-        rows.append({"context_frac": frac, "psnr": (-10.0 * torch.log10(mse.clamp_min(1e-10))).mean().item(),
+        rows.append({"eval_context_frac": frac, "psnr": (-10.0 * torch.log10(mse.clamp_min(1e-10))).mean().item(),
                      "mse": mse.mean().item(), "backend": model.backend, "target_grad_ok": grad_ok})
     model.train(was_training)
     return rows

@@ -27,6 +27,8 @@ class Config:
     """A cell key this cell reads (for dependency tests)."""
     fail: bool = False
     """Raise instead of returning rows."""
+    clash: bool = False
+    """Return a metric named like a config field, with another value (a job bug the runner must catch)."""
     log_every: int = runtime_field(10)
     """How often to log (does not change results)."""
 
@@ -48,4 +50,6 @@ def run(cfg: Config, ctx) -> list[dict]:
     if cfg.upstream:
         upstream = (ctx.resolve(cfg.upstream) / "result.parquet").exists()
     score = cfg.optim.lr * cfg.head.width + cfg.seed % 7
-    return [{"metric": score, "split": s, "upstream_ok": upstream} for s in ("train", "val")]
+    extra = {"head.width": -1} if cfg.clash else {}
+    # echoing a config value under its own name is harmless
+    return [{"metric": score, "split": s, "upstream_ok": upstream, "seed": cfg.seed, **extra} for s in ("train", "val")]
