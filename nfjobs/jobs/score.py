@@ -20,6 +20,7 @@ whole protocol runs without downloads or a cache cell.
 
 import hashlib
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -176,8 +177,6 @@ def _scorer(cfg: Config, ctx, train_shards, device):
     if path.exists():
         ctx.log(f"scorer reused from {path}")
         return scorers.load(path, device), 0.0
-    import time
-
     options = {
         "kmeans": {"n_iter": cfg.kmeans_iters},
         "sae": {"l1": cfg.sae_l1, "lr": cfg.sae_lr, "steps": cfg.sae_steps, "batch": cfg.sae_batch},
@@ -202,7 +201,6 @@ def run(cfg: Config, ctx) -> list[dict]:
 
     device = ctx.device() if cfg.device == "auto" else torch.device(cfg.device)
     (train_shards, train_traits), (val_shards, val_traits), names = _load(cfg, ctx)
-    torch.manual_seed(cfg.seed)
     scorer, seconds_scorer = _scorer(cfg, ctx, train_shards, device)
     train_scores = protocol.image_scores(scorer, _batches(train_shards, cfg.batch_patches), device)
     val_scores = protocol.image_scores(scorer, _batches(val_shards, cfg.batch_patches), device)
