@@ -6,6 +6,7 @@ naming the file, the dotted key and what was expected.
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import itertools
 import json
@@ -71,7 +72,8 @@ class _KindInfo:
     cls: type
     leaves: dict[str, Any]
     defaults: dict[str, Any]
-    runtime: frozenset[str]
+    hashed: tuple[str, ...]
+    """Sorted dotted keys that enter the cell key (all leaves but runtime fields and `seed`)."""
 
 
 def _runtime_leaves(cls: type, prefix: str = "") -> set[str]:
@@ -96,31 +98,43 @@ def kind_info(kind: str) -> _KindInfo:
         clash = RESERVED & {k.split(".")[0] for k in leaves}
         if clash:
             raise UnknownKind(f"job kind {kind!r}: config fields {sorted(clash)} clash with reserved sweep keys")
-        _KIND_CACHE[kind] = _KindInfo(
-            kind, module, cls, leaves, typed.defaults_flat(cls), frozenset(_runtime_leaves(cls))
-        )
+        hashed = tuple(sorted(set(leaves) - _runtime_leaves(cls) - {"seed"}))
+        _KIND_CACHE[kind] = _KindInfo(kind, module, cls, leaves, typed.defaults_flat(cls), hashed)
     return _KIND_CACHE[kind]
+
+
+@functools.lru_cache(maxsize=65536)
+def _fragment(key: str, value: Any) -> str:
+    return json.dumps(key) + ":" + json.dumps(_canonical(value), separators=(",", ":"))
+
+
+def _fragment_of(key: str, value: Any) -> str:
+    try:
+        return _fragment(key, value)
+    except TypeError:  # unhashable (a list-typed field): encode without the cache
+        return json.dumps(key) + ":" + json.dumps(_canonical(value), separators=(",", ":"))
+
+
+def _identity(info: _KindInfo, flat: dict[str, Any]) -> str:
+    """Canonical JSON of everything that defines the computation, except the seed."""
+    return "{" + ",".join(_fragment_of(k, flat[k]) for k in info.hashed) + "}"
+
+
+def _key(info: _KindInfo, identity: str, seed: Any) -> str:
+    blob = f"[{json.dumps(info.kind)},{identity},{json.dumps(seed)}]"
+    return f"{info.kind.rsplit('.', 1)[-1]}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
 def cell_key(kind: str, config: Any) -> str:
     """Content hash of a config: equal configs share a key, hence a run directory and a result file."""
     info = kind_info(kind)
     flat = typed.flatten(dataclasses.asdict(config))
-    return _key_from_flat(info, flat)
+    return _key(info, _identity(info, flat), flat.get("seed"))
 
 
-def _key_from_flat(info: _KindInfo, flat: dict[str, Any]) -> str:
-    payload = {k: _canonical(v) for k, v in flat.items() if k not in info.runtime}
-    blob = json.dumps([info.kind, payload], sort_keys=True, separators=(",", ":"))
-    digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
-    return f"{info.kind.rsplit('.', 1)[-1]}-{digest}"
-
-
-def _derived_seed(base: int, info: _KindInfo, flat: dict[str, Any]) -> int:
+def _derived_seed(base: int, identity: str) -> int:
     """base + a stable offset from the rest of the config, so editing the grid does not reshuffle seeds."""
-    payload = {k: _canonical(v) for k, v in flat.items() if k != "seed" and k not in info.runtime}
-    blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
-    return base + int.from_bytes(hashlib.sha256(blob).digest()[:4], "little") % 1_000_000
+    return base + int.from_bytes(hashlib.sha256(identity.encode()).digest()[:4], "little") % 1_000_000
 
 
 # ---------------------------------------------------------------------------------------------------- parsing
@@ -380,8 +394,9 @@ def _expand_file(path: Path, data: dict[str, Any], overrides: list[Override], p:
             for (keys, _), values in zip(axes, point):
                 flat.update(zip(keys, values))
             _apply_overrides(p, info, flat, overrides)
+            identity = _identity(info, flat)
             if seeds == "derived" and not g.seeded_axis and "seed" in info.leaves:
-                flat["seed"] = _derived_seed(flat["seed"], info, flat)
+                flat["seed"] = _derived_seed(flat["seed"], identity)
             try:
                 cfg = typed.build(info.cls, flat)
             except (TypeError, ValueError) as err:
@@ -390,11 +405,11 @@ def _expand_file(path: Path, data: dict[str, Any], overrides: list[Override], p:
                 if len(p.items) > 20:
                     return []
                 continue
-            key = _key_from_flat(info, flat)
+            key = _key(info, identity, flat.get("seed"))
             deps = tuple(flat[k] for k in dep_keys)
             check = getattr(info.module, "check", None)
             if check is not None:
-                for dotted, msg in _cached_check(check, cfg):
+                for dotted, msg in check(cfg):
                     if dotted not in dep_keys:  # those name cells of this launch that have not run yet
                         p.add(dotted, msg)
             keys_of[g.name].append(key)
@@ -403,12 +418,3 @@ def _expand_file(path: Path, data: dict[str, Any], overrides: list[Override], p:
     p.items = list(dict.fromkeys(p.items))
     return [] if p.items else cells
 
-
-_CHECKED: dict[tuple[Any, Any], list[tuple[str, str]]] = {}
-
-
-def _cached_check(check: Any, cfg: Any) -> list[tuple[str, str]]:
-    k = (check, cfg)
-    if k not in _CHECKED:
-        _CHECKED[k] = list(check(cfg))
-    return _CHECKED[k]

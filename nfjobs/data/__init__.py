@@ -4,6 +4,7 @@ Images are loaded once into memory (CIFAR-10 is 150 MB) and moved to the device 
 happens there, not per sample.
 """
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,8 +23,10 @@ class Split:
     trait_names: tuple[str, ...] = ()
 
 
+@functools.lru_cache(maxsize=1024)
 def check(cfg: DataConfig, prefix: str = "data") -> list[tuple[str, str]]:
-    """Pre-submission problems with `cfg` as `(dotted key, message)` pairs; empty when fine."""
+    """Pre-submission problems with `cfg` as `(dotted key, message)` pairs; empty when fine (memoised: a sweep
+    asks once per cell)."""
     if cfg.name == "cifar10":
         from nfjobs.data.cifar10 import check_root
 
