@@ -13,6 +13,9 @@ are sorted once and the order is shared by all traits. Two exact paths use it:
 - sparse (rare traits): gather R at the trait's positives and sort those P ranks; cpos is then the position
   in that order (moved to the end of runs of equal ranks): O(P log P) per prototype and trait.
 
+On a GPU every trait takes the dense path: it streams through memory in a few large kernels per chunk, where
+the sparse path would launch several small kernels per trait. On the CPU the cheaper path is chosen per trait.
+
 Traits without positives get AP 0 (what scikit-learn returns, with a warning) and are reported by `n_pos == 0`.
 Prototypes are processed in chunks so that memory stays bounded on CPU and GPU.
 """
@@ -92,8 +95,9 @@ def average_precision(
     chunk_elements = chunk_elements or CHUNK_ELEMENTS.get(scores.device.type, CHUNK_ELEMENTS["cpu"])
     labels = labels.to(device=scores.device, dtype=torch.bool)
     n_pos = labels.sum(0)
-    sparse = [t for t, p in enumerate(n_pos.tolist()) if 0 < p and _sparse_is_cheaper(p, n)]
-    dense = [t for t, p in enumerate(n_pos.tolist()) if 0 < p and t not in set(sparse)]
+    counts, on_cpu = n_pos.tolist(), scores.device.type == "cpu"
+    sparse = [t for t, p in enumerate(counts) if p > 0 and on_cpu and _sparse_is_cheaper(p, n)]
+    dense = sorted({t for t, p in enumerate(counts) if p > 0} - set(sparse))
     dense_labels = labels[:, dense]
     positives = [labels[:, t].nonzero().squeeze(1) for t in sparse]
     total = torch.zeros(k_total, labels.shape[1], dtype=torch.float64, device=scores.device)
