@@ -79,14 +79,15 @@ def test_load_split_reads_and_resizes_images(tmp_path):
 
 def test_check_root_says_what_is_missing(tmp_path):
     assert "has no CUB_200_2011/" in cub.check_root(str(tmp_path))
-    write_fixture(tmp_path)
-    assert cub.check_root(str(tmp_path)) is None
-    assert check(DataConfig(name="cub", root=str(tmp_path))) == []
-    (tmp_path / cub.FOLDER / "attributes" / "image_attribute_labels.txt").unlink()
-    (tmp_path / "attributes.txt").unlink()
-    problem = cub.check_root(str(tmp_path))
-    assert "attributes/image_attribute_labels.txt" in problem and "attributes.txt" in problem
     assert check(DataConfig(name="cub", root=str(tmp_path)))[0][0] == "data.root"
+    root = tmp_path / "cub"
+    write_fixture(root)
+    assert cub.check_root(str(root)) is None
+    assert check(DataConfig(name="cub", root=str(root))) == []
+    (root / cub.FOLDER / "attributes" / "image_attribute_labels.txt").unlink()
+    (root / "attributes.txt").unlink()
+    problem = cub.check_root(str(root))
+    assert "attributes/image_attribute_labels.txt" in problem and "attributes.txt" in problem
 
 
 def test_constant_predictor_map_is_mean_prevalence(tmp_path):
