@@ -11,7 +11,9 @@
 #   bash scripts/dev-slurm.sh purge   # down, then delete state/DB/logs and the /etc/slurm files it wrote
 #
 # After `up`: partitions `cpu` (default) and `gpu`, account `ci` (root is associated with it), unknown accounts
-# are rejected at submission (AccountingStorageEnforce=associations), sacct works.
+# are rejected at submission (AccountingStorageEnforce=associations), sacct works. Tuned for tests: an eligible
+# job starts within ~2 s (sched_interval=2, bf_interval=2) and a requeued job may restart after 11 s instead of
+# Slurm's 121 s. Time limits and --signal warnings still follow slurmctld's fixed ~30 s tick (docs/slurm-notes.md).
 #
 # Knobs (environment variables):
 #   NFJOBS_SLURM_BASE        state/log/pid dir, must be reachable by user mysql (default /tmp/nfjobs-slurm)
@@ -23,6 +25,8 @@
 #   NFJOBS_SLURM_MEM_MB      advertised RealMemory in MB (default 32000)
 #   NFJOBS_SLURM_GPUS        fake GPUs (gres/gpu backed by symlinks to /dev/null) (default 4; 0 = none)
 #   NFJOBS_SLURM_MAX_ARRAY   MaxArraySize (default 1001, Slurm's own default; array indices < this)
+#   NFJOBS_SLURM_REQUEUE_DELAY_S  seconds a requeued job waits before it may start again (AuthInfo=cred_expire;
+#                            Slurm's default is 120; default here 10 so requeue tests take seconds, not minutes)
 #   NFJOBS_SLURM_DB_PORT     TCP port of the private MariaDB on 127.0.0.1 (default 3307)
 #   NFJOBS_SLURM_WAIT_S      seconds to wait for each daemon / the node (default 60)
 #   NFJOBS_SLURM_NO_INSTALL  1 = never call apt-get; fail if packages are missing (default 0)
@@ -36,6 +40,7 @@ NODE_CPUS=${NFJOBS_SLURM_CPUS:-8}
 NODE_MEM_MB=${NFJOBS_SLURM_MEM_MB:-32000}
 NODE_GPUS=${NFJOBS_SLURM_GPUS:-4}
 MAX_ARRAY=${NFJOBS_SLURM_MAX_ARRAY:-1001}
+REQUEUE_DELAY_S=${NFJOBS_SLURM_REQUEUE_DELAY_S:-10}
 DB_PORT=${NFJOBS_SLURM_DB_PORT:-3307}
 WAIT_S=${NFJOBS_SLURM_WAIT_S:-60}
 NO_INSTALL=${NFJOBS_SLURM_NO_INSTALL:-0}
@@ -139,6 +144,7 @@ SlurmctldHost=$NODE
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+AuthInfo=cred_expire=$REQUEUE_DELAY_S
 CredType=cred/munge
 MpiDefault=none
 MailProg=/bin/true
@@ -148,7 +154,7 @@ $ACCT_CONF
 JobCompType=jobcomp/filetxt
 JobCompLoc=$LOG/jobcomp.log
 SchedulerType=sched/backfill
-SchedulerParameters=batch_sched_delay=0,sched_min_interval=0
+SchedulerParameters=batch_sched_delay=0,sched_min_interval=0,sched_interval=2,bf_interval=2
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=1024
