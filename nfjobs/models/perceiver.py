@@ -255,5 +255,5 @@ def evaluate(model: PerceiverField, images: Float[Tensor, "N 3 H W"], cfg: "Conf
             rgb, _ = model.decode(fields.grid(h, w, batch.device).expand(b, -1, -1), latents)
             sse += (rgb.float().clamp(0, 1) - fields.pixels(batch)).square().sum()
         mse = sse.item() / images[:, :3].numel()
-        rows.append({"split": "val", "context_frac": frac, "mse": mse, "psnr": -10 * math.log10(max(mse, 1e-12))})
+        rows.append({"split": "val", "eval_context_frac": frac, "mse": mse, "psnr": -10 * math.log10(max(mse, 1e-12))})
     return rows

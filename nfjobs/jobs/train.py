@@ -1,0 +1,232 @@
+"""The `train` job kind: train one neural field (full-context, sparse-context, Soft-InfoNCE, or a finetune).
+
+Objectives are two fields: `context_frac` (1.0 = every pixel is context; 0.2 = the seeds' sparse variant)
+and `nce_weight` (> 0 adds Soft-InfoNCE between affine views). `init_from` starts from another cell's
+trained model (the sparse → NCE finetune). The model family (`model`) is a module in `nfjobs.models`.
+
+Writes under the run directory: `checkpoint.pt` (every epoch; exact resume), `model.pt`
+({"config": dict, "model": state_dict}), `train_loss.npy` (loss of every step) and `reconstructions.png`
+(rows: ground truth, then reconstructions from each of `GRID_FRACS` of the pixels).
+Rows: per epoch (`split="val_curve"`, first `curve_images` validation images) and at the end
+(`split="val"`, the whole validation split): whatever the family's `evaluate` returns (perceiver: one row
+per `eval_context_frac`, with `psnr` and `mse`), plus `epoch`, `train_loss`, `train_s` and `wall_s`.
+"""
+
+import dataclasses
+import time
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from nfjobs.config import DataConfig, OptimConfig, runtime_field
+from nfjobs.models.ginr_config import GinrConfig
+from nfjobs.models.jepa_config import JepaConfig
+from nfjobs.models.perceiver_config import PerceiverConfig
+from nfjobs.nf.config import NceConfig
+
+CHECKPOINTABLE = True
+GRID_FRACS = (0.1, 0.2, 1.0)
+"""Context fractions shown in the reconstruction grid."""
+GRID_IMAGES = 8
+"""Validation images shown in the reconstruction grid."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Train a neural field on images; report validation PSNR at several context fractions."""
+
+    seed: int = 0
+    """Seed of initialisation, batch order and every random draw in training."""
+    data: DataConfig = DataConfig()
+    """Training and validation images."""
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-4, betas=(0.9, 0.95), warmup_steps=300, min_lr=1e-5))
+    """AdamW and its warm-up + cosine learning-rate schedule."""
+    model: Literal["perceiver", "ginr", "jepa"] = "perceiver"
+    """Model family (`nfjobs.models.FAMILIES`); its sub-config below is used, the others are ignored."""
+    perceiver: PerceiverConfig = PerceiverConfig()
+    """Cascaded Perceiver-IO sizes (`model = "perceiver"`)."""
+    ginr: GinrConfig = GinrConfig()
+    """Mamba-GINR sizes (`model = "ginr"`)."""
+    jepa: JepaConfig = JepaConfig()
+    """NF+JEPA settings (`model = "jepa"`)."""
+    context_frac: float = 1.0
+    """Fraction of the pixels given as context in training (1.0 = full context; at least 64 points);
+    the reconstruction target is always the full grid."""
+    nce_weight: float = 0.0
+    """Weight of the Soft-InfoNCE term added to reconstruction (0 = off), ramped in over `nce.ramp_steps`."""
+    nce: NceConfig = NceConfig()
+    """Soft-InfoNCE views, samples, temperature and projection."""
+    jitter: bool = False
+    """Move query coordinates within ±half a pixel (targets sampled bilinearly there)."""
+    epochs: int = 40
+    """Passes over the training images (the last incomplete batch of each is dropped)."""
+    batch_size: int = 256
+    """Images per optimisation step."""
+    init_from: str = ""
+    """Cell key or run directory of a finished `train` cell whose `model.pt` initialises the model
+    (same family and sizes); empty = from scratch."""
+    curve_images: int = 1000
+    """Validation images scored after every epoch (the PSNR-vs-time curve); 0 = none."""
+    eval_batch_size: int = runtime_field(500)
+    """Images per evaluation forward pass."""
+    precision: Literal["auto", "bf16", "fp32"] = runtime_field("auto")
+    """Autocast dtype of the forward pass: `auto` = bf16 on CUDA, fp32 on CPU."""
+    compile: bool = runtime_field(True)
+    """`torch.compile` the training step (CUDA only)."""
+
+    def __post_init__(self):
+        if not 0 < self.context_frac <= 1:
+            raise ValueError(f"context_frac must be in (0, 1], got {self.context_frac}")
+        if self.nce_weight < 0:
+            raise ValueError(f"nce_weight must be >= 0, got {self.nce_weight}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+
+
+def check(cfg: Config) -> list[tuple[str, str]]:
+    """The dataset root; `init_from` is resolved at run time (it may be produced by an earlier stage)."""
+    from nfjobs.data import check as check_data
+
+    return check_data(cfg.data)
+
+
+def depends_on(cfg: Config) -> list[str]:
+    return [cfg.init_from] if cfg.init_from else []
+
+
+def _from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """Rebuild a (nested, frozen) config dataclass from `dataclasses.asdict` output."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        v, tp = values[f.name], hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            v = _from_dict(tp, v)
+        elif typing.get_origin(tp) is tuple:
+            v = tuple(v)
+        kwargs[f.name] = v
+    return cls(**kwargs)
+
+
+def load_trained(run_dir: str | Path, device: Any = "cpu") -> tuple[Any, Config]:
+    """The trained model of a finished `train` cell (eval mode, on `device`) and its config."""
+    import torch
+
+    from nfjobs.models import load_family
+
+    blob = torch.load(Path(run_dir) / "model.pt", map_location=device, weights_only=False)
+    cfg = _from_dict(Config, blob["config"])
+    model = load_family(cfg.model).build(cfg)
+    model.load_state_dict(blob["model"])
+    return model.to(device).eval(), cfg
+
+
+def run(cfg: Config, ctx) -> list[dict]:
+    import numpy as np
+    import torch
+
+    from nfjobs.data import load_split
+    from nfjobs.models import load_family
+    from nfjobs.nf import training as T
+
+    device = ctx.device()
+    torch.manual_seed(cfg.seed)
+    family = load_family(cfg.model)
+    train_u8 = T.to_device(load_split(cfg.data, "train").images, device)
+    val = T.to_device(load_split(cfg.data, "val").images, device).float().div_(255)
+    model = family.build(cfg).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(
+        params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay,
+        fused=device.type == "cuda",
+    )
+    batch = min(cfg.batch_size, len(train_u8))
+    steps_per_epoch = len(train_u8) // batch
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, T.lr_factor(cfg.optim, cfg.epochs * steps_per_epoch))
+
+    state = ctx.load_checkpoint()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optim"])
+        sched.load_state_dict(state["sched"])
+        T.set_rng_state(state["rng"])
+        ctx.log(f"resumed after epoch {state['epoch']}")
+    elif cfg.init_from:
+        source = ctx.resolve(cfg.init_from) / "model.pt"
+        model.load_state_dict(torch.load(source, map_location=device, weights_only=False)["model"])
+        ctx.log(f"initialised from {source}")
+    start = state["epoch"] if state else 0
+    history: list[float] = state["history"] if state else []
+    curve: list[dict] = state["curve"] if state else []
+    train_s: float = state["train_s"] if state else 0.0
+
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    step_fn = family.training_loss
+    if cfg.compile and device.type == "cuda":
+        step_fn = torch.compile(step_fn)
+    after_step = getattr(family, "after_step", None)
+    step = torch.tensor(start * steps_per_epoch, device=device)
+    wall0 = time.perf_counter() - (curve[-1]["wall_s"] if curve else 0.0)
+
+    for epoch in range(start, cfg.epochs):
+        model.train()
+        order = torch.randperm(len(train_u8), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+        order = order[: steps_per_epoch * batch].view(steps_per_epoch, batch).to(device)
+        losses = torch.zeros(steps_per_epoch, device=device)
+        log_sums: dict[str, torch.Tensor] = {}
+        t0 = time.perf_counter()
+        for i in range(steps_per_epoch):
+            images = train_u8[order[i]].float().div_(255)
+            if cfg.data.augment:
+                images = T.augment(images)
+            with autocast:
+                loss, logs = step_fn(model, images, step, cfg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip, foreach=True)
+            opt.step()
+            sched.step()
+            if after_step is not None:
+                after_step(model, step, cfg)
+            step += 1
+            losses[i] = loss.detach()
+            for k, v in logs.items():
+                log_sums[k] = log_sums.get(k, 0) + v.float()
+        epoch_losses = losses.tolist()  # the epoch's one host sync
+        train_s += time.perf_counter() - t0
+        history.extend(epoch_losses)
+        summary = {"epoch": epoch + 1, "train_loss": float(np.mean(epoch_losses)), "train_s": train_s}
+        model.eval()
+        if cfg.curve_images > 0:
+            with autocast:
+                rows = family.evaluate(model, val[: cfg.curve_images], cfg)
+            summary["wall_s"] = time.perf_counter() - wall0
+            curve += [{**r, "split": "val_curve", **summary} for r in rows]
+        summary["wall_s"] = time.perf_counter() - wall0
+        means = " ".join(f"{k}={v.item() / steps_per_epoch:.4g}" for k, v in log_sums.items())
+        psnr = " ".join(f"psnr@{r.get('eval_context_frac', '')}={r.get('psnr', float('nan')):.2f}"
+                        for r in curve if r["epoch"] == epoch + 1)
+        ctx.log(f"epoch {epoch + 1}/{cfg.epochs} loss={summary['train_loss']:.4g} {means} {psnr} "
+                f"wall={summary['wall_s']:.0f}s ({steps_per_epoch * batch / (time.perf_counter() - t0):.0f} img/s incl. eval)")
+        ctx.save_checkpoint({
+            "model": model.state_dict(), "optim": opt.state_dict(), "sched": sched.state_dict(),
+            "rng": T.rng_state(), "epoch": epoch + 1, "history": history, "curve": curve, "train_s": train_s,
+        })
+
+    model.eval()
+    with autocast:
+        final = family.evaluate(model, val, cfg)
+        reconstruct = getattr(family, "reconstruct", None)
+        if reconstruct is not None:
+            shown = val[:GRID_IMAGES]
+            T.save_grid(ctx.run_dir / "reconstructions.png", [shown] + [reconstruct(model, shown, f) for f in GRID_FRACS])
+    np.save(ctx.run_dir / "train_loss.npy", np.asarray(history, dtype=np.float32))
+    torch.save({"config": dataclasses.asdict(cfg), "model": model.state_dict()}, ctx.run_dir / "model.pt")
+    last = {"epoch": cfg.epochs, "train_loss": float(np.mean(history[-steps_per_epoch:])), "train_s": train_s,
+            "wall_s": time.perf_counter() - wall0}
+    return curve + [{**r, "split": "val", **last} for r in final]

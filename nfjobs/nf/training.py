@@ -1,0 +1,69 @@
+"""Torch helpers of the `train` job: device-resident images, augmentation, LR schedule, RNG state, image grids."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from jaxtyping import Float, UInt8
+from torch import Tensor
+
+from nfjobs.config import OptimConfig
+
+
+def to_device(images: UInt8[np.ndarray, "N H W 3"], device: torch.device) -> UInt8[Tensor, "N 3 H W"]:
+    """The whole image set as one uint8 tensor on `device` (channels first)."""
+    return torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).contiguous()
+
+
+def augment(x: Float[Tensor, "B C H W"], pad: int = 4) -> Float[Tensor, "B C H W"]:
+    """Random horizontal flips and random `pad`-pixel shifts (reflect padding), per image, on the device."""
+    b, _, h, w = x.shape
+    flip = torch.rand(b, 1, 1, 1, device=x.device) < 0.5
+    x = torch.where(flip, x.flip(-1), x)
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
+    oy, ox = (torch.randint(0, 2 * pad + 1, (2, b, 1), device=x.device)).unbind(0)
+    rows = (oy + torch.arange(h, device=x.device))[:, None, :, None]  # (B, 1, H, 1)
+    cols = (ox + torch.arange(w, device=x.device))[:, None, None, :]  # (B, 1, 1, W)
+    batch = torch.arange(b, device=x.device)[:, None, None, None]
+    chan = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return padded[batch, chan, rows, cols]
+
+
+def lr_factor(cfg: OptimConfig, total_steps: int):
+    """Multiplier of `cfg.lr` at each step: linear warm-up, then cosine down to `min_lr` (or constant)."""
+
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+        floor = cfg.min_lr / cfg.lr
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def rng_state() -> dict:
+    """Every torch RNG this process uses (CPU and, when present, CUDA)."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_grid(path: Path, rows: list[Float[Tensor, "B 3 H W"]], scale: int = 4) -> None:
+    """A PNG with one row of images per tensor (values in [0, 1]), each pixel `scale`× enlarged."""
+    from PIL import Image
+
+    grid = torch.stack(rows).clamp(0, 1)  # (R, B, 3, H, W)
+    r, b, _, h, w = grid.shape
+    img = (grid.permute(0, 3, 1, 4, 2).reshape(r * h, b * w, 3) * 255).round().to(torch.uint8).cpu().numpy()
+    Image.fromarray(img).resize((b * w * scale, r * h * scale), Image.NEAREST).save(path)
