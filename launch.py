@@ -222,8 +222,9 @@ def status(argv: list[str]) -> int:
     for key, info in manifest["cells"].items():
         state = results.cell_status(args.runs_root, key)
         job = manifest["jobs"].get(key, "")
-        if state is None:
-            state = (live.get(job) or "not run").lower() if job else "not run"
+        slurm_state = live.get(job, "")
+        if state is None or (state == "failed" and slurm_state in dispatch.LIVE_STATES):  # requeued after a failed try
+            state = (slurm_state or "not run").lower() if job else "not run"
         rows.append((key, info["group"], state, job))
     counts: dict[str, int] = {}
     for _, _, s, _ in rows:

@@ -20,6 +20,8 @@ from nfjobs.runner import CellSpec, CellTask, git_provenance, run_cell
 from nfjobs.sweep import Cell
 
 Mode = Literal["debug", "local", "slurm"]
+CODE_ROOT = Path(__file__).resolve().parent.parent
+LIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED"}
 
 
 @dataclass(frozen=True)
@@ -98,8 +100,8 @@ def run_local(cells: Sequence[Cell], runs_root: Path, log_dir: Path, slurm: Slur
     import submitit
 
     limit = slurm.max_parallel or 2
-    executor = submitit.AutoExecutor(folder=log_dir / "%j", cluster="local")
-    executor.update_parameters(timeout_min=int(slurm.n_hours * 60), gpus_per_node=slurm.gpus_per_node)
+    executor = submitit.AutoExecutor(folder=log_dir / "%j", cluster="local", local_max_num_timeout=slurm.max_requeues)
+    executor.update_parameters(timeout_min=max(1, int(slurm.n_hours * 60)), gpus_per_node=slurm.gpus_per_node)
     states: dict[str, str] = {}
     specs = dict(zip((c.key for c in cells), _specs(cells, runs_root)))
     for stage in sorted({c.stage for c in cells}):
@@ -180,11 +182,14 @@ def submit_slurm(cells: Sequence[Cell], runs_root: Path, log_dir: Path, typed_fl
         for resources, group in by_resources.items():
             cfg = SlurmConfig(**{**dict(resources), **typed_flags})
             params = slurm_parameters(cfg)
+            # jobs start in the submitting directory; make the code importable from anywhere
+            params["slurm_setup"] = [f"export PYTHONPATH={CODE_ROOT}${{PYTHONPATH:+:$PYTHONPATH}}"]
             if previous_ids:
                 extra = dict(params.get("slurm_additional_parameters", {}))
                 extra["dependency"] = "afterany:" + ":".join(previous_ids)
                 params["slurm_additional_parameters"] = extra
-            executor = submitit.AutoExecutor(folder=log_dir / "%j", cluster="slurm")
+            executor = submitit.AutoExecutor(folder=log_dir / "%j", cluster="slurm",
+                                             slurm_max_num_timeout=cfg.max_requeues)
             executor.update_parameters(**params)
             for start in range(0, len(group), chunk):
                 part = group[start:start + chunk]
