@@ -35,14 +35,18 @@ def problems(draw):
     return scores, labels
 
 
-@pytest.mark.parametrize("path", ["auto", "dense", "sparse"])
+@pytest.mark.parametrize("path", ["numba", "numba-float32", "torch", "dense", "sparse"])
 @settings(max_examples=60, deadline=None)
 @given(problem=problems(), chunk=st.sampled_from([1, 64, 1 << 20]))
 def test_matches_sklearn(problem, chunk, path):
     scores, labels = problem
+    if path == "numba-float32":  # float32 scores take the packed-key sort
+        scores = scores.astype(np.float32)
     force = mock.patch.object(engine, "_sparse_is_cheaper", lambda n_pos, n: path == "sparse")
-    with force if path != "auto" else contextlib.nullcontext():
-        ap, n_pos = engine.average_precision(torch.from_numpy(scores), torch.from_numpy(labels), chunk_elements=chunk)
+    backend = "numba" if path.startswith("numba") else "torch"
+    with force if path in ("dense", "sparse") else contextlib.nullcontext():
+        ap, n_pos = engine.average_precision(torch.from_numpy(scores), torch.from_numpy(labels), chunk_elements=chunk,
+                                             backend=backend)
     np.testing.assert_allclose(ap.numpy(), sklearn_ap(labels, scores), rtol=0, atol=1e-9)
     np.testing.assert_array_equal(n_pos.numpy(), labels.sum(0))
 

@@ -20,8 +20,11 @@ Traits without positives get AP 0 (what scikit-learn returns, with a warning) an
 Prototypes are processed in chunks so that memory stays bounded on CPU and GPU.
 """
 
+import functools
+import importlib.util
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -73,6 +76,11 @@ def _sparse(img_ranks: Int[Tensor, "K N"], positives: Int[Tensor, " P"], ties: b
     return (cpos.to(torch.float64) / r.to(torch.float64)).sum(1)
 
 
+@functools.cache
+def _numba_available() -> bool:
+    return importlib.util.find_spec("numba") is not None
+
+
 def _has_ties(ranks: Int[Tensor, "K N"]) -> bool:
     return bool((ranks != torch.arange(1, ranks.shape[1] + 1, device=ranks.device)).any())
 
@@ -84,13 +92,20 @@ def _sparse_is_cheaper(n_pos: int, n: int) -> bool:
 
 
 def average_precision(
-    scores: Float[Tensor, "N K"], labels: Bool[Tensor, "N T"], chunk_elements: int | None = None
+    scores: Float[Tensor, "N K"], labels: Bool[Tensor, "N T"], chunk_elements: int | None = None,
+    backend: Literal["auto", "numba", "torch"] = "auto",
 ) -> tuple[Float[Tensor, "K T"], Int[Tensor, " T"]]:
     """AP of every prototype (column of `scores`) for every trait (column of `labels`), and positives per trait.
 
     Equal to `average_precision_score(labels[:, t], scores[:, k])` for all k, t (float64), on the device of
-    `scores`; traits without positives get 0.
+    `scores`; traits without positives get 0. `auto` uses the compiled CPU kernel (`ap_numba`) for CPU tensors
+    when numba is installed, and the torch paths below otherwise (always on a GPU).
     """
+    if backend == "numba" or (backend == "auto" and scores.device.type == "cpu" and _numba_available()):
+        from nfjobs.scoring.ap_numba import average_precision_numba
+
+        ap, n_pos = average_precision_numba(scores.numpy(), labels.numpy())
+        return torch.from_numpy(ap), torch.from_numpy(n_pos)
     n, k_total = scores.shape
     chunk_elements = chunk_elements or CHUNK_ELEMENTS.get(scores.device.type, CHUNK_ELEMENTS["cpu"])
     labels = labels.to(device=scores.device, dtype=torch.bool)
@@ -118,10 +133,11 @@ def average_precision(
 
 
 def best_prototypes(
-    scores: Float[Tensor, "N K"], labels: Bool[Tensor, "N T"], chunk_elements: int | None = None
+    scores: Float[Tensor, "N K"], labels: Bool[Tensor, "N T"], chunk_elements: int | None = None,
+    backend: Literal["auto", "numba", "torch"] = "auto",
 ) -> Selection:
     """For each trait, the prototype with the highest AP over these images."""
-    ap, n_pos = average_precision(scores, labels, chunk_elements)
+    ap, n_pos = average_precision(scores, labels, chunk_elements, backend)
     best, index = ap.max(0)
     return Selection(index=index, ap=best, n_pos=n_pos)
 
