@@ -23,21 +23,25 @@ class Split:
     trait_names: tuple[str, ...] = ()
 
 
-@functools.lru_cache(maxsize=1024)
 def check(cfg: DataConfig, prefix: str = "data") -> list[tuple[str, str]]:
-    """Pre-submission problems with `cfg` as `(dotted key, message)` pairs; empty when fine (memoised: a sweep
-    asks once per cell)."""
+    """Pre-submission problems with `cfg` as `(dotted key, message)` pairs; empty when fine (a new list each
+    call; the file-system checks behind it are memoised, since a sweep asks once per cell)."""
+    return list(_check(cfg, prefix))
+
+
+@functools.lru_cache(maxsize=1024)
+def _check(cfg: DataConfig, prefix: str) -> tuple[tuple[str, str], ...]:
     if cfg.name == "cifar10":
         from nfjobs.data.cifar10 import check_root
 
         problem = check_root(cfg.root)
-        return [(f"{prefix}.root", f"CIFAR-10 root {problem}")] if problem else []
+        return ((f"{prefix}.root", f"CIFAR-10 root {problem}"),) if problem else ()
     if cfg.name == "cub":
         from nfjobs.data.cub import check_root as check_cub
 
         problem = check_cub(cfg.root)
-        return [(f"{prefix}.root", f"CUB-200-2011 root {problem}")] if problem else []
-    return []
+        return ((f"{prefix}.root", f"CUB-200-2011 root {problem}"),) if problem else ()
+    return ()
 
 
 def _hold_out(n: int, cfg: DataConfig, split: str) -> slice:
