@@ -11,7 +11,7 @@ from nfjobs.jobs import load_kind
 
 @dataclass(frozen=True)
 class Where:
-    """Where results go."""
+    """Where results go (flags shared by train.py and probe.py)."""
 
     runs_root: str = "runs"
     """Folder of run directories; this run's is <runs_root>/<cell key>."""
@@ -21,6 +21,26 @@ class Where:
     """Run again even if this exact config already has an `ok` result."""
 
 
+def _split_where(argv: list[str]) -> tuple[Where, list[str]]:
+    """Take `--runs-root X`, `--sweep X` and `--force` out of argv; the rest is the job config's."""
+    values: dict = {}
+    rest, i = [], 0
+    while i < len(argv):
+        name, eq, text = argv[i].partition("=")
+        field = name[2:].replace("-", "_") if name.startswith("--") else ""
+        if field == "force":
+            values["force"] = True
+        elif field in ("runs_root", "sweep"):
+            if not eq:
+                i += 1
+                text = argv[i] if i < len(argv) else ""
+            values[field] = text
+        else:
+            rest.append(argv[i])
+        i += 1
+    return Where(**values), rest
+
+
 def run_single(kind: str, argv: list[str] | None = None, description: str | None = None) -> int:
     """Parse `kind`'s Config from `argv`, run it as one cell and print its result rows."""
     from nfjobs import results
@@ -28,10 +48,9 @@ def run_single(kind: str, argv: list[str] | None = None, description: str | None
     from nfjobs.sweep import cell_key
 
     module = load_kind(kind)
-    cfg, where = tyro.cli(
-        tuple[module.Config, Where], args=sys.argv[1:] if argv is None else argv,
-        description=description or module.__doc__, config=(tyro.conf.OmitArgPrefixes,),
-    )
+    where, rest = _split_where(sys.argv[1:] if argv is None else argv)
+    epilog = "Also: --runs-root DIR (default runs), --sweep NAME (default cli), --force (run again)."
+    cfg = tyro.cli(module.Config, args=rest, description=(description or module.__doc__ or "") + "\n\n" + epilog)
     key = cell_key(kind, cfg)
     if not where.force and results.cell_status(where.runs_root, key) == "ok":
         print(f"{key} already has a result ({results.result_path(where.runs_root, key)}); --force runs it again")

@@ -138,3 +138,22 @@ def test_status_and_report_commands(sweep_file, tmp_path, capsys):
     table = out_file.read_text()
     assert table.startswith("| head.width | mean | std | n | ci95_low | ci95_high |")
     assert len(table.strip().splitlines()) == 4
+
+
+@pytest.mark.parametrize(("script", "flag"), [("train.py", "--optim.lr"), ("probe.py", "--activations")])
+def test_single_config_clis_show_readable_help(script, flag):
+    proc = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert flag in proc.stdout and "--runs-root" in proc.stdout
+
+
+def test_run_single_runs_one_config_and_then_skips_it(tmp_path, capsys):
+    from nfjobs.cli import run_single
+
+    argv = ["--steps", "2", "--label", "cli", "--runs-root", str(tmp_path)]
+    assert run_single("smoke", argv) == 0
+    assert "steps_done" in capsys.readouterr().out
+    df = results.load(tmp_path).collect()
+    assert df["steps_done"].to_list() == [2] and df["sweep"].to_list() == ["cli"]
+    assert run_single("smoke", argv) == 0
+    assert "already has a result" in capsys.readouterr().out
