@@ -40,7 +40,7 @@ class Config:
     """Seed of initialisation, batch order and every random draw in training."""
     data: DataConfig = DataConfig()
     """Training and validation images."""
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-4, betas=(0.9, 0.95), warmup_steps=300, min_lr=1e-5))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, betas=(0.9, 0.95), warmup_steps=300, min_lr=1e-5))
     """AdamW and its warm-up + cosine learning-rate schedule."""
     model: Literal["perceiver", "ginr", "jepa"] = "perceiver"
     """Model family (`nfjobs.models.FAMILIES`); its sub-config below is used, the others are ignored."""
