@@ -4,6 +4,7 @@ submitit is imported lazily, only when cells are actually dispatched to `local` 
 """
 
 import collections
+import os
 import re
 import shutil
 import subprocess
@@ -100,6 +101,8 @@ def run_local(cells: Sequence[Cell], runs_root: Path, log_dir: Path, slurm: Slur
     import submitit
 
     limit = slurm.max_parallel or 2
+    # share the cores instead of oversubscribing them (torch would start one thread per core in every cell)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // limit)))
     executor = submitit.AutoExecutor(folder=log_dir / "%j", cluster="local", local_max_num_timeout=slurm.max_requeues)
     executor.update_parameters(timeout_min=max(1, int(slurm.n_hours * 60)), gpus_per_node=slurm.gpus_per_node)
     states: dict[str, str] = {}
