@@ -138,17 +138,6 @@ def _derived_seed(base: int, identity: str) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------- parsing
-def _flatten_table(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """TOML tables -> dotted keys; lists and scalars are leaves."""
-    out: dict[str, Any] = {}
-    for k, v in table.items():
-        if isinstance(v, dict):
-            out.update(_flatten_table(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _suggest(key: str, valid: list[str]) -> str:
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
     if not close:  # a misspelt last part: compare leaf names too
@@ -216,7 +205,7 @@ def _parse_group(p: _Problems, raw: dict[str, Any], common: dict[str, Any], inde
 
     fields = {k: v for k, v in common.items() if k not in RESERVED}
     fields.update({k: v for k, v in raw.items() if k not in RESERVED})
-    flat = _flatten_table(fields)
+    flat = typed.flatten(fields)
     zips = [*common.get("zip", []), *raw.get("zip", [])]
     slurm = {**common.get("slurm", {}), **raw.get("slurm", {})}
     valid = sorted(info.leaves)
@@ -254,7 +243,7 @@ def _parse_group(p: _Problems, raw: dict[str, Any], common: dict[str, Any], inde
             group.fixed[key] = check_point(key, value)
 
     for z, table in enumerate(zips):
-        zflat = _flatten_table(table) if isinstance(table, dict) else {}
+        zflat = typed.flatten(table) if isinstance(table, dict) else {}
         if not zflat:
             p.add(f"{where}zip[{z}]", "a [[zip]] table needs at least one key with a list of values")
             continue

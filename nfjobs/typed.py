@@ -48,6 +48,7 @@ def defaults_flat(cls: type) -> dict[str, Any]:
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts (TOML tables, `dataclasses.asdict`) -> dotted keys; lists and scalars are leaves."""
     out: dict[str, Any] = {}
     for k, v in tree.items():
         if isinstance(v, dict):
