@@ -122,3 +122,24 @@ def test_a_two_stage_sweep_waits_for_its_first_stage(sweep_file, tmp_path):
     df = results.load(path, tmp_path / "runs").collect()
     down = df.filter(pl.col("upstream") != "")
     assert down.height == 4 and down["upstream_ok"].cast(pl.String).to_list() == ["true"] * 4
+
+
+def test_a_preempted_job_is_requeued_and_resumes_from_its_checkpoint(sweep_file, tmp_path):
+    path = sweep_file('kind = "smoke"\nsteps = 8\nstep_seconds = 2.0\n', "preempt.toml")
+    proc = launch(path, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    ((key, job_id),) = manifest_jobs(tmp_path, "preempt").items()
+    run_dir = tmp_path / "runs" / key
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (run_dir / "checkpoint.pt").exists():
+        time.sleep(0.5)
+    assert (run_dir / "checkpoint.pt").exists(), "the job never started"
+    # what a preempting scheduler sends (Slurm's PreemptMode=REQUEUE with a grace signal): USR2 to the job
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and results.cell_status(tmp_path / "runs", run_dir.name) is None:
+        time.sleep(1)
+    df = results.load(path, tmp_path / "runs").collect()
+    assert df.height == 1 and df["status"][0] == "ok"
+    assert df["steps_done"][0] == 8 and df["starts"][0] == 2
+    assert df["run.slurm_restarts"][0] >= 1
