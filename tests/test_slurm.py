@@ -143,3 +143,18 @@ def test_a_preempted_job_is_requeued_and_resumes_from_its_checkpoint(sweep_file,
     assert df.height == 1 and df["status"][0] == "ok"
     assert df["steps_done"][0] == 8 and df["starts"][0] == 2
     assert df["run.slurm_restarts"][0] >= 1
+
+
+def test_cells_beyond_max_array_size_go_in_several_arrays(sweep_file, tmp_path, monkeypatch):
+    import launch as launcher
+    from nfjobs import dispatch
+
+    monkeypatch.setattr(dispatch, "max_array_size", lambda: 3)  # indices 0..2: at most 2 cells per array here
+    path = sweep_file('kind = "smoke"\nlabel = ["a", "b", "c", "d", "e"]\n', "chunks.toml")
+    rc = launcher.main(["--sweep", str(path), "--runs-root", str(tmp_path / "runs"), "--log-root",
+                        str(tmp_path / "logs"), "--slurm-acct", ACCOUNT, "--slurm-partition", PARTITION,
+                        "--cpus-per-task", "1", "--wait"])
+    assert rc == 0
+    arrays = {j.split("_")[0] for j in manifest_jobs(tmp_path, "chunks").values()}
+    assert len(arrays) == 3
+    assert results.load(path, tmp_path / "runs").collect().height == 5
