@@ -7,6 +7,17 @@ K or 3K channels) and `backbone` (per-patch tokens of a torchvision ViT-B/16 or 
 A cell writes one cache per split under `<run_dir>/<split>/` (see `nfjobs.activations`). Sparse context picks
 the same seeded random pixels of each image for every source, so representations are compared on the same
 observations. A requeued or re-run cell resumes at the first missing shard; a finished one is reused.
+
+Fields read their sparse observations in raster order (the order of a full grid), which set encoders such as the
+Perceiver ignore and sequence encoders need. How many pixels a fraction means is the field's own rule: the model's
+`context_size(n_pixels, frac)` where it has one, else `nfjobs.nf.fields.n_context` (at least 64 points, as in
+sparse Perceiver training; also the rule of `original`). NF+JEPA (`nfjobs.models.jepa.NfJepa`) counts as its
+`obs_frac` does in training and evaluation, round(frac · HW) with no minimum: `context_frac = 0.1` is 102 of
+1,024 pixels, and 0.05 is 51 where the minimum would make it 64. The points are always a prefix of the same
+seeded per-image permutation, so a smaller context is a subset of a larger one. A JEPA `nf` cache holds the
+context encoder's output tokens (images, round(frac · HW), dim), what its predictor and decoder read; the linear
+and k-NN probes mean-pool them into the per-image embedding (the `z` of its collapse monitor), the transformer
+probe reads the tokens. GINR encodes whole images only (`encode(images)`), so it takes full context only.
 """
 
 import hashlib
@@ -67,7 +78,8 @@ class Config:
     context: Literal["full", "sparse"] = "full"
     """Every pixel, or a seeded random subset of pixels per image (not for `backbone`)."""
     context_frac: float = 0.2
-    """Sparse context: fraction of the pixels (at least 64, as in training)."""
+    """Sparse context: fraction of the pixels, counted by the field's rule (at least 64 as in Perceiver training;
+    exactly round(frac · HW) for NF+JEPA, its `obs_frac`; at least 64 for `original`)."""
     patch_size: int = 4
     """`original` with full context: side of the square pixel patches."""
     backbone: Backbone = "resnet18"
@@ -216,6 +228,7 @@ def _make_encoder(cfg: Config, ctx):
     from nfjobs.nf import fields as nf
 
     device = ctx.device()
+    context_size = nf.n_context  # (n_pixels, frac) -> points of a sparse context
     if cfg.source == "backbone":
         model, layer = _build_backbone(cfg, device)
         meta = {"backbone": cfg.backbone, "layer": cfg.backbone_layer, "weights": cfg.backbone_weights}
@@ -235,6 +248,7 @@ def _make_encoder(cfg: Config, ctx):
         if cfg.context == "sparse" and not takes_points:
             raise ValueError(f"checkpoint: {type(model).__name__} encodes whole images; sparse context needs "
                              "a field with encode(coords, rgb)")
+        context_size = getattr(model, "context_size", context_size)
 
     @torch.no_grad()
     def encode(split: str, ids: range, images_u8) -> "torch.Tensor":
@@ -242,9 +256,11 @@ def _make_encoder(cfg: Config, ctx):
         b, _, h, w = images.shape
         coords, rgb = nf.grid(h, w, device).expand(b, -1, -1), nf.pixels(images)
         if cfg.context == "sparse":
-            keep = nf.n_context(h * w, cfg.context_frac)
-            idx = torch.from_numpy(sparse_indices(ids, h * w, keep, cfg.seed, split)).to(device)
-            coords, rgb = nf.gather(coords, idx), nf.gather(rgb, idx)
+            keep = context_size(h * w, cfg.context_frac)
+            idx = torch.from_numpy(sparse_indices(ids, h * w, keep, cfg.seed, split)).to(device)  # (B, keep)
+            if cfg.source in ("nf", "tdsm"):
+                idx = idx.sort(dim=1).values  # raster order, as a sequence encoder (JEPA's Mamba) scans it
+            coords, rgb = nf.gather(coords, idx), nf.gather(rgb, idx)  # (B, keep, 2), (B, keep, 3)
         if cfg.source == "original":
             if cfg.context == "sparse":
                 return torch.cat([coords.flip(-1), rgb * 2 - 1], dim=-1)  # (x, y, r, g, b)

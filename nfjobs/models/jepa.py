@@ -5,8 +5,10 @@ set (`target_frac`). The context encoder reads the observed (coordinate, RGB) pa
 target encoder reads all pixels without gradients; the predictor maps the context tokens and the target
 coordinates to the target embeddings. An INR decoder reconstructs every pixel from the context tokens.
 
-`encode(coords, values)` takes observations, not images; `observe(images, frac)` samples them. Coordinates
-follow the project convention (`nfjobs.nf.fields.grid`: (y, x) in [−1, 1]).
+`encode(coords, values)` takes observations in raster order, not images (the interface of the Perceiver's
+`encode(coords, rgb)`); `observe(images, frac)` samples them, and `NfJepa.context_size` says how many pixels a
+fraction is, for callers that sample their own (the cache job). Coordinates follow the project convention
+(`nfjobs.nf.fields.grid`: (y, x) in [−1, 1]).
 """
 
 import copy
@@ -123,7 +125,15 @@ class NfJepa(nn.Module):
         return self.context_encoder.encoder.backend
 
     def encode(self, coords: Float[Tensor, "B K 2"], values: Float[Tensor, "B K 3"]) -> Float[Tensor, "B K D"]:
+        """One token per observation: the observed pixels' (y, x) coordinates and RGB in [0, 1], in raster order
+        (the order the Mamba mixer scans; `observe` and training sample them that way)."""
         return self.context_encoder(coords, values)
+
+    @staticmethod
+    def context_size(n_pixels: int, frac: float) -> int:
+        """Observed pixels for a context fraction, as `obs_frac` counts them: round(frac · n_pixels), at least 1
+        (no 64-point minimum). The cache job samples sparse context with it."""
+        return count(frac, n_pixels)
 
     def decode(self, queries: Float[Tensor, "B Q 2"], latents: Float[Tensor, "B K D"]
                ) -> tuple[Float[Tensor, "B Q 3"], Float[Tensor, "B Q H"]]:
