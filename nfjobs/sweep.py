@@ -203,9 +203,9 @@ def _parse_group(p: _Problems, raw: dict[str, Any], common: dict[str, Any], inde
         p.add(f"{where}kind", str(err))
         return None
 
-    fields = {k: v for k, v in common.items() if k not in RESERVED}
-    fields.update({k: v for k, v in raw.items() if k not in RESERVED})
-    flat = typed.flatten(fields)
+    # merge by dotted key: a group's `[group.optim] lr = ...` keeps the file's other `[optim]` settings
+    flat = typed.flatten({k: v for k, v in common.items() if k not in RESERVED})
+    flat.update(typed.flatten({k: v for k, v in raw.items() if k not in RESERVED}))
     zips = [*common.get("zip", []), *raw.get("zip", [])]
     slurm = {**common.get("slurm", {}), **raw.get("slurm", {})}
     valid = sorted(info.leaves)

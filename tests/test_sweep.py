@@ -86,6 +86,12 @@ kind = "smoke"
     assert {c.sweep for c in cells} == {"two-stage"}
 
 
+def test_group_tables_merge_with_the_files_tables_key_by_key(sweep_file):
+    cells = expand([sweep_file('optim = { lr = 0.5, warmup_steps = 7 }\n'
+                               '[[group]]\nkind = "kinds.toy"\noptim = { lr = 0.25 }\n')])
+    assert [(c.config.optim.lr, c.config.optim.warmup_steps) for c in cells] == [(0.25, 7)]
+
+
 def test_top_level_fields_are_shared_by_every_group(sweep_file):
     cells = expand([sweep_file('seed = 5\n[sweep]\nseeds = "fixed"\n'
                                '[[group]]\nkind = "smoke"\n[[group]]\nkind = "kinds.toy"\n')])
