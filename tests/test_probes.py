@@ -120,3 +120,16 @@ def test_report_table_and_chart(tmp_path):
     from PIL import Image
 
     assert Image.open(tmp_path / "acc.png").size[0] > 100
+
+
+def test_report_names_tdsm_modes():
+    import polars as pl
+
+    from nfjobs.probes.report import summary
+
+    rows = pl.DataFrame([
+        {"kind": "probe", "status": "ok", "representation": "perceiver-tdsm", "context": "full", "probe": p,
+         "tdsm_mode": m, "accuracy": 0.5, "train_s": 1.0}
+        for p, m in (("tdsm_gap", "frozen"), ("tdsm_gap", "finetune"), ("tdsm_gap", "two_stage"), ("linear", None))
+    ])
+    assert summary(rows)["probe"].to_list() == ["linear", "tdsm_gap", "tdsm_gap+finetune", "tdsm_gap+two_stage"]

@@ -72,7 +72,10 @@ def test_training_modes(field, mode):
     clf = T.TDSMClassifier(field, grid(), (H, W), tokens, "mean",
                            T.make_head("gap", (H, W), 4, 4, 3), chunk=8)
     before = {n: p.detach().clone() for n, p in clf.named_parameters()}
-    T.fit_tdsm(clf, ctx, labels, mode=mode, epochs=2, lr=1e-2, batch_size=8)
+    res = T.fit_tdsm(clf, ctx, labels, ctx, labels, mode=mode, epochs=2, head_epochs=1, head_lr=1e-2,
+                     field_lr=1e-2, batch_size=8)
     moved = {n for n, p in clf.named_parameters() if not torch.equal(p, before[n])}
     assert any(n.startswith("head.") for n in moved)
     assert any(n.startswith("field.") for n in moved) == (mode != "frozen")
+    assert 0 <= res.accuracy <= 1 and 0 <= res.train_accuracy <= 1 and res.train_s > 0
+    assert all(p.requires_grad for p in clf.field.parameters())

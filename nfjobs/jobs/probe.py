@@ -1,18 +1,26 @@
-"""The `probe` job kind: train a classifier on the cached activations of one cache cell, report val accuracy.
+"""The `probe` job kind: train a classifier on one representation of a dataset, report val accuracy.
 
-Reads `<cache run dir>/train/` and `<cache run dir>/val/` (a `cache` cell with `split = "both"`) and nothing
-else: no model is loaded, no activation recomputed. Probes: the small transformer of seed 000 on the tokens,
-logistic regression and distance-weighted k-NN on mean-pooled tokens, and the TDSM heads (`tdsm_gap`,
-`tdsm_gmp`, `tdsm_cnn`, `tdsm_attn`) on the maps of a `tdsm` cache with a frozen field.
+Usually it reads `<cache run dir>/train/` and `<cache run dir>/val/` (a `cache` cell with `split = "both"`) and
+nothing else: no model is loaded, no activation recomputed. Probes: the small transformer of seed 000 on the
+tokens, logistic regression and distance-weighted k-NN on mean-pooled tokens, and the TDSM heads (`tdsm_gap`,
+`tdsm_gmp`, `tdsm_cnn`, `tdsm_attn`) on the maps of a `tdsm` cache with a frozen field (`tdsm_mode = "frozen"`).
+
+The other TDSM modes (seed 001, option B and C) train the field too, so they cannot read a cache: they name a
+train cell (`checkpoint`), load its field, decode TDSM maps (`tdsm` options) on the fly with the batched decoder
+and train field and head together (`finetune`), or the head alone first (`two_stage`). Their images are the
+field's own dataset (the train cell's `data`, both splits) with full context; their rows carry the name a
+`tdsm` cache of that field gets (`perceiver-tdsm`), so frozen and fine-tuned heads line up in the report.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from nfjobs.config import runtime_field
+from nfjobs.jobs.cache import TdsmOptions
 
 Probe = Literal["transformer", "linear", "knn", "tdsm_gap", "tdsm_gmp", "tdsm_cnn", "tdsm_attn"]
+TdsmMode = Literal["frozen", "finetune", "two_stage"]
 
 
 @dataclass(frozen=True)
@@ -22,14 +30,28 @@ class Config:
     seed: int = 0
     """Seed of initialisation and batch order."""
     activations: str = ""
-    """Cell key of a `cache` cell (split = both), or the path of its run directory."""
+    """Cell key of a `cache` cell (split = both), or the path of its run directory (`tdsm_mode = "frozen"`)."""
     probe: Probe = "linear"
     """Classifier: small transformer on tokens, logistic regression or k-NN on mean-pooled tokens, or a TDSM
-    head on the maps of a `tdsm` cache."""
+    head on TDSM maps."""
+    tdsm_mode: TdsmMode = "frozen"
+    """TDSM heads: `frozen` trains the head on the cached maps of `activations`; `finetune` trains the field of
+    `checkpoint` and the head together on maps decoded on the fly; `two_stage` trains the head alone for
+    `head_epochs`, then both for `epochs`."""
+    checkpoint: str = ""
+    """`finetune` / `two_stage`: cell key of a `train` cell, or the path of its run directory (holding model.pt)."""
+    tdsm: TdsmOptions = field(default_factory=TdsmOptions)
+    """`finetune` / `two_stage`: which tokens are decoded and how (a frozen head takes the cache's). With
+    gradients, `chunk` no longer bounds memory: every chunk of a batch is kept for the backward pass."""
     epochs: int = 8
-    """Training epochs of the transformer and the TDSM heads."""
+    """Training epochs of the transformer and the TDSM heads (`two_stage`: of its second stage)."""
+    head_epochs: int = 2
+    """`two_stage`: epochs of the head alone before the field joins."""
     lr: float = 1e-3
-    """Peak AdamW learning rate (one-cycle schedule) of the transformer and the TDSM heads."""
+    """Peak AdamW learning rate (one-cycle schedule) of the transformer and the frozen TDSM heads; the constant
+    learning rate of the head in `finetune` / `two_stage`."""
+    field_lr: float = 1e-4
+    """`finetune` / `two_stage`: constant AdamW learning rate of the field."""
     weight_decay: float = 0.05
     """AdamW weight decay of the transformer and the TDSM heads."""
     batch_size: int = 128
@@ -46,8 +68,10 @@ class Config:
     """Training features larger than this stay in host memory and go to the device batch by batch."""
 
     def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1 or self.knn_k < 1:
-            raise ValueError("epochs, batch_size and knn_k must be >= 1")
+        if self.epochs < 1 or self.batch_size < 1 or self.knn_k < 1 or self.head_epochs < 1:
+            raise ValueError("epochs, head_epochs, batch_size and knn_k must be >= 1")
+        if self.lr <= 0 or self.field_lr <= 0:
+            raise ValueError("lr and field_lr must be > 0")
 
 
 def _looks_like_path(ref: str) -> bool:
@@ -55,7 +79,12 @@ def _looks_like_path(ref: str) -> bool:
 
 
 def check(cfg: Config) -> list[tuple[str, str]]:
-    """A named cache path must exist and hold both splits; a key is checked by the launcher (depends_on)."""
+    """A frozen probe names a cache, a finetune / two_stage one a TDSM head and a train cell; named paths must
+    hold what is read (a key is checked by the launcher: depends_on)."""
+    if cfg.tdsm_mode != "frozen":
+        return _check_with_field(cfg)
+    if cfg.checkpoint:
+        return [("checkpoint", "a frozen probe reads a cache only; checkpoint is for finetune / two_stage")]
     if not cfg.activations:
         return [("activations", "name the cell key or run directory of a cache cell")]
     if _looks_like_path(cfg.activations):
@@ -67,9 +96,25 @@ def check(cfg: Config) -> list[tuple[str, str]]:
     return []
 
 
+def _check_with_field(cfg: Config) -> list[tuple[str, str]]:
+    problems = []
+    if not cfg.probe.startswith("tdsm_"):
+        problems.append(("probe", f"tdsm_mode {cfg.tdsm_mode!r} trains a field under a TDSM head; use tdsm_gap, "
+                                  "tdsm_gmp, tdsm_cnn or tdsm_attn"))
+    if cfg.activations:
+        problems.append(("activations", f"tdsm_mode {cfg.tdsm_mode!r} decodes maps from the field, not a cache; "
+                                        "leave activations empty"))
+    if not cfg.checkpoint:
+        problems.append(("checkpoint", f"tdsm_mode {cfg.tdsm_mode!r} needs the cell key or run dir of a train cell"))
+    elif _looks_like_path(cfg.checkpoint) and not (Path(cfg.checkpoint).expanduser() / "model.pt").is_file():
+        problems.append(("checkpoint", f"{cfg.checkpoint} holds no model.pt (not a finished train run dir)"))
+    return problems
+
+
 def depends_on(cfg: Config) -> list[str]:
-    """The cache cell this probe reads, when named by key."""
-    return [] if not cfg.activations or _looks_like_path(cfg.activations) else [cfg.activations]
+    """The cache cell (frozen) or train cell (finetune / two_stage) this probe reads, when named by key."""
+    ref = cfg.activations if cfg.tdsm_mode == "frozen" else cfg.checkpoint
+    return [] if not ref or _looks_like_path(ref) else [ref]
 
 
 def run(cfg: Config, ctx) -> list[dict]:
@@ -77,6 +122,8 @@ def run(cfg: Config, ctx) -> list[dict]:
     problems = check(cfg)
     if problems:
         raise ValueError("; ".join(f"{k}: {m}" for k, m in problems))
+    if cfg.tdsm_mode != "frozen":
+        return [_run_with_field(cfg, ctx)]
     from nfjobs.activations import open_cache
 
     root = ctx.resolve(cfg.activations)
@@ -116,8 +163,8 @@ def run(cfg: Config, ctx) -> list[dict]:
     return [{
         "representation": meta["label"], "source": meta["source"], "context": meta["context"],
         "context_frac": meta["context_frac"], "dataset": meta["dataset"]["name"], "n_train": train.n_images,
-        "n_val": val.n_images, "n_tokens": train.n_tokens, "d": train.d, "accuracy": res.accuracy,
-        "train_accuracy": res.train_accuracy, "train_s": res.train_s,
+        "n_val": val.n_images, "n_tokens": train.n_tokens, "d": train.d, "tdsm_mode": cfg.tdsm_mode,
+        "accuracy": res.accuracy, "train_accuracy": res.train_accuracy, "train_s": res.train_s,
     }]
 
 
@@ -126,8 +173,68 @@ def _make_model(cfg: Config, meta: dict, n_tokens: int, d: int, n_classes: int):
         from nfjobs.probes.transformer import SmallTransformer
 
         return SmallTransformer(d, n_tokens, n_classes, d_model=cfg.d_model)
+    return _tdsm_head(cfg.probe, tuple(meta["image_shape"][:2]), meta["config"]["tdsm"]["reduce"], d, n_classes)
+
+
+def _tdsm_head(probe: str, size: tuple[int, int], reduce: str, channels: int, n_classes: int):
+    """The head of `probe` (`tdsm_gap`, ...) for maps of `channels` channels (1 or 3 per token)."""
     from nfjobs.probes.tdsm import make_head
 
-    h, w = meta["image_shape"][:2]
-    per_token = 3 if meta["config"]["tdsm"]["reduce"] == "rgb" else 1
-    return make_head(cfg.probe.removeprefix("tdsm_"), (h, w), d // per_token, d, n_classes)
+    per_token = 3 if reduce == "rgb" else 1
+    return make_head(probe.removeprefix("tdsm_"), size, channels // per_token, channels, n_classes)
+
+
+def _field_name(tc) -> str:
+    """What `cache.load_field` calls a field: family, then `-sparse`, `-nce`, `-ft` from its train config."""
+    tags = [t for t, on in (("sparse", tc.context_frac < 1), ("nce", tc.nce_weight > 0), ("ft", tc.init_from)) if on]
+    return "-".join([tc.model, *tags])
+
+
+def _run_with_field(cfg: Config, ctx) -> dict:
+    """`finetune` / `two_stage`: TDSM maps of the checkpoint's field over its own dataset, decoded in every step
+    (`tdsm.chunk` pairs per decoder forward), train the head and the field; one row like a frozen TDSM probe's."""
+    import inspect
+
+    import torch
+
+    from nfjobs.data import load_split
+    from nfjobs.jobs.train import load_trained
+    from nfjobs.nf import fields as nf
+    from nfjobs.probes.tdsm import TDSMClassifier, fit_tdsm, token_subset
+
+    try:
+        run_dir = ctx.resolve(cfg.checkpoint)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"checkpoint: {err} (has the train cell run?)") from None
+    torch.manual_seed(cfg.seed)
+    device = ctx.device()
+    model, tc = load_trained(run_dir, device)
+    train, val = load_split(tc.data, "train"), load_split(tc.data, "val")
+    takes_points = len(inspect.signature(model.encode).parameters) == 2
+
+    def contexts(images_u8) -> tuple[torch.Tensor, ...]:
+        """Full context of uint8 images (N, H, W, 3): (coords (N, P, 2), rgb (N, P, 3)) or images (N, 3, H, W)."""
+        images = torch.from_numpy(images_u8).to(device).permute(0, 3, 1, 2).float() / 255
+        if not takes_points:
+            return (images,)
+        n, _, h, w = images.shape
+        return nf.grid(h, w, device).expand(n, -1, -1), nf.pixels(images)
+
+    x_train, x_val = contexts(train.images), contexts(val.images)
+    y_train, y_val = torch.from_numpy(train.labels).to(device), torch.from_numpy(val.labels).to(device)
+    size = train.images.shape[1:3]
+    with torch.no_grad():
+        n_latents = model.encode(*(x[:1] for x in x_train)).shape[1]
+    tokens = token_subset(n_latents, cfg.tdsm.every, cfg.tdsm.tokens)
+    channels = len(tokens) * (3 if cfg.tdsm.reduce == "rgb" else 1)
+    head = _tdsm_head(cfg.probe, size, cfg.tdsm.reduce, channels, len(train.class_names))
+    clf = TDSMClassifier(model, nf.grid(*size, device), size, tokens, cfg.tdsm.reduce, head, cfg.tdsm.chunk)
+    res = fit_tdsm(clf.to(device), x_train, y_train, x_val, y_val, mode=cfg.tdsm_mode, epochs=cfg.epochs,
+                   head_epochs=cfg.head_epochs, head_lr=cfg.lr, field_lr=cfg.field_lr, batch_size=cfg.batch_size,
+                   weight_decay=cfg.weight_decay, seed=cfg.seed)
+    return {
+        "representation": f"{_field_name(tc)}-tdsm", "source": "tdsm", "context": "full", "context_frac": 1.0,
+        "dataset": tc.data.name, "n_train": len(y_train), "n_val": len(y_val), "n_tokens": size[0] * size[1],
+        "d": channels, "tdsm_mode": cfg.tdsm_mode, "accuracy": res.accuracy, "train_accuracy": res.train_accuracy,
+        "train_s": res.train_s,
+    }

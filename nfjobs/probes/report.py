@@ -3,7 +3,8 @@
     uv run python -m nfjobs.probes.report --sweep representations --runs-root runs --out runs/representations
 
 writes `<out>/summary.md` (accuracy per representation × context × probe, mean over seeds) and
-`<out>/accuracy.png` (grouped bars, drawn with PIL: matplotlib is not a dependency).
+`<out>/accuracy.png` (grouped bars, drawn with PIL: matplotlib is not a dependency). A TDSM head trained with its
+field is its own probe, `tdsm_gap+finetune` or `tdsm_gap+two_stage`, beside the frozen `tdsm_gap`.
 """
 
 from dataclasses import dataclass
@@ -17,10 +18,15 @@ PALETTE = [(66, 110, 180), (221, 132, 82), (85, 168, 104), (196, 78, 82), (129, 
 
 
 def summary(rows: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
-    """Mean (and count) of val accuracy and train time per representation, context mode and probe."""
+    """Mean (and count) of val accuracy and train time per representation, context mode and probe (`probe+mode`
+    for a TDSM mode other than frozen; rows from before the modes count as frozen)."""
+    rows = rows.lazy()
+    mode = pl.col("tdsm_mode").fill_null("frozen") if "tdsm_mode" in rows.collect_schema() else pl.lit("frozen")
     return (
-        rows.lazy()
+        rows
         .filter(pl.col("kind") == "probe", pl.col("status") == "ok")
+        .with_columns(pl.when(mode == "frozen").then("probe").otherwise(pl.concat_str("probe", pl.lit("+"), mode))
+                      .alias("probe"))  # not pl.format: it panics after a filter in polars 2.1
         .group_by("representation", "context", "probe")
         .agg(pl.col("accuracy").mean(), pl.col("accuracy").std().alias("accuracy_std"),
              pl.col("train_s").mean(), pl.len().alias("n_seeds"))

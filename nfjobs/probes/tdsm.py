@@ -19,6 +19,8 @@ from einops import rearrange
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from nfjobs.probes.fit import FitResult
+
 Decode = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 Reduce = Literal["mean", "rgb", "l2"]
 HeadName = Literal["gap", "gmp", "cnn", "attn"]
@@ -165,38 +167,57 @@ class TDSMClassifier(nn.Module):
         return self.head(maps)
 
 
-def fit_tdsm(
-    clf: TDSMClassifier, contexts: tuple[Tensor, ...], labels: Int[Tensor, " N"], *, mode: Mode, epochs: int, lr: float,
-    batch_size: int, finetune_lr_scale: float = 0.1, stage_one_frac: float = 0.5, seed: int = 0,
+@torch.no_grad()
+def tdsm_accuracy(
+    clf: TDSMClassifier, contexts: tuple[Tensor, ...], labels: Int[Tensor, " N"], batch_size: int
 ) -> float:
-    """Train a TDSM classifier on contexts (tensors indexed by image, e.g. coords and RGB) and labels; returns
-    seconds spent.
+    """Accuracy of `clf` (eval mode) on contexts indexed by image, `batch_size` images per forward."""
+    clf.eval()
+    correct = sum((clf(*(c[i : i + batch_size] for c in contexts)).argmax(1) == labels[i : i + batch_size]).sum().item()
+                  for i in range(0, len(labels), batch_size))
+    return correct / max(len(labels), 1)
 
-    `frozen`: only the head learns (the field stays in eval mode). `finetune`: field and head learn together.
-    `two_stage`: the head alone for `stage_one_frac` of the epochs, then everything at `lr·finetune_lr_scale`.
+
+def fit_tdsm(
+    clf: TDSMClassifier, train: tuple[Tensor, ...], y_train: Int[Tensor, " N"], val: tuple[Tensor, ...],
+    y_val: Int[Tensor, " M"], *, mode: Mode, epochs: int, head_lr: float, field_lr: float, batch_size: int,
+    head_epochs: int = 0, weight_decay: float = 0.0, seed: int = 0,
+) -> FitResult:
+    """Train a TDSM classifier on contexts (tensors indexed by image on the labels' device, e.g. coords and
+    RGB), then score it on `val`.
+
+    `frozen`: the head alone for `epochs` (the field stays in eval mode). `finetune`: the field (AdamW at
+    `field_lr`) and the head (at `head_lr`) together for `epochs`. `two_stage`: the head alone for
+    `head_epochs`, then both together for `epochs`.
     """
-    gen = torch.Generator().manual_seed(seed)
-    if mode == "frozen":
-        stages = [(epochs, lr, False)]
-    elif mode == "finetune":
-        stages = [(epochs, lr, True)]
-    elif mode == "two_stage":
-        first = max(1, round(epochs * stage_one_frac))
-        stages = [(first, lr, False), (epochs - first, lr * finetune_lr_scale, True)]
-    else:
+    stages = {"frozen": [(epochs, False)], "finetune": [(epochs, True)],
+              "two_stage": [(head_epochs, False), (epochs, True)]}
+    if mode not in stages:
         raise ValueError(f"unknown mode {mode!r}; use frozen, finetune or two_stage")
+    gen = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
-    for n_epochs, stage_lr, train_field in stages:
+    correct = seen = 0
+    for n_epochs, train_field in stages[mode]:
         clf.field.requires_grad_(train_field)
-        opt = torch.optim.AdamW([p for p in clf.parameters() if p.requires_grad], lr=stage_lr)
+        groups = [{"params": list(clf.head.parameters()), "lr": head_lr}]
+        if train_field:
+            groups.append({"params": list(clf.field.parameters()), "lr": field_lr})
+        opt = torch.optim.AdamW(groups, weight_decay=weight_decay)
         for _ in range(n_epochs):
             clf.train()
             clf.field.train(train_field)
-            for idx in torch.randperm(len(labels), generator=gen).split(batch_size):
-                idx = idx.to(labels.device)
-                loss = F.cross_entropy(clf(*(c[idx] for c in contexts)), labels[idx])
+            correct = seen = 0
+            for idx in torch.randperm(len(y_train), generator=gen).split(batch_size):
+                idx = idx.to(y_train.device)
+                logits = clf(*(c[idx] for c in train))
+                loss = F.cross_entropy(logits, y_train[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                correct += (logits.argmax(1) == y_train[idx]).sum().item()
+                seen += len(idx)
     clf.field.requires_grad_(True)
-    return time.perf_counter() - start
+    if y_train.device.type == "cuda":
+        torch.cuda.synchronize(y_train.device)
+    train_s = time.perf_counter() - start
+    return FitResult(tdsm_accuracy(clf, val, y_val, batch_size), train_s, correct / max(seen, 1))
