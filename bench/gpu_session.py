@@ -37,7 +37,6 @@ import signal
 import sys
 import time
 import traceback
-import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -204,25 +203,15 @@ class Session:
 
 # ------------------------------------------------------------------------------------------------- part 1
 def part_ap(s: Session, deadline: float) -> None:
-    from sklearn.metrics import average_precision_score
-
+    from bench.ap_bench import sklearn_reference, synthetic_problem
     from nfjobs.scoring.ap import average_precision, best_prototypes
 
     a = s.args
     n, k, t = (600, 256, 24) if a.tiny else (5994, 8192, 312)
     ks = 2 if a.tiny else 4
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    g = torch.Generator().manual_seed(0)
-    scores = torch.randn(n, k, generator=g)
-    prevalence = torch.exp(torch.empty(t).uniform_(np.log(0.0015), np.log(0.9), generator=g))
-    labels = torch.rand(n, t, generator=g) < prevalence
-
-    s_np, y_np = scores[:, :ks].numpy().astype(np.float64), labels.numpy()
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ref = np.array([[average_precision_score(y_np[:, j], s_np[:, i]) for j in range(t)] for i in range(ks)])
-    per_call = (time.perf_counter() - start) / (ks * t)
+    scores, labels = synthetic_problem(n, k, t)
+    ref, per_call = sklearn_reference(scores[:, :ks], labels)
     scores_d, labels_d = scores.to(device), labels.to(device)
     exact, _ = average_precision(scores_d[:, :ks], labels_d)
     max_err = float(np.abs(exact.cpu().numpy() - ref).max())
