@@ -89,15 +89,15 @@ def test_a_cancelled_job_is_reported_not_hung_on(sweep_file, tmp_path):
 
 
 def test_a_job_that_hits_its_time_limit_is_requeued_and_resumes_from_its_checkpoint(sweep_file, tmp_path):
-    # A 2-minute limit with the warning 60 s before it: slurmctld checks limits every 30 s, so the job is warned
-    # 30-60 s in, checkpoints and is requeued (docs/slurm-notes.md). 50 s of work cannot fit in one run.
-    path = sweep_file('kind = "smoke"\nsteps = 20\nstep_seconds = 2.5\n', "timeout.toml")
+    # A 2-minute limit with the warning 60 s before it: slurmctld checks limits every 30 s, so each run is warned
+    # 30-60 s in, checkpoints and is requeued (docs/slurm-notes.md). 80 s of work cannot fit in one run.
+    path = sweep_file('kind = "smoke"\nsteps = 32\nstep_seconds = 2.5\n', "timeout.toml")
     proc = launch(path, tmp_path, "--wait", "--n-hours", str(2 / 60), "--signal-delay-s", "60",
                   "--max-requeues", "5", timeout=480)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     df = results.load(path, tmp_path / "runs").collect()
     assert df.height == 1 and df["status"][0] == "ok"
-    assert df["steps_done"][0] == 20
+    assert df["steps_done"][0] == 32
     assert df["starts"][0] >= 2  # it started more than once and resumed: the step counter survived
     assert df["run.slurm_restarts"][0] >= 1
 
