@@ -15,7 +15,7 @@ import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import tyro
 
@@ -96,8 +96,8 @@ class Report:
     """Metric column to summarise, e.g. psnr or accuracy."""
     by: tuple[str, ...] = ()
     """Columns to group by, e.g. model optim.lr."""
-    where: tuple[str, ...] = ()
-    """Filters as column=value, e.g. split=val."""
+    where: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
+    """A filter column=value, e.g. --where split=val; repeat the flag for several (all must hold)."""
     runs_root: str = "runs"
     """Folder of run directories and sweep manifests."""
     format: Literal["table", "markdown", "csv"] = "table"

@@ -138,6 +138,11 @@ def test_status_and_report_commands(sweep_file, tmp_path, capsys):
     table = out_file.read_text()
     assert table.startswith("| head.width | mean | std | n | ci95_low | ci95_high |")
     assert len(table.strip().splitlines()) == 4
+    assert launch.main(["report", "--sweep", str(path), "--runs-root", str(runs), "--by", "head.width",
+                        "--metric", "metric", "--where", "split=val", "--where", "head.width=8", "--format", "csv",
+                        "--out", str(out_file)]) == 0
+    rows = out_file.read_text().strip().splitlines()
+    assert rows[0].startswith("head.width,mean") and len(rows) == 2 and rows[1].startswith("8,")
 
 
 @pytest.mark.parametrize(("script", "flag"), [("train.py", "--optim.lr"), ("probe.py", "--activations")])
