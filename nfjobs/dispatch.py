@@ -143,7 +143,6 @@ def slurm_parameters(slurm: SlurmConfig) -> dict[str, Any]:
     params: dict[str, Any] = {
         "timeout_min": max(1, int(round(slurm.n_hours * 60))),
         "slurm_account": slurm.account,
-        "gpus_per_node": slurm.gpus_per_node,
         "cpus_per_task": slurm.cpus_per_task,
         "slurm_signal_delay_s": slurm.signal_delay_s,
         "nodes": 1,
@@ -153,6 +152,8 @@ def slurm_parameters(slurm: SlurmConfig) -> dict[str, Any]:
     params.update({k: v for k, v in optional.items() if v})
     if slurm.mem_gb:
         params["mem_gb"] = slurm.mem_gb
+    if slurm.gpus_per_node:  # never `--gpus-per-node=0`: clusters without GPU gres reject it
+        params["gpus_per_node"] = slurm.gpus_per_node
     if slurm.max_parallel:
         params["slurm_array_parallelism"] = slurm.max_parallel
     extra = dict(item.split("=", 1) for item in slurm.extra)

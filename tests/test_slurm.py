@@ -41,7 +41,8 @@ def test_an_array_sweep_returns_one_result_per_cell(sweep_file, tmp_path):
     df = results.load(path, tmp_path / "runs").collect()
     assert df.height == 6 and set(df["status"]) == {"ok"}
     assert sorted(df["run.slurm_array_task_id"].to_list()) == [str(i) for i in range(6)]
-    assert (tmp_path / "logs" / "array").is_dir()
+    script = next((tmp_path / "logs" / "array").glob("*/*_submission.sh")).read_text()
+    assert "--array=0-5%4" in script and "--gpus-per-node" not in script and "--account=" + ACCOUNT in script
 
 
 def test_fire_and_forget_prints_job_ids_and_the_status_command(sweep_file, tmp_path):
@@ -158,3 +159,16 @@ def test_cells_beyond_max_array_size_go_in_several_arrays(sweep_file, tmp_path, 
     arrays = {j.split("_")[0] for j in manifest_jobs(tmp_path, "chunks").values()}
     assert len(arrays) == 3
     assert results.load(path, tmp_path / "runs").collect().height == 5
+
+
+def test_gpu_requests_reach_sbatch(sweep_file, tmp_path):
+    path = sweep_file('kind = "smoke"\n', "gpus.toml")
+    proc = subprocess.run(
+        [sys.executable, "launch.py", "--sweep", str(path), "--runs-root", str(tmp_path / "runs"), "--log-root",
+         str(tmp_path / "logs"), "--slurm-acct", ACCOUNT, "--slurm-partition", "gpu", "--gpus-per-node", "2",
+         "--cpus-per-task", "1", "--wait"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    df = results.load(path, tmp_path / "runs").collect()
+    assert len(df["gpus"][0].split(",")) == 2  # Slurm bound two (fake) GPUs: CUDA_VISIBLE_DEVICES has both
+    script = next((tmp_path / "logs" / "gpus").glob("*/*_submission.sh")).read_text()
+    assert "--gpus-per-node=2" in script and "--partition=gpu" in script
