@@ -156,7 +156,7 @@ def launch(argv: list[str]) -> int:
         fail(f"error: {err}")
     runs_root = Path(args.runs_root)
     try:
-        p = dispatch.plan(cells, runs_root, force=args.force)
+        p = dispatch.plan(cells, runs_root, force=args.force, in_flight=dispatch.live_jobs(cells, runs_root))
     except dispatch.DependencyError as err:
         fail(f"error: nothing was submitted.\n{err}")
     mode = "debug" if args.debug else "slurm" if typed_slurm.get("account") else "local"
@@ -170,7 +170,7 @@ def launch(argv: list[str]) -> int:
         return 0
     dispatch.record(cells, runs_root)
     if not p.to_run:
-        print("nothing to do: every cell has a result (--force runs them again)")
+        print("nothing to do: every cell has a result or is still queued or running (--force reruns finished cells)")
         return 0
     if args.force:
         for c in p.to_run:

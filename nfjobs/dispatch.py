@@ -4,6 +4,7 @@ submitit is imported lazily, only when cells are actually dispatched to `local` 
 """
 
 import collections
+import dataclasses
 import os
 import re
 import shutil
@@ -27,10 +28,12 @@ LIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "R
 
 @dataclass(frozen=True)
 class Plan:
-    """What a launch will do: the cells to run now and the ones already finished."""
+    """What a launch will do: the cells to run now, those already finished, those queued or running on Slurm."""
 
     to_run: list[Cell]
     done: list[Cell]
+    in_flight: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Cell key -> Slurm job id of cells an earlier launch submitted that are still pending or running."""
 
     def summary(self) -> str:
         lines = []
@@ -38,6 +41,9 @@ class Plan:
         done = collections.Counter(c.kind for c in self.done)
         for kind in sorted(counts.keys() | done.keys()):
             lines.append(f"  {kind:<10} {counts[kind]:>6} to run  {done[kind]:>6} done (skipped)")
+        if self.in_flight:
+            lines.append(f"  {len(self.in_flight)} cell(s) already queued or running on Slurm (skipped; "
+                         f"scancel {' '.join(sorted(set(self.in_flight.values()))[:5])} ... to resubmit them)")
         return "\n".join(lines)
 
 
@@ -45,19 +51,40 @@ class DependencyError(Exception):
     pass
 
 
-def plan(cells: Sequence[Cell], runs_root: Path, force: bool = False) -> Plan:
-    """Split cells into those to run and those whose result already says `ok` (skipped unless `force`)."""
+def live_jobs(cells: Sequence[Cell], runs_root: Path) -> dict[str, str]:
+    """Cell key -> job id for cells of these sweeps that an earlier launch submitted and Slurm still holds."""
+    jobs: dict[str, str] = {}
+    for sweep in {c.sweep for c in cells}:
+        jobs.update(results.read_manifest(runs_root, sweep)["jobs"])
+    keys = {c.key for c in cells}
+    jobs = {k: j for k, j in jobs.items() if k in keys}
+    states = slurm_states(list(jobs.values()))
+    return {k: j for k, j in jobs.items() if states.get(j) in LIVE_STATES}
+
+
+def plan(cells: Sequence[Cell], runs_root: Path, force: bool = False,
+         in_flight: dict[str, str] | None = None) -> Plan:
+    """Split cells into those to run, those whose result already says `ok` (skipped unless `force`) and those
+    still queued or running from an earlier launch (always skipped: never two jobs for one cell)."""
+    in_flight = in_flight or {}
     to_run, done = [], []
     for cell in cells:
+        if cell.key in in_flight:
+            continue
         (to_run if force or results.cell_status(runs_root, cell.key) != "ok" else done).append(cell)
     launched = {c.key for c in to_run} | {c.key for c in done}
-    missing = [(c, d) for c in to_run for d in c.deps if d not in launched
-               and results.cell_status(runs_root, d) != "ok"]
-    if missing:
-        lines = [f"{c.source}: group {c.group}: cell {c.key} needs cell {d}, which has no finished result and is "
-                 "not part of this launch" for c, d in missing[:10]]
-        raise DependencyError("\n".join(lines))
-    return Plan(sorted(to_run, key=lambda c: c.stage), done)
+    problems = []
+    for c in to_run:
+        for d in c.deps:
+            if d in in_flight:
+                problems.append(f"{c.source}: group {c.group}: cell {c.key} needs cell {d}, which is still queued or "
+                                f"running (job {in_flight[d]}); launch again when it has finished")
+            elif d not in launched and results.cell_status(runs_root, d) != "ok":
+                problems.append(f"{c.source}: group {c.group}: cell {c.key} needs cell {d}, which has no finished "
+                                "result and is not part of this launch")
+    if problems:
+        raise DependencyError("\n".join(problems[:10]))
+    return Plan(sorted(to_run, key=lambda c: c.stage), done, dict(in_flight))
 
 
 def _specs(cells: Sequence[Cell], runs_root: Path) -> list[CellSpec]:

@@ -172,3 +172,15 @@ def test_gpu_requests_reach_sbatch(sweep_file, tmp_path):
     assert len(df["gpus"][0].split(",")) == 2  # Slurm bound two (fake) GPUs: CUDA_VISIBLE_DEVICES has both
     script = next((tmp_path / "logs" / "gpus").glob("*/*_submission.sh")).read_text()
     assert "--gpus-per-node=2" in script and "--partition=gpu" in script
+
+
+def test_relaunching_while_cells_are_queued_or_running_does_not_submit_them_twice(sweep_file, tmp_path):
+    path = sweep_file('kind = "smoke"\nsteps = 30\nstep_seconds = 1.0\nlabel = ["a", "b"]\n', "twice.toml")
+    assert launch(path, tmp_path).returncode == 0
+    first = manifest_jobs(tmp_path, "twice")
+    again = launch(path, tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "2 cell(s) already queued or running on Slurm" in again.stdout
+    assert "nothing to do" in again.stdout
+    assert manifest_jobs(tmp_path, "twice") == first
+    subprocess.run(["scancel", next(iter(first.values())).split("_")[0]], check=True)
