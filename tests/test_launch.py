@@ -162,3 +162,12 @@ def test_run_single_runs_one_config_and_then_skips_it(tmp_path, capsys):
     assert df["steps_done"].to_list() == [2] and df["sweep"].to_list() == ["cli"]
     assert run_single("smoke", argv) == 0
     assert "already has a result" in capsys.readouterr().out
+
+
+def test_no_job_kind_imports_torch_at_import_time():
+    code = ("import sys; from nfjobs.jobs import KINDS, load_kind; [load_kind(k) for k in KINDS]; "
+            "import launch, nfjobs.sweep, nfjobs.dispatch, nfjobs.results; "
+            "print(sorted(m for m in ('torch', 'torchvision', 'sklearn', 'numba') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
