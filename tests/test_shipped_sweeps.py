@@ -14,17 +14,18 @@ CPU_SIZED = ["quickstart.toml", "nf_variants_tiny.toml", "ginr_tiny.toml", "jepa
              "representations_tiny.toml", "prototypes_tiny.toml"]
 
 
+def _cifar_stand_in(tmp_path: Path) -> list[sweep.Override]:
+    root = tmp_path / "data" / "cifar-10-batches-py"
+    root.mkdir(parents=True)
+    for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "batches.meta"):
+        (root / name).touch()
+    return [sweep.Override("data.root", str(tmp_path / "data"))]
+
+
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
 def test_every_shipped_sweep_validates(path, tmp_path):
     # the CIFAR-10 / CUB sweeps name a dataset root; point it at a fixture-free stand-in that passes the check
-    overrides = []
-    text = path.read_text()
-    if "cifar10" in text:
-        root = tmp_path / "data" / "cifar-10-batches-py"
-        root.mkdir(parents=True)
-        for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "batches.meta"):
-            (root / name).touch()
-        overrides.append(sweep.Override("data.root", str(tmp_path / "data")))
+    overrides = _cifar_stand_in(tmp_path) if "cifar10" in path.read_text() else []
     cells = sweep.expand([path], overrides)
     assert cells
 
@@ -49,3 +50,12 @@ def test_cpu_sized_sweeps_run_end_to_end(name, tmp_path):
     if name in ("quickstart.toml", "nf_variants_tiny.toml"):
         val = df.filter(pl.col("split") == "val")
         assert val["psnr"].is_finite().all() and (val["psnr"] > 5).all()
+
+
+
+def test_the_representation_comparison_probes_the_same_four_fields_nf_variants_trains(tmp_path):
+    overrides = _cifar_stand_in(tmp_path)
+    variants = {c.key for c in sweep.expand([ROOT / "configs/sweeps/nf_variants.toml"], overrides)}
+    fields = {c.key for c in sweep.expand([ROOT / "configs/sweeps/representations.toml"], overrides)
+              if c.kind == "train"}
+    assert len(variants) == 4 and fields == variants
