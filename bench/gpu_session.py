@@ -563,7 +563,7 @@ def part_jepa(s: Session, deadline: float) -> None:
 
     a = s.args
     tiny = dict(dim=32, depth=1, ff_dim=64, n_freqs=4, recon_hidden=32, pred_depth=1) if a.tiny else {}
-    batch, epochs, curve_images = (16, 2, 20) if a.tiny else (64, 3, 200)
+    batch, epochs, curve_images = (16, 2, 20) if a.tiny else (64, a.jepa_epochs, 200)
     base = train.Config(
         model="jepa", data=data_config(s, n_train=batch * 4), batch_size=batch, epochs=epochs,
         curve_images=curve_images, compile=False, eval_batch_size=100,
@@ -605,7 +605,7 @@ def part_jepa(s: Session, deadline: float) -> None:
     free_memory()
 
     cal = calibrate(s, base, batch, 20 if a.tiny else 100)
-    budget = deadline - time.perf_counter() - (2 if a.tiny else 5)
+    budget = deadline - time.perf_counter() - (8 if a.tiny else 35)  # 35 s left for the probe
     eval_images = epochs * curve_images + _n_val(s) + 8
     steps = int((budget - eval_images * cal["eval_s_per_image"]) / (cal["step_s"] * 1.1))
     steps_per_epoch = max(1, steps // epochs)
@@ -613,7 +613,7 @@ def part_jepa(s: Session, deadline: float) -> None:
     cfg = replace(base, data=data_config(s, n_train=steps_per_epoch * batch),
                   optim=replace(base.optim, warmup_steps=max(1, steps_per_epoch * epochs // 10)),
                   jepa=replace(base.jepa, ema_ramp_steps=steps_per_epoch * epochs))
-    res = train_once(s, cfg, "jepa", deadline - 2)
+    res = train_once(s, cfg, "jepa", deadline - (6 if a.tiny else 30))
     final = [r for r in res["rows"] if r["split"] == "val"]
     s.results["parts"]["jepa"] = {
         "grad_check": grad_check, "calibration": cal, "batch": batch, "epochs": final[0]["epoch"] if final else None,
@@ -636,8 +636,38 @@ def part_jepa(s: Session, deadline: float) -> None:
         f"{'PASS' if grad_check['pass'] else 'FAIL'}. First step: "
         + ", ".join(f"{k} {float(v):.3g}" for k, v in logs.items())
         + f". Step {cal['step_s'] * 1e3:.0f} ms at batch {batch} ({cal['params_m']:.1f} M params, "
-        f"peak {cal['peak_gib']:.1f} GiB). Linear probe at obs_frac 0.1: not implemented in the job (see docs).",
+        f"peak {cal['peak_gib']:.1f} GiB).",
     )
+    jepa_probe(s, res["run_dir"], deadline)
+
+
+def jepa_probe(s: Session, run_dir: str, deadline: float) -> None:
+    """Seed 002's linear probe at obs_frac 0.1: `cache` the JEPA context tokens (and, as the baseline, the same
+    observed (x, y, r, g, b) points) of `probe_images` training and all validation images, then `probe` linear."""
+    from nfjobs.jobs import cache, probe
+
+    a = s.args
+    data = data_config(s, n_train=256 if a.tiny else a.probe_images)
+    rows = []
+    for source in ("nf", "original"):
+        if time.perf_counter() > deadline - 5:
+            s.results["skipped"].append(f"JEPA probe ({source}): no time left")
+            continue
+        ctx = SessionContext(f"jepa-cache-{source}", "cache", s.runs)
+        t0 = time.perf_counter()
+        cache.run(cache.Config(data=data, source=source, checkpoint=run_dir if source == "nf" else "",
+                               context="sparse", context_frac=0.1), ctx)
+        cache_s = time.perf_counter() - t0
+        row = probe.run(probe.Config(activations=str(ctx.run_dir), probe="linear"),
+                        SessionContext(f"jepa-probe-{source}", "probe", s.runs))[0]
+        rows.append(["NF+JEPA context tokens" if source == "nf" else "observed points (x, y, r, g, b)",
+                     row["n_tokens"], row["d"], row["n_train"], row["n_val"], row["accuracy"], row["train_accuracy"],
+                     cache_s, row["train_s"]])
+        free_memory()
+    s.results["parts"]["jepa"]["probe"] = rows
+    s.emit("4b. Linear probe at obs_frac 0.1 (102 of 1,024 pixels, the same seeded points for both rows)",
+           md_table(["representation", "tokens", "d", "train images", "val images", "val accuracy", "train accuracy",
+                     "cache s", "fit s"], rows))
 
 
 # ------------------------------------------------------------------------------------------------- part 5
@@ -733,6 +763,10 @@ def main() -> None:
     p.add_argument("--perceiver-epochs", type=int, default=32,
                    help="epochs of part 2 (32 x 35 steps fit ~150 s on an H100 with 9,000 images)")
     p.add_argument("--parts", default="ap,perceiver,ginr,jepa,probes")
+    p.add_argument("--ginr-s", type=float, default=None, help="budget of the GINR part (default 130)")
+    p.add_argument("--jepa-s", type=float, default=None, help="budget of the JEPA part incl. its probe (default 42)")
+    p.add_argument("--jepa-epochs", type=int, default=3, help="epochs of the JEPA run (its steps fit the budget)")
+    p.add_argument("--probe-images", type=int, default=10000, help="training images of the JEPA linear probe")
     args = p.parse_args()
     args.val_frac = args.val_frac if args.val_frac is not None else (0.01 if args.tiny else 0.1)
     args.budget_s = args.budget_s or (90.0 if args.tiny else 450.0)
@@ -757,8 +791,8 @@ def main() -> None:
     budgets = {
         "ap": (part_ap, 35, 10) if not args.tiny else (part_ap, 5, 2),
         "perceiver": (part_perceiver, 165, 60) if not args.tiny else (part_perceiver, 12, 3),
-        "ginr": (part_ginr, 130, 40) if not args.tiny else (part_ginr, 30, 3),
-        "jepa": (part_jepa, 42, 20) if not args.tiny else (part_jepa, 15, 3),
+        "ginr": (part_ginr, args.ginr_s or 130, 40) if not args.tiny else (part_ginr, args.ginr_s or 30, 3),
+        "jepa": (part_jepa, args.jepa_s or 42, 20) if not args.tiny else (part_jepa, args.jepa_s or 20, 3),
         "probes": (part_probes, 1e9, 60) if not args.tiny else (part_probes, 1e9, 5),
     }
     for name in args.parts.split(","):

@@ -11,8 +11,10 @@ same math. Both train full-context reconstruction on random images already on th
 
 import argparse
 import math
+import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -20,10 +22,12 @@ from einops import rearrange, repeat
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from nfjobs.jobs.train import Config
-from nfjobs.models import perceiver
-from nfjobs.models.perceiver_config import PerceiverConfig
-from nfjobs.nf import fields
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nfjobs.jobs.train import Config  # noqa: E402
+from nfjobs.models import perceiver  # noqa: E402
+from nfjobs.models.perceiver_config import PerceiverConfig  # noqa: E402
+from nfjobs.nf import fields  # noqa: E402
 
 TINY = PerceiverConfig(fourier_size=16, latent_dims=(32, 48), num_latents=16, cross_heads=2, cross_dim_head=16,
                        self_heads=2, self_dim_head=16, ff_mult=2, processor_depth=1)
@@ -140,12 +144,13 @@ def reference_step(c: PerceiverConfig, device, precision):
 
 
 # ---------------------------------------------------------------- nfjobs
-def nfjobs_step(c: PerceiverConfig, device, compile_: bool, context_frac=1.0, nce_weight=0.0):
+def nfjobs_step(c: PerceiverConfig, device, compile_: bool, context_frac=1.0, nce_weight=0.0, mode="default",
+                clip=True):
     cfg = Config(perceiver=replace(c, learn_latents=False), context_frac=context_frac, nce_weight=nce_weight)
     model = perceiver.build(cfg).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0, fused=device.type == "cuda")
-    loss_fn = torch.compile(perceiver.training_loss) if compile_ else perceiver.training_loss
+    loss_fn = torch.compile(perceiver.training_loss, mode=mode) if compile_ else perceiver.training_loss
     counter = torch.zeros((), dtype=torch.long, device=device)
     bf16 = device.type == "cuda"
 
@@ -154,7 +159,8 @@ def nfjobs_step(c: PerceiverConfig, device, compile_: bool, context_frac=1.0, nc
             loss, _ = loss_fn(model, imgs, counter, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
+        if clip:
+            torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
         opt.step()
         counter.add_(1)
         return loss.detach()
@@ -187,6 +193,19 @@ def measure(step, batch, device, warmup, iters):
     return iters * batch / dt, peak
 
 
+def profile(step, batch, device, top):
+    """Print the `top` CUDA kernels by total time over 5 steps."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    imgs = torch.rand(batch, 3, 32, 32, device=device)
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            step(imgs)
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=top, max_name_column_width=90), flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="tiny model, batch 16, few steps (CPU smoke run)")
@@ -194,6 +213,11 @@ def main():
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=8)
     ap.add_argument("--skip-fp32", action="store_true", help="skip the fp32 reference row")
+    ap.add_argument("--modes", action="store_true",
+                    help="compare torch.compile modes (max-autotune-no-cudagraphs, reduce-overhead) and no clipping "
+                         "instead of the sparse and Soft-InfoNCE rows")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="print the N CUDA kernels that take most time in the compiled full-context step")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     c = TINY if args.tiny else PerceiverConfig()
@@ -211,16 +235,28 @@ def main():
         ("nfjobs, torch.compile, sparse 0.2", "sparse", lambda: nfjobs_step(c, device, on_gpu, context_frac=0.2)),
         ("nfjobs, torch.compile, Soft-InfoNCE", "nce", lambda: nfjobs_step(c, device, on_gpu, nce_weight=0.1)),
     ]
+    if args.modes:  # the compile-mode comparison replaces the sparse and Soft-InfoNCE rows
+        runs = [r for r in runs if r[1] == "full"] + [
+            ("nfjobs, torch.compile, no grad clipping", "full", lambda: nfjobs_step(c, device, on_gpu, clip=False)),
+            ("nfjobs, compile reduce-overhead (CUDA graphs)", "full",
+             lambda: nfjobs_step(c, device, on_gpu, mode="reduce-overhead")),
+            ("nfjobs, compile max-autotune-no-cudagraphs", "full",
+             lambda: nfjobs_step(c, device, on_gpu, mode="max-autotune-no-cudagraphs")),
+        ]
     objective_args = {"full": {}, "sparse": {"context_frac": 0.2}, "nce": {"nce_weight": 0.1}}
-    flops = {k: flops_per_image(c, device, **v) for k, v in objective_args.items()}
+    flops = {k: flops_per_image(c, device, **v) for k, v in objective_args.items() if any(r[1] == k for r in runs)}
     n_params = sum(p.numel() for p in perceiver.build(Config(perceiver=c)).parameters())
     print(f"device: {torch.cuda.get_device_name() if on_gpu else 'cpu'}; torch {torch.__version__}; batch {batch}; "
           f"params {n_params / 1e6:.1f} M; GFLOP/image/step: " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in flops.items()))
     for name, objective, make in runs:
         torch.manual_seed(0)
+        t = time.perf_counter()
         _, step = make()
         ips, peak = measure(step, batch, device, warmup, iters)
         rows.append((name, ips, ips * flops[objective] / 1e12, peak))
+        print(f"{name}: {ips:,.0f} images/s ({time.perf_counter() - t:.0f} s incl. compile)", flush=True)
+        if args.profile and name == "nfjobs, torch.compile":
+            profile(step, batch, device, args.profile)
         del step
         if on_gpu:
             torch.cuda.empty_cache()

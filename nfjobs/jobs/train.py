@@ -74,6 +74,8 @@ class Config:
     """Autocast dtype of the forward pass: `auto` = bf16 on CUDA, fp32 on CPU."""
     compile: bool = runtime_field(True)
     """`torch.compile` the training step (CUDA only)."""
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = runtime_field("default")
+    """`torch.compile` mode (`bench/train_throughput.py --modes` compares them)."""
 
     def __post_init__(self):
         if not 0 < self.context_frac <= 1:
@@ -167,7 +169,7 @@ def run(cfg: Config, ctx) -> list[dict]:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     step_fn = family.training_loss
     if cfg.compile and device.type == "cuda":
-        step_fn = torch.compile(step_fn)
+        step_fn = torch.compile(step_fn, mode=cfg.compile_mode)
     after_step = getattr(family, "after_step", None)
     step = torch.tensor(start * steps_per_epoch, device=device)
     wall0 = time.perf_counter() - (curve[-1]["wall_s"] if curve else 0.0)
