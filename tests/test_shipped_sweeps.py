@@ -59,3 +59,16 @@ def test_the_representation_comparison_probes_the_same_four_fields_nf_variants_t
     fields = {c.key for c in sweep.expand([ROOT / "configs/sweeps/representations.toml"], overrides)
               if c.kind == "train"}
     assert len(variants) == 4 and fields == variants
+
+
+def test_the_short_gpu_session_copies_still_apply_and_share_their_train_cells(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "sw"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench/short_sweeps.py"), "--root", "/gpu/cifar", "--out", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    text = (out / "representations.toml").read_text()
+    assert text.count("n_train = 10000") == 5 and text.count('root = "/gpu/cifar"') == 8
+    assert "epochs = 40" not in (out / "nf_variants.toml").read_text()
