@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 from jaxtyping import Bool, Float, Int
 
-from nfjobs.context import atomic_write_bytes
+from nfjobs.context import atomic_write_bytes, atomic_write_with
 
 META = "meta.json"
 LABELS = "labels.npy"
@@ -38,12 +38,9 @@ def shard_path(root: Path, i: int) -> Path:
     return Path(root) / SHARDS / f"acts_{i:05d}.npy"
 
 
-def _npy_bytes(array: np.ndarray) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    return buf.getvalue()
+def _write_npy(path: Path, array: np.ndarray) -> None:
+    """`np.save` straight into the atomic temporary file (no in-memory copy of a multi-GB shard)."""
+    atomic_write_with(path, lambda f: np.save(f, array, allow_pickle=False))
 
 
 @dataclass
@@ -101,15 +98,15 @@ class CacheWriter:
     def write_labels(self, labels: Int[np.ndarray, " N"], traits: Bool[np.ndarray, "N T"] | None = None) -> None:
         if len(labels) != self.n_images or (traits is not None and len(traits) != self.n_images):
             raise ValueError(f"labels/traits must have {self.n_images} rows")
-        atomic_write_bytes(self.root / LABELS, _npy_bytes(np.asarray(labels, np.int64)))
+        _write_npy(self.root / LABELS, np.asarray(labels, np.int64))
         if traits is not None:
-            atomic_write_bytes(self.root / TRAITS, _npy_bytes(np.asarray(traits, bool)))
+            _write_npy(self.root / TRAITS, np.asarray(traits, bool))
 
     def write_shard(self, i: int, acts: Float[np.ndarray, "n T D"]) -> None:
         expected = (len(self.shard_range(i)), self.n_tokens, self.d)
         if acts.shape != expected:
             raise ValueError(f"shard {i} must have shape {expected}, got {acts.shape}")
-        atomic_write_bytes(shard_path(self.root, i), _npy_bytes(np.asarray(acts, self.dtype)))
+        _write_npy(shard_path(self.root, i), np.asarray(acts, self.dtype))  # no copy if already that dtype
 
     def finish(self) -> None:
         """Mark the cache complete once every shard and the labels are written."""

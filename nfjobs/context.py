@@ -20,10 +20,15 @@ def run_dir_for(runs_root: Path | str, key: str) -> Path:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so a reader sees the old file or the new one, never a torn one."""
+    atomic_write_with(path, lambda f: f.write(data))
+
+
+def atomic_write_with(path: Path, write) -> None:
+    """`write(binary file)` into a temporary file beside `path`, then rename it to `path` (atomic)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
-        f.write(data)
+        write(f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
