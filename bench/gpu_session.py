@@ -293,7 +293,7 @@ def finish_from_state(cfg, state: dict, ctx) -> list[dict]:
     model.load_state_dict(state["model"])
     model.eval()
     val = T.to_device(load_split(cfg.data, "val").images, device).float().div_(255)
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    bf16 = T.uses_bf16(cfg.precision, device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         final = family.evaluate(model, val, cfg)
         reconstruct = getattr(family, "reconstruct", None)
@@ -321,7 +321,7 @@ def calibrate(s: Session, cfg, batch: int, eval_images: int) -> dict:
     opt = torch.optim.AdamW(params, lr=cfg.optim.lr, fused=device.type == "cuda")
     train_u8 = T.to_device(load_split(cfg.data, "train").images[: batch * 4], device)
     val = T.to_device(load_split(cfg.data, "val").images[:eval_images], device).float().div_(255)
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    bf16 = T.uses_bf16(cfg.precision, device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     step = torch.zeros((), dtype=torch.long, device=device)
     free_memory()

@@ -228,6 +228,7 @@ def _make_encoder(cfg: Config, ctx):
     from einops import rearrange
 
     from nfjobs.nf import fields as nf
+    from nfjobs.nf.training import uses_bf16
 
     device = ctx.device()
     context_size = nf.n_context  # (n_pixels, frac) -> points of a sparse context
@@ -289,7 +290,7 @@ def _make_encoder(cfg: Config, ctx):
         maps = tdsm(model.decode, nf.grid(h, w, device), latents, (h, w), tokens, t.reduce, t.chunk)
         return rearrange(maps, "b h w c -> b (h w) c")
 
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    bf16 = uses_bf16(cfg.precision, device)
     meta["precision"] = "bf16" if bf16 else "fp32"
 
     def encode_with_autocast(split: str, ids: range, images_u8) -> "torch.Tensor":

@@ -165,7 +165,7 @@ def run(cfg: Config, ctx) -> list[dict]:
     curve: list[dict] = state["curve"] if state else []
     train_s: float = state["train_s"] if state else 0.0
 
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    bf16 = T.uses_bf16(cfg.precision, device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     step_fn = family.training_loss
     if cfg.compile and device.type == "cuda":

@@ -16,6 +16,11 @@ def to_device(images: UInt8[np.ndarray, "N H W 3"], device: torch.device) -> UIn
     return torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).contiguous()
 
 
+def uses_bf16(precision: str, device: torch.device) -> bool:
+    """Whether a job's `precision` (`auto` | `bf16` | `fp32`) means bf16 autocast on `device` (`auto`: on CUDA)."""
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
 def augment(x: Float[Tensor, "B C H W"], pad: int = 4) -> Float[Tensor, "B C H W"]:
     """Random horizontal flips and random `pad`-pixel shifts (reflect padding), per image, on the device."""
     b, _, h, w = x.shape
