@@ -180,7 +180,7 @@ def launch(argv: list[str]) -> int:
         dispatch.run_debug(p.to_run, runs_root)
         return 0
     if mode == "local":
-        dispatch.run_local(p.to_run, runs_root, log_dir, SlurmConfig(**typed_slurm))
+        dispatch.run_local(p.to_run, runs_root, log_dir, typed_slurm)
         return _summarise(p.to_run, runs_root, log_dir)
     try:
         jobs = dispatch.submit_slurm(p.to_run, runs_root, log_dir, typed_slurm)

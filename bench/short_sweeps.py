@@ -9,8 +9,8 @@ The copies change only that (and the dataset root), so their four train cells st
     python launch.py --sweep .dev/k3/sw/representations.toml --debug
 
 Edits: `root` → `--root`; the three 40-epoch train groups → `--epochs`; cache groups' `data` → `n_train =
---cache-images`; `probe_tdsm_field` → `epochs = 2, head_epochs = 1`. Checks that every edit applied and that
-both files name the same train cells (by key, through `nfjobs.sweep`).
+--cache-images`; `probe_tdsm_field` → `epochs = 2, head_epochs = 1` `train_images` = the caches' `n_train`. Checks that
+every edit applied and that both files name the same train cells (by key, through `nfjobs.sweep`).
 """
 
 import argparse
@@ -58,7 +58,8 @@ def main() -> None:
             group = edit(group, "val_frac = 0.1 }", f"val_frac = 0.1, n_train = {args.cache_images} }}", 1,
                          "cache group data line")
         if 'name = "probe_tdsm_field"' in group:
-            group = edit(group, "epochs = 4\nhead_epochs = 2", "epochs = 2\nhead_epochs = 1", 1, "TDSM field epochs")
+            group = edit(group, "epochs = 4\nhead_epochs = 2",
+                         f"epochs = 2\nhead_epochs = 1\ntrain_images = {args.cache_images}", 1, "TDSM field epochs")
         groups[i] = group
     rep = "[[group]]".join(groups)
 

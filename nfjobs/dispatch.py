@@ -84,7 +84,7 @@ def plan(cells: Sequence[Cell], runs_root: Path, force: bool = False,
                                 "result and is not part of this launch")
     if problems:
         raise DependencyError("\n".join(problems[:10]))
-    return Plan(sorted(to_run, key=lambda c: c.stage), done, dict(in_flight))
+    return Plan(to_run, done, dict(in_flight))  # in file order, which puts every referenced cell first
 
 
 def _specs(cells: Sequence[Cell], runs_root: Path) -> list[CellSpec]:
@@ -122,31 +122,59 @@ def run_debug(cells: Sequence[Cell], runs_root: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- local
-def run_local(cells: Sequence[Cell], runs_root: Path, log_dir: Path, slurm: SlurmConfig) -> dict[str, str]:
-    """Each cell in its own subprocess (submitit's local executor), at most `max_parallel` at once, stage by
-    stage. Blocks until all are finished; returns {key: final state}."""
+def visible_gpus() -> list[int]:
+    """GPU indices this machine offers to subprocesses: CUDA_VISIBLE_DEVICES if it lists indices, else one per
+    `nvidia-smi -L` line; [] without GPUs (torch is not imported for this: the launcher starts fast)."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        ids = [x.strip() for x in env.split(",") if x.strip()]
+        if all(x.isdigit() for x in ids):
+            return [int(x) for x in ids]
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return list(range(sum(line.startswith("GPU ") for line in out.splitlines())))
+
+
+def run_local(cells: Sequence[Cell], runs_root: Path, log_dir: Path, typed_flags: dict[str, Any]) -> dict[str, str]:
+    """Each cell in its own subprocess (submitit's local executor), at most `max_parallel` at once. A cell starts
+    as soon as the cells it reads have ended (as on Slurm, a failed upstream cell lets its dependants run and fail
+    clearly), not when its whole stage has. Resources as on Slurm (defaults < [slurm] tables < `typed_flags`);
+    a cell asking for `gpus_per_node` GPUs gets that many of this machine's, the least busy ones, and a cell
+    asking for none sees no GPU. Blocks until all have ended; returns {key: final state}."""
     import submitit
 
-    limit = slurm.max_parallel or 2
+    resources = {c.key: SlurmConfig(**{**c.slurm, **typed_flags}) for c in cells}
+    limit = typed_flags.get("max_parallel") or max((r.max_parallel for r in resources.values()), default=0) or 2
     # share the cores instead of oversubscribing them (torch would start one thread per core in every cell)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // limit)))
-    executor = submitit.AutoExecutor(folder=log_dir / "%j", cluster="local", local_max_num_timeout=slurm.max_requeues)
-    executor.update_parameters(timeout_min=max(1, int(slurm.n_hours * 60)), gpus_per_node=slurm.gpus_per_node)
-    states: dict[str, str] = {}
+    gpus = visible_gpus() if any(r.gpus_per_node for r in resources.values()) else []
+    gpu_load = collections.Counter({g: 0 for g in gpus})
     specs = dict(zip((c.key for c in cells), _specs(cells, runs_root)))
-    for stage in sorted({c.stage for c in cells}):
-        queue = collections.deque(c for c in cells if c.stage == stage)
-        running: dict[str, Any] = {}
-        while queue or running:
-            while queue and len(running) < limit:
-                cell = queue.popleft()
-                running[cell.key] = executor.submit(CellTask(), specs[cell.key])
-            time.sleep(0.2)
-            for key, job in list(running.items()):
-                if job.done():
-                    states[key] = job.state
-                    del running[key]
-                    _print_state(key, states[key], len(states), len(cells))
+    waiting = list(cells)  # file order is the priority: long upstream cells first, as the sweep lists them
+    running: dict[str, tuple[Any, list[int]]] = {}
+    states: dict[str, str] = {}
+    while waiting or running:
+        for cell in [c for c in waiting if all(d in states for d in c.deps if d in specs)]:
+            if len(running) >= limit:
+                break
+            res = resources[cell.key]
+            assigned = sorted(gpus, key=lambda g: (gpu_load[g], g))[:res.gpus_per_node] if gpus else []
+            gpu_load.update(assigned)
+            # no GPU on this machine: the cell sees none and its job falls back to the CPU
+            executor = submitit.LocalExecutor(folder=log_dir / "%j", max_num_timeout=res.max_requeues)
+            executor.update_parameters(timeout_min=max(1, int(res.n_hours * 60)), gpus_per_node=len(assigned),
+                                       visible_gpus=tuple(assigned))
+            running[cell.key] = (executor.submit(CellTask(), specs[cell.key]), assigned)
+            waiting.remove(cell)
+        time.sleep(0.2)
+        for key, (job, assigned) in list(running.items()):
+            if job.done():
+                states[key] = job.state
+                gpu_load.subtract(assigned)
+                del running[key]
+                _print_state(key, states[key], len(states), len(cells))
     return states
 
 

@@ -86,6 +86,30 @@ def test_local_mode_runs_cells_in_subprocesses_and_reports_failures(sweep_file, 
     assert list((tmp_path / "logs" / "s").glob("*/*_log.err"))  # submitit logs under logs/<sweep>/
 
 
+def test_local_mode_starts_a_cell_when_its_upstream_ends_not_when_its_stage_does(sweep_file, tmp_path):
+    runs = tmp_path / "runs"
+    path = sweep_file('[[group]]\nname = "slow"\nkind = "kinds.toy"\nsleep_s = 6.0\n'
+                      '[[group]]\nname = "up"\nkind = "kinds.toy"\nhead.width = 4\n'
+                      '[[group]]\nname = "down"\nkind = "kinds.toy"\nupstream = "@up"\n')
+    assert run_launch("--sweep", str(path), "--max-parallel", "3", runs=runs) == 0
+    df = results.load(path, runs).collect().group_by("group").agg(pl.col("run.start").min(), pl.col("run.end").max())
+    t = {g: (s, e) for g, s, e in df.iter_rows()}
+    assert t["down"][0] >= t["up"][1]  # waits for what it reads ...
+    assert t["down"][1] < t["slow"][1]  # ... but not for the rest of the first stage
+
+
+def test_local_mode_gives_gpu_cells_the_least_busy_gpus_and_the_rest_none(sweep_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
+    runs = tmp_path / "runs"
+    path = sweep_file('[[group]]\nname = "gpu"\nkind = "kinds.toy"\nsleep_s = 3.0\nhead.width = [1, 2]\n'
+                      '[group.slurm]\ngpus_per_node = 1\n'
+                      '[[group]]\nname = "cpu"\nkind = "kinds.toy"\n')
+    assert run_launch("--sweep", str(path), "--max-parallel", "3", runs=runs) == 0
+    df = results.load(path, runs).collect().unique("key")
+    gpus = {g: sorted(df.filter(pl.col("group") == g)["gpus"].to_list()) for g in ("gpu", "cpu")}
+    assert gpus == {"gpu": ["5", "7"], "cpu": [""]}
+
+
 def test_a_reference_to_a_cell_outside_the_launch_with_no_result_is_refused(sweep_file, tmp_path, capsys):
     path = sweep_file('kind = "kinds.toy"\nupstream = "toy-000000000000"\n')
     # a literal key is not a dependency the launcher can see, so the cell runs and fails clearly

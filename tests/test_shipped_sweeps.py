@@ -70,5 +70,6 @@ def test_the_short_gpu_session_copies_still_apply_and_share_their_train_cells(tm
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr + proc.stdout
     text = (out / "representations.toml").read_text()
-    assert text.count("n_train = 10000") == 5 and text.count('root = "/gpu/cifar"') == 8
+    assert text.count("n_train = 10000") == 6 and text.count('root = "/gpu/cifar"') == 10
+    assert text.count("train_images = 10000") == 1  # the TDSM field probes train on the caches' images
     assert "epochs = 40" not in (out / "nf_variants.toml").read_text()

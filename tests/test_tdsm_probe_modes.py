@@ -41,6 +41,11 @@ def test_modes_train_the_field(field, tmp_path, mode):
     assert 0 <= row["accuracy"] <= 1 and row["train_s"] > 0
 
 
+def test_train_images_takes_the_first_training_images_of_the_fields_dataset(field, tmp_path):
+    row = _run(tmp_path, "finetune", train_images=12)
+    assert (row["n_train"], row["n_val"]) == (12, 10)
+
+
 def test_two_stage_runs_head_then_field(field, tmp_path, monkeypatch):
     trains_field = []  # per training forward: did the field's weights take gradients?
     encode = field.encode
@@ -64,5 +69,6 @@ def test_check_before_device_work(tmp_path):
     assert problems(checkpoint="train-x", activations="cache-x") == {"activations"}
     assert {k for k, _ in probe.check(probe.Config(probe="linear", tdsm_mode="two_stage", checkpoint="t"))} == {"probe"}
     assert probe.check(probe.Config(activations="cache-x", checkpoint="train-x"))[0][0] == "checkpoint"
+    assert probe.check(probe.Config(activations="cache-x", train_images=10))[0][0] == "train_images"
     with pytest.raises(ValueError, match="checkpoint"):
         probe.run(probe.Config(probe="tdsm_gap", tdsm_mode="finetune"), Context("p", "probe", tmp_path))

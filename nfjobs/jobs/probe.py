@@ -47,6 +47,9 @@ class Config:
     """Training epochs of the transformer and the TDSM heads (`two_stage`: of its second stage)."""
     head_epochs: int = 2
     """`two_stage`: epochs of the head alone before the field joins."""
+    train_images: int = 0
+    """`finetune` / `two_stage`: the first this many training images of the field's dataset (0 = all; a frozen probe
+    trains on what its cache holds). Set it like the cache's `data.n_train` to compare heads on the same images."""
     lr: float = 1e-3
     """Peak AdamW learning rate (one-cycle schedule) of the transformer and the frozen TDSM heads; the constant
     learning rate of the head in `finetune` / `two_stage`."""
@@ -70,6 +73,8 @@ class Config:
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.knn_k < 1 or self.head_epochs < 1:
             raise ValueError("epochs, head_epochs, batch_size and knn_k must be >= 1")
+        if self.train_images < 0:
+            raise ValueError(f"train_images must be >= 0 (0 = all), got {self.train_images}")
         if self.lr <= 0 or self.field_lr <= 0:
             raise ValueError("lr and field_lr must be > 0")
 
@@ -83,8 +88,9 @@ def check(cfg: Config) -> list[tuple[str, str]]:
     hold what is read (a key is checked by the launcher: depends_on)."""
     if cfg.tdsm_mode != "frozen":
         return _check_with_field(cfg)
-    if cfg.checkpoint:
-        return [("checkpoint", "a frozen probe reads a cache only; checkpoint is for finetune / two_stage")]
+    if cfg.checkpoint or cfg.train_images:
+        key = "checkpoint" if cfg.checkpoint else "train_images"
+        return [(key, f"a frozen probe reads a cache only; {key} is for finetune / two_stage")]
     if not cfg.activations:
         return [("activations", "name the cell key or run directory of a cache cell")]
     if _looks_like_path(cfg.activations):
@@ -193,6 +199,7 @@ def _field_name(tc) -> str:
 def _run_with_field(cfg: Config, ctx) -> dict:
     """`finetune` / `two_stage`: TDSM maps of the checkpoint's field over its own dataset, decoded in every step
     (`tdsm.chunk` pairs per decoder forward), train the head and the field; one row like a frozen TDSM probe's."""
+    import dataclasses
     import inspect
 
     import torch
@@ -209,7 +216,8 @@ def _run_with_field(cfg: Config, ctx) -> dict:
     torch.manual_seed(cfg.seed)
     device = ctx.device()
     model, tc = load_trained(run_dir, device)
-    train, val = load_split(tc.data, "train"), load_split(tc.data, "val")
+    data = dataclasses.replace(tc.data, n_train=cfg.train_images) if cfg.train_images else tc.data
+    train, val = load_split(data, "train"), load_split(data, "val")
     takes_points = len(inspect.signature(model.encode).parameters) == 2
 
     def contexts(images_u8) -> tuple[torch.Tensor, ...]:

@@ -1,5 +1,7 @@
 """A deterministic job kind with nested configs, for pinning sweep semantics without models."""
 
+import os
+import time
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -31,6 +33,8 @@ class Config:
     """Return a metric named like a config field, with another value (a job bug the runner must catch)."""
     log_every: int = runtime_field(10)
     """How often to log (does not change results)."""
+    sleep_s: float = runtime_field(0.0)
+    """Seconds to sleep before returning (to make cells overlap in dispatch tests)."""
 
 
 def depends_on(cfg: Config) -> list[str]:
@@ -44,6 +48,7 @@ def check(cfg: Config) -> list[tuple[str, str]]:
 
 
 def run(cfg: Config, ctx) -> list[dict]:
+    time.sleep(cfg.sleep_s)
     if cfg.fail:
         raise ValueError("toy job asked to fail")
     upstream = ""
@@ -52,4 +57,6 @@ def run(cfg: Config, ctx) -> list[dict]:
     score = cfg.optim.lr * cfg.head.width + cfg.seed % 7
     extra = {"head.width": -1} if cfg.clash else {}
     # echoing a config value under its own name is harmless
-    return [{"metric": score, "split": s, "upstream_ok": upstream, "seed": cfg.seed, **extra} for s in ("train", "val")]
+    gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+    return [{"metric": score, "split": s, "upstream_ok": upstream, "seed": cfg.seed, "gpus": gpus, **extra}
+            for s in ("train", "val")]
