@@ -24,7 +24,7 @@ SLURM_FLAGS = {  # launcher flag -> SlurmConfig field
     "slurm_acct": "account", "slurm_partition": "partition", "n_hours": "n_hours",
     "gpus_per_node": "gpus_per_node", "cpus_per_task": "cpus_per_task", "mem_gb": "mem_gb", "qos": "qos",
     "constraint": "constraint", "sbatch": "extra", "max_parallel": "max_parallel",
-    "signal_delay_s": "signal_delay_s", "max_requeues": "max_requeues",
+    "signal_delay_s": "signal_delay_s", "max_requeues": "max_requeues", "cells_per_gpu": "cells_per_gpu",
 }
 
 
@@ -72,6 +72,8 @@ class Launch:
     """Seconds before the time limit at which a job checkpoints and requeues (default 120)."""
     max_requeues: int | None = None
     """Most time-limit requeues per cell (default 3)."""
+    cells_per_gpu: int | None = None
+    """Local runs: cells that may share one GPU (default 1: each GPU cell has its GPUs to itself)."""
 
 
 @dataclass(frozen=True)

@@ -106,8 +106,13 @@ class SlurmConfig:
     """Seconds before the time limit that a job is told to checkpoint and requeue itself."""
     max_requeues: int = 3
     """Times a cell may be requeued after hitting its time limit (preemption requeues are not counted)."""
+    cells_per_gpu: int = 1
+    """Local runs: cells that may share one GPU at once (and its memory: too many run out of it). Slurm gives
+    every job GPUs of its own."""
 
     def __post_init__(self):
+        if self.cells_per_gpu < 1:
+            raise ValueError(f"cells_per_gpu must be >= 1, got {self.cells_per_gpu}")
         if self.n_hours <= 0:
             raise ValueError(f"n_hours must be > 0, got {self.n_hours}")
         for item in self.extra:

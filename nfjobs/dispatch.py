@@ -140,9 +140,11 @@ def visible_gpus() -> list[int]:
 def run_local(cells: Sequence[Cell], runs_root: Path, log_dir: Path, typed_flags: dict[str, Any]) -> dict[str, str]:
     """Each cell in its own subprocess (submitit's local executor), at most `max_parallel` at once. A cell starts
     as soon as the cells it reads have ended (as on Slurm, a failed upstream cell lets its dependants run and fail
-    clearly), not when its whole stage has. Resources as on Slurm (defaults < [slurm] tables < `typed_flags`);
-    a cell asking for `gpus_per_node` GPUs gets that many of this machine's, the least busy ones, and a cell
-    asking for none sees no GPU. Blocks until all have ended; returns {key: final state}."""
+    clearly), not when its whole stage has. Resources as on Slurm (defaults < [slurm] tables < `typed_flags`),
+    GPUs too: a cell asking for `gpus_per_node` GPUs waits until that many of this machine's are free and has
+    them to itself (or shares each with at most `cells_per_gpu - 1` others), a cell asking for none sees no GPU,
+    and on a machine without GPUs every cell runs on the CPU. Blocks until all have ended; returns
+    {key: final state}."""
     import submitit
 
     resources = {c.key: SlurmConfig(**{**c.slurm, **typed_flags}) for c in cells}
@@ -150,7 +152,8 @@ def run_local(cells: Sequence[Cell], runs_root: Path, log_dir: Path, typed_flags
     # share the cores instead of oversubscribing them (torch would start one thread per core in every cell)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // limit)))
     gpus = visible_gpus() if any(r.gpus_per_node for r in resources.values()) else []
-    gpu_load = collections.Counter({g: 0 for g in gpus})
+    share = max((r.cells_per_gpu for r in resources.values()), default=1)
+    slots = {g: share for g in gpus}  # free places per GPU
     specs = dict(zip((c.key for c in cells), _specs(cells, runs_root)))
     waiting = list(cells)  # file order is the priority: long upstream cells first, as the sweep lists them
     running: dict[str, tuple[Any, list[int]]] = {}
@@ -160,9 +163,13 @@ def run_local(cells: Sequence[Cell], runs_root: Path, log_dir: Path, typed_flags
             if len(running) >= limit:
                 break
             res = resources[cell.key]
-            assigned = sorted(gpus, key=lambda g: (gpu_load[g], g))[:res.gpus_per_node] if gpus else []
-            gpu_load.update(assigned)
-            # no GPU on this machine: the cell sees none and its job falls back to the CPU
+            wanted = min(res.gpus_per_node, len(gpus))
+            free = sorted((g for g in gpus if slots[g]), key=lambda g: -slots[g])  # emptiest first
+            if len(free) < wanted:
+                continue  # a later cell that needs fewer GPUs may start meanwhile
+            assigned = sorted(free[:wanted], key=gpus.index)
+            for g in assigned:
+                slots[g] -= 1
             executor = submitit.LocalExecutor(folder=log_dir / "%j", max_num_timeout=res.max_requeues)
             executor.update_parameters(timeout_min=max(1, int(res.n_hours * 60)), gpus_per_node=len(assigned),
                                        visible_gpus=tuple(assigned))
@@ -172,7 +179,8 @@ def run_local(cells: Sequence[Cell], runs_root: Path, log_dir: Path, typed_flags
         for key, (job, assigned) in list(running.items()):
             if job.done():
                 states[key] = job.state
-                gpu_load.subtract(assigned)
+                for g in assigned:
+                    slots[g] += 1
                 del running[key]
                 _print_state(key, states[key], len(states), len(cells))
     return states

@@ -134,8 +134,10 @@ def report(frame: pl.LazyFrame | pl.DataFrame, by: Iterable[str], metric: str, *
 
 
 def to_markdown(df: pl.DataFrame, float_digits: int = 4) -> str:
-    """A GitHub-flavoured markdown table."""
+    """A GitHub-flavoured markdown table (missing values as empty cells)."""
     def fmt(v: Any) -> str:
+        if v is None:
+            return ""
         if isinstance(v, float):
             return f"{v:.{float_digits}g}" if abs(v) < 1e-3 and v != 0 else f"{v:.{float_digits}f}"
         return str(v)

@@ -98,16 +98,30 @@ def test_local_mode_starts_a_cell_when_its_upstream_ends_not_when_its_stage_does
     assert t["down"][1] < t["slow"][1]  # ... but not for the rest of the first stage
 
 
-def test_local_mode_gives_gpu_cells_the_least_busy_gpus_and_the_rest_none(sweep_file, tmp_path, monkeypatch):
+def test_local_mode_gives_each_gpu_cell_its_own_gpus_and_the_rest_none(sweep_file, tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
     runs = tmp_path / "runs"
-    path = sweep_file('[[group]]\nname = "gpu"\nkind = "kinds.toy"\nsleep_s = 3.0\nhead.width = [1, 2]\n'
+    path = sweep_file('[[group]]\nname = "gpu"\nkind = "kinds.toy"\nsleep_s = 2.0\nhead.width = [1, 2, 3]\n'
                       '[group.slurm]\ngpus_per_node = 1\n'
-                      '[[group]]\nname = "cpu"\nkind = "kinds.toy"\n')
-    assert run_launch("--sweep", str(path), "--max-parallel", "3", runs=runs) == 0
+                      '[[group]]\nname = "cpu"\nkind = "kinds.toy"\nsleep_s = 1.0\n')
+    assert run_launch("--sweep", str(path), "--max-parallel", "4", runs=runs) == 0
     df = results.load(path, runs).collect().unique("key")
-    gpus = {g: sorted(df.filter(pl.col("group") == g)["gpus"].to_list()) for g in ("gpu", "cpu")}
-    assert gpus == {"gpu": ["5", "7"], "cpu": [""]}
+    cpu, gpu = df.filter(pl.col("group") == "cpu"), df.filter(pl.col("group") == "gpu").sort("run.start")
+    assert cpu["gpus"].to_list() == [""]
+    assert sorted(gpu["gpus"].to_list()[:2]) == ["5", "7"]  # the first two GPU cells ran side by side ...
+    third = gpu.row(2, named=True)  # ... and the third waited for a GPU to come free
+    previous = gpu.filter(pl.col("gpus") == third["gpus"]).row(0, named=True)
+    assert third["run.start"] >= previous["run.end"]
+    assert cpu["run.start"][0] < gpu["run.end"].min()  # a CPU cell does not wait for a GPU
+
+
+def test_local_mode_shares_a_gpu_between_cells_only_when_asked(sweep_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    runs = tmp_path / "runs"
+    path = sweep_file('kind = "kinds.toy"\nsleep_s = 2.0\nhead.width = [1, 2]\n[slurm]\ngpus_per_node = 1\n')
+    assert run_launch("--sweep", str(path), "--max-parallel", "2", "--cells-per-gpu", "2", runs=runs) == 0
+    df = results.load(path, runs).collect().unique("key").sort("run.start")
+    assert df["gpus"].to_list() == ["3", "3"] and df["run.start"][1] < df["run.end"][0]
 
 
 def test_a_reference_to_a_cell_outside_the_launch_with_no_result_is_refused(sweep_file, tmp_path, capsys):

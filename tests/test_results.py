@@ -110,5 +110,5 @@ def test_bootstrap_ci_covers_the_true_mean_about_as_often_as_it_says():
 
 
 def test_markdown_export_is_a_pipe_table():
-    text = results.to_markdown(pl.DataFrame({"a": [1, 2], "b": [0.5, 0.25]}))
-    assert text.splitlines() == ["| a | b |", "|---|---|", "| 1 | 0.5000 |", "| 2 | 0.2500 |"]
+    text = results.to_markdown(pl.DataFrame({"a": [1, 2], "b": [0.5, None]}))
+    assert text.splitlines() == ["| a | b |", "|---|---|", "| 1 | 0.5000 |", "| 2 |  |"]
