@@ -1,9 +1,18 @@
-"""Mamba backends: selection, pure scan vs the Mamba equations, mamba_ssm vs pure (CUDA only), encoder blocks."""
+"""Mamba backends: selection (a mamba_ssm without its kernel included), pure and triton scans vs the Mamba
+equations (triton on CPU through Triton's interpreter), mamba_ssm vs pure vs triton (CUDA only), encoder blocks."""
+
+import importlib
+import os
+import re
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from nfjobs.models import mamba
 from nfjobs.models.mamba import BiMamba, SequenceEncoder, make_mamba, mamba_ssm_available, resolve_backend
 
 DIM = 8
@@ -35,6 +44,8 @@ def test_auto_on_cpu_is_pure_and_explicit_choices():
     assert resolve_backend("transformer", "cuda") == "transformer"
     with pytest.raises(RuntimeError, match="mamba_ssm"):
         resolve_backend("mamba_ssm", "cpu")
+    with pytest.raises(RuntimeError, match="triton scan needs a CUDA device"):
+        resolve_backend("triton", "cpu")
     with pytest.raises(ValueError, match="valid"):
         resolve_backend("cuda", "cpu")
 
@@ -64,6 +75,153 @@ def test_mamba_ssm_and_pure_compute_the_same_function():
     pure.load_state_dict(fast.state_dict())
     x = torch.randn(2, 100, 64, device="cuda")
     torch.testing.assert_close(fast(x), pure(x), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.skipif(not (mamba_ssm_available() and torch.cuda.is_available()),
+                    reason="needs mamba_ssm with its kernel and a CUDA device")
+def test_triton_matches_mamba_ssm_forward_and_backward_in_fp32_and_bf16():
+    torch.manual_seed(0)
+    ref = make_mamba("mamba_ssm", 256).cuda()
+    fast = make_mamba("triton", 256).cuda()
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 512, 256, device="cuda")
+    torch.testing.assert_close(fast(x), ref(x), rtol=1e-3, atol=1e-3)
+    for name, tol in (("fp32", 1e-3), ("bf16", 3e-2)):
+        grads = []
+        for layer in (ref, fast):
+            layer.zero_grad()
+            with torch.autocast("cuda", torch.bfloat16, enabled=name == "bf16"):
+                y = layer(x)
+            (y.float().square().mean()).backward()
+            grads.append((y.float(), {k: p.grad.clone() for k, p in layer.named_parameters()}))
+        (y_ref, g_ref), (y_fast, g_fast) = grads
+        torch.testing.assert_close(y_fast, y_ref, rtol=tol, atol=tol)
+        for k in g_ref:
+            scale = g_ref[k].abs().max().clamp_min(1e-6)
+            assert (g_fast[k] - g_ref[k]).abs().max() / scale < 5 * tol, (name, k)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the triton backend on a GPU needs CUDA")
+def test_triton_and_pure_compute_the_same_function_on_cuda():
+    torch.manual_seed(0)
+    pure = make_mamba("pure", 64).cuda()
+    fast = make_mamba("triton", 64).cuda()
+    fast.load_state_dict(pure.state_dict())
+    x = torch.randn(2, 100, 64, device="cuda", requires_grad=True)
+    torch.testing.assert_close(fast(x), pure(x), rtol=1e-3, atol=1e-3)
+    (gx_fast,) = torch.autograd.grad(fast(x).square().sum(), x)
+    (gx_pure,) = torch.autograd.grad(pure(x).square().sum(), x)
+    torch.testing.assert_close(gx_fast, gx_pure, rtol=1e-3, atol=1e-3)
+
+
+FAKE_MAMBA = """
+import torch
+from torch import nn
+
+class Mamba(nn.Module):
+    def __init__(self, d_model, d_state=16, d_conv=4, expand=2):
+        super().__init__()
+        self.proj = nn.Linear(d_model, d_model)
+
+    def forward(self, x):
+        {forward}
+"""
+
+
+@pytest.fixture
+def fake_mamba_ssm(tmp_path, monkeypatch):
+    """Installs a small `mamba_ssm` package (and optionally a `selective_scan_cuda` module) into tmp_path."""
+
+    def install(forward: str = "return self.proj(x)", kernel: bool = False):
+        pkg = tmp_path / "mamba_ssm"
+        pkg.mkdir()
+        (pkg / "__init__.py").write_text(textwrap.dedent(FAKE_MAMBA).format(forward=forward))
+        if kernel:
+            (tmp_path / "selective_scan_cuda.py").write_text("")
+        monkeypatch.syspath_prepend(str(tmp_path))
+        importlib.invalidate_caches()
+        mamba.backend_problem.cache_clear()
+
+    for name in ("mamba_ssm", "selective_scan_cuda"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    yield install
+    for name in ("mamba_ssm", "selective_scan_cuda"):
+        sys.modules.pop(name, None)
+    mamba.backend_problem.cache_clear()
+
+
+def test_mamba_ssm_without_its_kernel_is_not_available(fake_mamba_ssm):
+    fake_mamba_ssm(kernel=False)
+    assert not mamba_ssm_available("cpu")
+    assert "selective-scan CUDA kernel does not" in mamba.backend_problem("mamba_ssm", "cpu")
+    assert resolve_backend("auto", "cpu") == "pure"
+    with pytest.raises(RuntimeError, match="install-mamba-ssm.sh"):
+        resolve_backend("mamba_ssm", "cpu")
+
+
+def test_mamba_ssm_whose_forward_fails_is_not_available(fake_mamba_ssm):
+    fake_mamba_ssm(forward='raise RuntimeError("no kernel image is available for execution on the device")',
+                   kernel=True)
+    assert "no kernel image" in mamba.backend_problem("mamba_ssm", "cpu")
+    assert resolve_backend("auto", "cpu") == "pure"
+
+
+def test_mamba_ssm_that_runs_is_chosen_by_auto_and_recorded(fake_mamba_ssm):
+    fake_mamba_ssm(kernel=True)
+    assert mamba_ssm_available("cpu") and resolve_backend("auto", "cpu") == "mamba_ssm"
+    encoder = SequenceEncoder(resolve_backend("auto", "cpu"), DIM, depth=1, ff_dim=16)
+    assert encoder.backend == "mamba_ssm" and encoder(torch.randn(2, 5, DIM)).shape == (2, 5, DIM)
+
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+interpreted = pytest.mark.skipif(not INTERPRETED, reason="runs in a subprocess with TRITON_INTERPRET=1 (Triton's "
+                                 "CPU interpreter must be on before triton is imported): see test_triton_on_cpu")
+
+
+def test_triton_on_cpu():
+    """Runs this file's `interpreted` tests in a fresh interpreter with Triton's CPU interpreter on."""
+    pytest.importorskip("triton")
+    proc = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "interp"],
+                          env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and re.search(r"\b2 passed", proc.stdout), proc.stdout[-3000:] + proc.stderr[-2000:]
+
+
+def _sequential_scan(u, delta, a, b, c, d):
+    h = torch.zeros(u.shape[0], u.shape[2], a.shape[1])
+    ys = []
+    for t in range(u.shape[1]):
+        h = torch.exp(delta[:, t, :, None] * a) * h + (delta[:, t] * u[:, t])[..., None] * b[:, t, None, :]
+        ys.append((h * c[:, t, None, :]).sum(-1) + d * u[:, t])
+    return torch.stack(ys, dim=1)
+
+
+@interpreted
+def test_interp_triton_scan_and_its_gradients_match_the_sequential_scan():
+    from nfjobs.models import scan_triton
+
+    torch.manual_seed(0)
+    bsz, length, e, n = 2, 7, 40, 4  # 40 channels: a partial block of 32
+    args = [torch.randn(bsz, length, e), torch.rand(bsz, length, e) * 0.5, -torch.rand(e, n) * 2,
+            torch.randn(bsz, length, n), torch.randn(bsz, length, n), torch.randn(e)]
+    args = [x.requires_grad_() for x in args]
+    y = scan_triton.selective_scan(*args)
+    y_ref = _sequential_scan(*args)
+    torch.testing.assert_close(y, y_ref)
+    dy = torch.randn_like(y)
+    for got, want in zip(torch.autograd.grad(y, args, dy), torch.autograd.grad(y_ref, args, dy), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@interpreted
+def test_interp_triton_layer_computes_the_mamba_equations_and_loads_pure_weights():
+    torch.manual_seed(0)
+    pure = make_mamba("pure", DIM, d_state=4)
+    fast = make_mamba("triton", DIM, d_state=4)
+    fast.load_state_dict(pure.state_dict())
+    x = torch.randn(2, 9, DIM)
+    torch.testing.assert_close(fast(x), _reference_mamba(pure, x), rtol=1e-4, atol=1e-5)
+    assert resolve_backend("triton", "cpu") == "triton"  # the interpreter counts as a device it runs on
+    assert resolve_backend("auto", "cpu") == "pure"  # but auto never picks it on CPU
 
 
 def test_bimamba_is_reversal_symmetric_with_tied_directions():

@@ -9,7 +9,7 @@ alpha_learnable=False, jitter_std=0, encoder_final_norm=False` (see docs/models-
 from dataclasses import dataclass
 from typing import Literal
 
-MambaBackend = Literal["auto", "mamba_ssm", "pure", "transformer"]
+MambaBackend = Literal["auto", "mamba_ssm", "triton", "pure", "transformer"]
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,9 @@ class GinrConfig:
     ff_dim: int = 1024
     """Hidden width of each encoder block's feed-forward layer."""
     mamba_backend: MambaBackend = "auto"
-    """Sequence mixer: `auto` (mamba_ssm on a CUDA device when it imports, else `pure`), `mamba_ssm`
-    (CUDA kernels), `pure` (pure-PyTorch selective scan, mambapy) or `transformer` (self-attention)."""
+    """Sequence mixer: `auto` (the first of mamba_ssm, triton, pure that runs on the device), `mamba_ssm`
+    (compiled CUDA kernels), `triton` (Triton scan, CUDA), `pure` (pure-PyTorch selective scan, mambapy) or
+    `transformer` (self-attention)."""
     d_state: int = 16
     """Mamba SSM state size per channel."""
     d_conv: int = 4

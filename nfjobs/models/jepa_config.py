@@ -8,7 +8,7 @@ Seed 002's ablation flags map to fields: `obs_frac`, `target_frac`, `recon_weigh
 from dataclasses import dataclass
 from typing import Literal
 
-MambaBackend = Literal["auto", "mamba_ssm", "pure", "transformer"]
+MambaBackend = Literal["auto", "mamba_ssm", "triton", "pure", "transformer"]
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class JepaConfig:
     n_freqs: int = 16
     """Fourier frequencies per coordinate in the observation and query encodings."""
     mamba_backend: MambaBackend = "auto"
-    """Set-encoder mixer: `auto`, `mamba_ssm`, `pure` (mambapy) or `transformer` (seed 002's fallback).
+    """Set-encoder mixer: `auto`, `mamba_ssm`, `triton`, `pure` (mambapy) or `transformer` (seed 002's fallback).
     Mamba reads the observed pixels in raster order."""
     d_state: int = 16
     """Mamba SSM state size per channel."""

@@ -1,18 +1,27 @@
-"""Sequence mixers for the GINR and JEPA encoders: Mamba (CUDA kernels or pure PyTorch) or self-attention.
+"""Sequence mixers for the GINR and JEPA encoders: Mamba (CUDA kernels, Triton or pure PyTorch) or self-attention.
 
 Backends:
-- `mamba_ssm`: `mamba_ssm.Mamba` (CUDA kernels; the optional extra `cuda`);
-- `pure`: `mambapy.mamba.MambaBlock`, a pure-PyTorch selective scan (parallel scan). Its parameters have the
-  names and shapes of `mamba_ssm.Mamba`'s, so a state dict trained with one backend loads into the other and
-  both compute the same function;
+- `mamba_ssm`: `mamba_ssm.Mamba` (its compiled CUDA kernels; the optional extra `cuda`, built with
+  `scripts/install-mamba-ssm.sh`);
+- `triton`: the same layer with the selective scan of `nfjobs.models.scan_triton` (Triton kernels: no compiled
+  extension; CUDA devices);
+- `pure`: `mambapy.mamba.MambaBlock`, a pure-PyTorch selective scan (parallel scan).
+  All three Mamba backends have the parameter names and shapes of `mamba_ssm.Mamba`, so a state dict trained
+  with one loads into the others and they compute the same function;
 - `transformer`: bidirectional multi-head self-attention (seed 002's fallback);
-- `auto`: `mamba_ssm` when it imports and the model runs on a CUDA device, else `pure`.
+- `auto`: the first of `mamba_ssm`, `triton` (CUDA only), `pure` that works on the model's device.
+
+A Mamba backend counts as working only when it imports (for `mamba_ssm`: its selective-scan kernel
+`selective_scan_cuda` too, which mamba-ssm 2.3 silently leaves out unless built with MAMBA_KEEP_CUDA_BUILD=TRUE)
+and a tiny forward runs on the device (`backend_problem`).
 
 The encoder block mirrors `mamba_ssm.modules.block.Block` with `fused_add_norm=False` (the reference encoder):
 `residual += h; h = mixer(LN(residual)); residual += h; h = mlp(LN2(residual))`.
 """
 
 import functools
+import os
+import warnings
 from typing import Literal
 
 import torch
@@ -21,41 +30,73 @@ from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor, nn
 
-Backend = Literal["mamba_ssm", "pure", "transformer"]
+Backend = Literal["mamba_ssm", "triton", "pure", "transformer"]
+MambaKind = Literal["mamba_ssm", "triton", "pure"]
 
 
 @functools.cache
-def mamba_ssm_available() -> bool:
-    """Whether `mamba_ssm` (and its compiled CUDA extension) imports."""
+def backend_problem(backend: MambaKind, device: str) -> str | None:
+    """Why the Mamba `backend` cannot run on `device` (None: it can): it must import and run a tiny forward there.
+
+    Cached per process; `device` is a `torch.device` string ("cpu", "cuda:0")."""
+    dev = torch.device(device)
     try:
-        import mamba_ssm  # noqa: F401
-    except Exception:  # ImportError, or an OSError/RuntimeError from a broken compiled extension
-        return False
-    return True
+        if backend == "mamba_ssm":
+            import mamba_ssm  # noqa: F401
+
+            try:
+                import selective_scan_cuda  # noqa: F401  (the compiled kernel mamba_ssm.Mamba calls)
+            except ImportError as err:
+                return (f"mamba_ssm imports but its selective-scan CUDA kernel does not ({err}); reinstall it "
+                        "with scripts/install-mamba-ssm.sh (MAMBA_KEEP_CUDA_BUILD=TRUE)")
+        elif backend == "triton" and dev.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            return "the triton scan needs a CUDA device"
+        layer = make_mamba(backend, 16, d_state=4).to(dev)
+        with torch.no_grad():
+            layer(torch.randn(1, 8, 16, device=dev))
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+    except Exception as err:  # ImportError, a missing/broken compiled kernel, no kernel image for this GPU, ...
+        return f"{backend} fails a tiny forward on {dev}: {type(err).__name__}: {err}"
+    return None
+
+
+def mamba_ssm_available(device: torch.device | str = "cuda") -> bool:
+    """Whether `mamba_ssm` with its selective-scan kernel runs on `device`."""
+    return backend_problem("mamba_ssm", str(torch.device(device))) is None
 
 
 def resolve_backend(choice: str, device: torch.device | str | None = None) -> Backend:
     """The concrete backend for a config choice; `device` (None, "" or "auto": CUDA when visible) is where the
-    model will run."""
-    if device in (None, "", "auto"):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    on_cuda = torch.device(device).type == "cuda"
-    if choice == "auto":
-        return "mamba_ssm" if on_cuda and mamba_ssm_available() else "pure"
-    if choice == "mamba_ssm":
-        if not mamba_ssm_available():
-            raise RuntimeError("mamba_backend='mamba_ssm' but mamba_ssm does not import; install the `cuda` extra "
-                               "(uv sync --extra cuda) on a CUDA machine, or use 'pure' / 'auto'")
-        if not on_cuda:
-            raise RuntimeError("mamba_backend='mamba_ssm' needs a CUDA device; use 'pure' or 'auto' on CPU")
-        return "mamba_ssm"
+    model will run. `auto` warns when it falls back from `mamba_ssm` on a CUDA device."""
     if choice in ("pure", "transformer"):
         return choice
-    raise ValueError(f"unknown mamba backend {choice!r}; valid: auto, mamba_ssm, pure, transformer")
+    if device in (None, "", "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None and torch.cuda.is_available():
+        dev = torch.device("cuda", torch.cuda.current_device())
+    if choice == "auto":
+        problems = {}
+        for backend in ("mamba_ssm", "triton") if dev.type == "cuda" else ("mamba_ssm",):
+            problems[backend] = backend_problem(backend, str(dev))
+            if problems[backend] is None:
+                if dev.type == "cuda" and backend != "mamba_ssm":
+                    warnings.warn(f"mamba_backend=auto runs {backend!r}: {problems['mamba_ssm']}", stacklevel=2)
+                return backend
+        if dev.type == "cuda":
+            warnings.warn("mamba_backend=auto falls back to the slow 'pure' scan: " + "; ".join(problems.values()),
+                          stacklevel=2)
+        return "pure"
+    if choice in ("mamba_ssm", "triton"):
+        problem = backend_problem(choice, str(dev))
+        if problem is not None:
+            raise RuntimeError(f"mamba_backend={choice!r} cannot run here: {problem}; use 'auto' or 'pure'")
+        return choice
+    raise ValueError(f"unknown mamba backend {choice!r}; valid: auto, mamba_ssm, triton, pure, transformer")
 
 
-def make_mamba(backend: Literal["mamba_ssm", "pure"], dim: int, d_state: int = 16, d_conv: int = 4,
-               expand: int = 2) -> nn.Module:
+def make_mamba(backend: MambaKind, dim: int, d_state: int = 16, d_conv: int = 4, expand: int = 2) -> nn.Module:
     """One unidirectional Mamba layer `(B, L, D) -> (B, L, D)` with mamba_ssm-compatible parameters."""
     if backend == "mamba_ssm":
         from mamba_ssm import Mamba
@@ -63,13 +104,31 @@ def make_mamba(backend: Literal["mamba_ssm", "pure"], dim: int, d_state: int = 1
         return Mamba(d_model=dim, d_state=d_state, d_conv=d_conv, expand=expand)
     from mambapy.mamba import MambaBlock, MambaConfig
 
-    return MambaBlock(MambaConfig(d_model=dim, n_layers=1, d_state=d_state, d_conv=d_conv, expand_factor=expand))
+    config = MambaConfig(d_model=dim, n_layers=1, d_state=d_state, d_conv=d_conv, expand_factor=expand)
+    if backend == "triton":
+        return _triton_block(MambaBlock)(config)
+    return MambaBlock(config)
+
+
+@functools.cache
+def _triton_block(base: type) -> type:
+    """mambapy's `MambaBlock` with its selective scan replaced by the Triton kernels."""
+    from nfjobs.models.scan_triton import selective_scan
+
+    class TritonMambaBlock(base):
+        def ssm(self, x: Float[Tensor, "B L E"], z: Float[Tensor, "B L E"]) -> Float[Tensor, "B L E"]:
+            n, rank = self.config.d_state, self.config.dt_rank
+            dt, b, c = self.x_proj(x).split([rank, n, n], dim=-1)
+            delta = F.softplus(self.dt_proj(dt).float())
+            return selective_scan(x, delta, -torch.exp(self.A_log.float()), b, c, self.D).to(x.dtype)
+
+    return TritonMambaBlock
 
 
 class BiMamba(nn.Module):
     """Bidirectional Mamba: mean of a forward scan and a scan of the reversed sequence (own weights each)."""
 
-    def __init__(self, backend: Literal["mamba_ssm", "pure"], dim: int, **mamba_kwargs):
+    def __init__(self, backend: MambaKind, dim: int, **mamba_kwargs):
         super().__init__()
         self.fwd = make_mamba(backend, dim, **mamba_kwargs)
         self.rev = make_mamba(backend, dim, **mamba_kwargs)
