@@ -156,6 +156,10 @@ def launch(argv: list[str]) -> int:
         SlurmConfig(**typed_slurm)
     except (TypeError, ValueError) as err:
         fail(f"error: {err}")
+    from nfjobs.models.mamba_install import slow_path_warning
+
+    if warning := slow_path_warning(cells, typed_slurm):
+        print(warning, file=sys.stderr)
     runs_root = Path(args.runs_root)
     try:
         p = dispatch.plan(cells, runs_root, force=args.force, in_flight=dispatch.live_jobs(cells, runs_root))

@@ -243,3 +243,36 @@ def test_encoder_final_norm_option(backend):
     assert out_n.shape == out_r.shape == x.shape and normed.backend == backend
     torch.testing.assert_close(out_n.mean(-1), torch.zeros(2, 6), atol=1e-5, rtol=0)
     assert not torch.allclose(out_n, out_r)
+
+
+GPU_SWEEP = """
+[[group]]
+kind = "train"
+model = "{model}"
+data = {{ name = "builtin", builtin_n = 16 }}
+{family}.mamba_backend = "{backend}"
+[group.slurm]
+gpus_per_node = {gpus}
+"""
+
+
+@pytest.mark.parametrize(("model", "backend", "gpus", "kernel", "warns"), [
+    ("ginr", "auto", 1, False, "mamba_backend=auto"),
+    ("jepa", "pure", 1, True, "mamba_backend=pure"),
+    ("ginr", "auto", 1, True, None),
+    ("ginr", "auto", 0, False, None),
+    ("jepa", "transformer", 1, False, None),
+])
+def test_launch_warns_when_gpu_cells_run_mamba_on_a_slow_path(sweep_file, fake_mamba_ssm, tmp_path, capsys,
+                                                              model, backend, gpus, kernel, warns):
+    import launch
+
+    fake_mamba_ssm(kernel=kernel)
+    path = sweep_file(GPU_SWEEP.format(model=model, family=model, backend=backend, gpus=gpus))
+    assert launch.main(["--sweep", str(path), "--dry-run", "--runs-root", str(tmp_path / "runs")]) == 0
+    err = capsys.readouterr().err
+    if warns:
+        assert "slower path" in err and warns in err and "1 GPU cell" in err
+        assert ("install-mamba-ssm.sh" in err) == (backend == "auto")
+    else:
+        assert "slower path" not in err
