@@ -112,6 +112,7 @@ def test_triton_and_pure_compute_the_same_function_on_cuda():
     (gx_fast,) = torch.autograd.grad(fast(x).square().sum(), x)
     (gx_pure,) = torch.autograd.grad(pure(x).square().sum(), x)
     torch.testing.assert_close(gx_fast, gx_pure, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(torch.compile(fast)(x), pure(x), rtol=1e-3, atol=1e-3)  # the op compiles whole
 
 
 FAKE_MAMBA = """

@@ -20,7 +20,7 @@ BLOCK_E = 32
 @triton.jit
 def _scan_fwd(u_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, d_ptr, y_ptr, h_ptr, L, E,
               N: tl.constexpr, BLOCK: tl.constexpr, STORE_H: tl.constexpr):
-    seq, blk = tl.program_id(0), tl.program_id(1)
+    seq, blk = tl.program_id(0).to(tl.int64), tl.program_id(1)
     e = blk * BLOCK + tl.arange(0, BLOCK)
     n = tl.arange(0, N)
     emask = e < E
@@ -43,7 +43,7 @@ def _scan_fwd(u_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, d_ptr, y_ptr, h_ptr, L, E,
 def _scan_bwd(u_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, d_ptr, h_ptr, dy_ptr,
               du_ptr, ddt_ptr, da_ptr, db_ptr, dc_ptr, dd_ptr, L, E,
               N: tl.constexpr, BLOCK: tl.constexpr):
-    seq, blk = tl.program_id(0), tl.program_id(1)
+    seq, blk = tl.program_id(0).to(tl.int64), tl.program_id(1)
     nblk = tl.num_programs(1)
     e = blk * BLOCK + tl.arange(0, BLOCK)
     n = tl.arange(0, N)
@@ -90,26 +90,50 @@ def _launch_fwd(u, dt, a, b, c, d, store_h: bool):
     return y, h
 
 
-class _SelectiveScan(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, u, dt, a, b, c, d):
-        ctx.save_for_backward(u, dt, a, b, c, d)
-        return _launch_fwd(u, dt, a, b, c, d, store_h=False)[0]
+# Custom ops: torch.compile keeps them whole (no graph break) and traces around them.
+@torch.library.custom_op("nfjobs::selective_scan", mutates_args=())
+def _scan(u: Tensor, dt: Tensor, a: Tensor, b: Tensor, c: Tensor, d: Tensor) -> Tensor:
+    return _launch_fwd(u, dt, a, b, c, d, store_h=False)[0]
 
-    @staticmethod
-    def backward(ctx, dy):
-        u, dt, a, b, c, d = ctx.saved_tensors
-        bsz, length, e = u.shape
-        n, nblk = a.shape[1], triton.cdiv(e, BLOCK_E)
-        _, h = _launch_fwd(u, dt, a, b, c, d, store_h=True)
-        f32 = dict(device=u.device, dtype=torch.float32)
-        du, ddt = torch.empty(bsz, length, e, **f32), torch.empty(bsz, length, e, **f32)
-        da, dd = torch.empty(bsz, e, n, **f32), torch.empty(bsz, e, **f32)
-        db, dc = torch.empty(bsz, nblk, length, n, **f32), torch.empty(bsz, nblk, length, n, **f32)
-        _scan_bwd[(bsz, nblk)](u, dt, a, b, c, d, h, dy.contiguous(), du, ddt, da, db, dc, dd, length, e,
-                               N=n, BLOCK=BLOCK_E, num_warps=1)
-        return (du.to(u.dtype), ddt.to(dt.dtype), da.sum(0).to(a.dtype), db.sum(1).to(b.dtype),
-                dc.sum(1).to(c.dtype), dd.sum(0).to(d.dtype))
+
+@_scan.register_fake
+def _(u, dt, a, b, c, d):
+    return u.new_empty(u.shape, dtype=torch.float32)
+
+
+@torch.library.custom_op("nfjobs::selective_scan_backward", mutates_args=())
+def _scan_backward(u: Tensor, dt: Tensor, a: Tensor, b: Tensor, c: Tensor, d: Tensor, dy: Tensor
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    bsz, length, e = u.shape
+    n, nblk = a.shape[1], triton.cdiv(e, BLOCK_E)
+    _, h = _launch_fwd(u, dt, a, b, c, d, store_h=True)
+    f32 = dict(device=u.device, dtype=torch.float32)
+    du, ddt = torch.empty(bsz, length, e, **f32), torch.empty(bsz, length, e, **f32)
+    da, dd = torch.empty(bsz, e, n, **f32), torch.empty(bsz, e, **f32)
+    db, dc = torch.empty(bsz, nblk, length, n, **f32), torch.empty(bsz, nblk, length, n, **f32)
+    _scan_bwd[(bsz, nblk)](u, dt, a, b, c, d, h, dy.contiguous(), du, ddt, da, db, dc, dd, length, e,
+                           N=n, BLOCK=BLOCK_E, num_warps=1)
+    return du, ddt, da.sum(0), db.sum(1), dc.sum(1), dd.sum(0)
+
+
+@_scan_backward.register_fake
+def _(u, dt, a, b, c, d, dy):
+    f32 = dict(dtype=torch.float32)
+    return (u.new_empty(u.shape, **f32), u.new_empty(u.shape, **f32), a.new_empty(a.shape, **f32),
+            b.new_empty(b.shape, **f32), c.new_empty(c.shape, **f32), d.new_empty(d.shape, **f32))
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx, dy):
+    inputs = ctx.saved_tensors
+    grads = _scan_backward(*inputs, dy)
+    return tuple(g.to(x.dtype) for g, x in zip(grads, inputs, strict=True))
+
+
+_scan.register_autograd(_backward, setup_context=_setup_context)
 
 
 def selective_scan(u: Float[Tensor, "B L E"], delta: Float[Tensor, "B L E"], a: Float[Tensor, "E N"],
@@ -121,5 +145,5 @@ def selective_scan(u: Float[Tensor, "B L E"], delta: Float[Tensor, "B L E"], a: 
     n = a.shape[1]
     if n & (n - 1):
         raise ValueError(f"the triton scan needs a power-of-two d_state, got {n}")
-    return _SelectiveScan.apply(u.contiguous(), delta.contiguous(), a.float().contiguous(), b.contiguous(),
-                                c.contiguous(), d.float().contiguous())
+    return _scan(u.contiguous(), delta.contiguous(), a.float().contiguous(), b.contiguous(), c.contiguous(),
+                 d.float().contiguous())
