@@ -139,6 +139,8 @@ def fake_mamba_ssm(tmp_path, monkeypatch):
         (pkg / "__init__.py").write_text(textwrap.dedent(FAKE_MAMBA).format(forward=forward))
         if kernel:
             (tmp_path / "selective_scan_cuda.py").write_text("")
+        else:  # None in sys.modules makes the import fail, even where a real kernel is installed
+            monkeypatch.setitem(sys.modules, "selective_scan_cuda", None)
         monkeypatch.syspath_prepend(str(tmp_path))
         importlib.invalidate_caches()
         mamba.backend_problem.cache_clear()
@@ -146,7 +148,7 @@ def fake_mamba_ssm(tmp_path, monkeypatch):
     for name in ("mamba_ssm", "selective_scan_cuda"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     yield install
-    for name in ("mamba_ssm", "selective_scan_cuda"):
+    for name in ("mamba_ssm", "selective_scan_cuda"):  # the fakes; monkeypatch then restores any real ones
         sys.modules.pop(name, None)
     mamba.backend_problem.cache_clear()
 
