@@ -37,7 +37,7 @@ def make_config(family: str, backend: str, batch: int, compile_mode: str, tiny: 
     return replace(cfg, **{family: replace(sub, mamba_backend=backend, **(TINY[family] if tiny else {}))})
 
 
-def measure(cfg: Config, device: torch.device, warmup: int, iters: int) -> dict:
+def measure(cfg: Config, device: torch.device, warmup: int, iters: int, profile: int = 0) -> dict:
     family = load_family(cfg.model)
     torch.manual_seed(0)
     model = family.build(cfg).to(device)
@@ -75,8 +75,19 @@ def measure(cfg: Config, device: torch.device, warmup: int, iters: int) -> dict:
         loss = train_step()
     sync()
     dt = (time.perf_counter() - t0) / iters
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    if profile and device.type == "cuda":
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
+
+        with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(3):
+                train_step()
+            sync()
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=profile, max_name_column_width=80),
+              flush=True)
     return {"ms_per_step": 1e3 * dt, "images_per_s": cfg.batch_size / dt, "warmup_s": warm_s,
-            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan"),
+            "peak_gib": peak,
             "loss": loss.item(), "backend_ran": model.backend,
             "params_m": sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6}
 
@@ -94,6 +105,8 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--tiny", action="store_true", help="tiny models, batch 8, CPU smoke run")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="after each measured row, print the N CUDA kernels that take most time over 3 steps")
     ap.add_argument("--out", type=Path, help="append each row as a JSON line here")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -123,7 +136,8 @@ def main() -> None:
                     else:
                         cfg = make_config(family, backend, batch, mode, args.tiny)
                         try:
-                            row |= measure(cfg, device, args.warmup, min(args.iters, 3) if backend == "pure" else args.iters)
+                            row |= measure(cfg, device, args.warmup, min(args.iters, 3) if backend == "pure" else args.iters,
+                                           args.profile)
                         except torch.OutOfMemoryError:
                             row["skipped"] = "out of memory"
                         finally:
