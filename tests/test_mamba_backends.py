@@ -181,6 +181,7 @@ interpreted = pytest.mark.skipif(not INTERPRETED, reason="runs in a subprocess w
                                  "CPU interpreter must be on before triton is imported): see test_triton_on_cpu")
 
 
+@pytest.mark.slow
 def test_triton_on_cpu():
     """Runs this file's `interpreted` tests in a fresh interpreter with Triton's CPU interpreter on."""
     pytest.importorskip("triton")
