@@ -140,7 +140,7 @@ def fail(msg: str, code: int = 2) -> "NoReturn":  # noqa: F821
 
 
 def launch(argv: list[str]) -> int:
-    from nfjobs import dispatch, sweep
+    from nfjobs import local, plan, slurm, sweep
     from nfjobs.config import SlurmConfig
 
     flags = {f.name for f in dataclasses.fields(Launch)}
@@ -158,8 +158,8 @@ def launch(argv: list[str]) -> int:
         fail(f"error: {err}")
     runs_root = Path(args.runs_root)
     try:
-        p = dispatch.plan(cells, runs_root, force=args.force, in_flight=dispatch.live_jobs(cells, runs_root))
-    except dispatch.DependencyError as err:
+        p = plan.plan(cells, runs_root, force=args.force, in_flight=plan.live_jobs(cells, runs_root))
+    except plan.DependencyError as err:
         fail(f"error: nothing was submitted.\n{err}")
     mode = "debug" if args.debug else "slurm" if typed_slurm.get("account") else "local"
     sweeps = sorted({c.sweep for c in cells})
@@ -170,32 +170,32 @@ def launch(argv: list[str]) -> int:
         if len(p.to_run) > 20:
             print(f"  ... and {len(p.to_run) - 20} more")
         return 0
-    dispatch.record(cells, runs_root)
+    plan.record(cells, runs_root)
     if not p.to_run:
         print("nothing to do: every cell has a result or is still queued or running (--force reruns finished cells)")
         return 0
     if args.force:
         for c in p.to_run:
-            dispatch._forget(c, runs_root)
+            plan.forget(c, runs_root)
     log_dir = Path(args.log_root) / "+".join(sweeps)
     if mode == "debug":
-        dispatch.run_debug(p.to_run, runs_root)
+        local.run_debug(p.to_run, runs_root)
         return 0
     if mode == "local":
-        dispatch.run_local(p.to_run, runs_root, log_dir, typed_slurm)
+        local.run_local(p.to_run, runs_root, log_dir, typed_slurm)
         return _summarise(p.to_run, runs_root, log_dir)
     try:
-        jobs = dispatch.submit_slurm(p.to_run, runs_root, log_dir, typed_slurm)
-    except dispatch.SubmissionError as err:
+        jobs = slurm.submit_slurm(p.to_run, runs_root, log_dir, typed_slurm)
+    except slurm.SubmissionError as err:
         fail(f"error: {err}")
-    dispatch.record(p.to_run, runs_root, {k: j.job_id for k, j in jobs.items()})
+    plan.record(p.to_run, runs_root, {k: j.job_id for k, j in jobs.items()})
     arrays = sorted({j.job_id.split("_")[0] for j in jobs.values()})
     print(f"submitted {len(jobs)} cells as job array(s) {', '.join(arrays)}; logs in {log_dir}")
     status_cmd = f"uv run launch.py status --sweep {args.sweep[0]}" + (f" --runs-root {args.runs_root}" if args.runs_root != "runs" else "")
     if not args.wait:
         print(f"watch with: {status_cmd}   (or: squeue --me)")
         return 0
-    dispatch.wait(jobs)
+    slurm.wait(jobs)
     return _summarise(p.to_run, runs_root, log_dir)
 
 
@@ -212,20 +212,20 @@ def _summarise(cells: list, runs_root: Path, log_dir: Path) -> int:
 
 
 def status(argv: list[str]) -> int:
-    from nfjobs import dispatch, results
+    from nfjobs import results, slurm
 
     args = tyro.cli(Status, args=argv)
     name = _sweep_name(args.sweep)
     manifest = results.read_manifest(args.runs_root, name)
     if not manifest["cells"]:
         fail(f"error: no launched sweep named {name!r} under {args.runs_root}")
-    live = dispatch.slurm_states(list(manifest["jobs"].values()))
+    live = slurm.slurm_states(list(manifest["jobs"].values()))
     rows = []
     for key, info in manifest["cells"].items():
         state = results.cell_status(args.runs_root, key)
         job = manifest["jobs"].get(key, "")
         slurm_state = live.get(job, "")
-        if state is None or (state == "failed" and slurm_state in dispatch.LIVE_STATES):  # requeued after a failed try
+        if state is None or (state == "failed" and slurm_state in slurm.LIVE_STATES):  # requeued after a failed try
             state = (slurm_state or "not run").lower() if job else "not run"
         rows.append((key, info["group"], state, job))
     counts: dict[str, int] = {}

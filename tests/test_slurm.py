@@ -148,9 +148,9 @@ def test_a_preempted_job_is_requeued_and_resumes_from_its_checkpoint(sweep_file,
 
 def test_cells_beyond_max_array_size_go_in_several_arrays(sweep_file, tmp_path, monkeypatch):
     import launch as launcher
-    from nfjobs import dispatch
+    from nfjobs import slurm
 
-    monkeypatch.setattr(dispatch, "max_array_size", lambda: 3)  # indices 0..2: at most 2 cells per array here
+    monkeypatch.setattr(slurm, "max_array_size", lambda: 3)  # indices 0..2: at most 2 cells per array here
     path = sweep_file('kind = "smoke"\nlabel = ["a", "b", "c", "d", "e"]\n', "chunks.toml")
     rc = launcher.main(["--sweep", str(path), "--runs-root", str(tmp_path / "runs"), "--log-root",
                         str(tmp_path / "logs"), "--slurm-acct", ACCOUNT, "--slurm-partition", PARTITION,
