@@ -43,7 +43,11 @@ class Launch:
     wait: bool = False
     """Slurm: block until every job has ended, with a live status line."""
     force: bool = False
-    """Run cells again even if they already have an `ok` result."""
+    """Run cells again from scratch even if they already have an `ok` result: their run directories (shards,
+    checkpoints, models) are deleted and shared state they trained (scorers) is rebuilt."""
+    cells_per_job: int = 1
+    """Run this many cells (same resources, same upstream cells) one after another in one Slurm array task or
+    local worker: small cells then pay the scheduling and the torch import once."""
     runs_root: str = "runs"
     """Folder of run directories (one per cell key) and sweep manifests."""
     log_root: str = "logs"
@@ -156,6 +160,8 @@ def launch(argv: list[str]) -> int:
         SlurmConfig(**typed_slurm)
     except (TypeError, ValueError) as err:
         fail(f"error: {err}")
+    if args.cells_per_job < 1:
+        fail(f"error: --cells-per-job {args.cells_per_job}: expected a whole number >= 1")
     runs_root = Path(args.runs_root)
     try:
         p = plan.plan(cells, runs_root, force=args.force, in_flight=plan.live_jobs(cells, runs_root))
@@ -181,21 +187,25 @@ def launch(argv: list[str]) -> int:
     if mode == "debug":
         local.run_debug(p.to_run, runs_root)
         return 0
+    from nfjobs import snapshot
+
+    code_dir, code_hash = snapshot.freeze(runs_root)  # what every job imports, whatever the tree becomes
     if mode == "local":
-        local.run_local(p.to_run, runs_root, log_dir, typed_slurm)
+        local.run_local(p.to_run, runs_root, log_dir, typed_slurm, args.cells_per_job, code_dir, code_hash)
         return _summarise(p.to_run, runs_root, log_dir)
     try:
-        jobs = slurm.submit_slurm(p.to_run, runs_root, log_dir, typed_slurm)
+        jobs = slurm.submit_slurm(p.to_run, runs_root, log_dir, typed_slurm, args.cells_per_job, code_dir, code_hash)
     except slurm.SubmissionError as err:
         fail(f"error: {err}")
-    plan.record(p.to_run, runs_root, {k: j.job_id for k, j in jobs.items()})
+    plan.record(p.to_run, runs_root, {k: j.job_id for k, j in jobs.items()},
+                {k: slurm.job_logs(j) for k, j in jobs.items()})
     arrays = sorted({j.job_id.split("_")[0] for j in jobs.values()})
     print(f"submitted {len(jobs)} cells as job array(s) {', '.join(arrays)}; logs in {log_dir}")
     status_cmd = f"uv run launch.py status --sweep {args.sweep[0]}" + (f" --runs-root {args.runs_root}" if args.runs_root != "runs" else "")
     if not args.wait:
         print(f"watch with: {status_cmd}   (or: squeue --me)")
         return 0
-    slurm.wait(jobs)
+    slurm.wait(jobs, runs_root)
     return _summarise(p.to_run, runs_root, log_dir)
 
 
@@ -203,7 +213,7 @@ def _summarise(cells: list, runs_root: Path, log_dir: Path) -> int:
     """Count outcomes from the result files (the truth, whatever the scheduler said); non-zero if any failed."""
     from nfjobs import results
 
-    states = [results.cell_status(runs_root, c.key) or "no result" for c in cells]
+    states = [results.describe(results.cell_outcome(runs_root, c.key)) for c in cells]
     bad = [(c, s) for c, s in zip(cells, states) if s != "ok"]
     print(f"{len(cells) - len(bad)} ok, {len(bad)} not ok; logs in {log_dir}")
     for c, s in bad[:20]:

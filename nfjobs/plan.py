@@ -2,14 +2,19 @@
 
 import collections
 import dataclasses
+import datetime as dt
+import json
+import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from nfjobs import results
-from nfjobs.context import run_dir_for
+from nfjobs.context import OUTPUTS_FILE, run_dir_for
 from nfjobs.runner import CellSpec, git_provenance
 from nfjobs.sweep import Cell
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -74,20 +79,39 @@ def plan(cells: Sequence[Cell], runs_root: Path, force: bool = False,
     return Plan(to_run, done, dict(in_flight))  # in file order, which puts every referenced cell first
 
 
-def specs(cells: Sequence[Cell], runs_root: Path) -> list[CellSpec]:
-    prov = git_provenance()
-    return [CellSpec(c.kind, c.config, c.key, c.sweep, c.group, str(runs_root), prov) for c in cells]
+def specs(cells: Sequence[Cell], runs_root: Path, code_hash: str = "") -> list[CellSpec]:
+    """What each worker needs, with this launch's provenance (one launch id: a requeued pack knows what it did)."""
+    from nfjobs.jobs import load_kind
+
+    launch_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+    prov = {**git_provenance(), "run.code_hash": code_hash, "run.launch_id": launch_id}
+    in_launch = {c.key for c in cells}
+    return [CellSpec(c.kind, c.config, c.key, c.sweep, c.group, str(runs_root), prov,
+                     deps=tuple(d for d in c.deps if d in in_launch),
+                     checkpointable=bool(getattr(load_kind(c.kind), "CHECKPOINTABLE", False)))
+            for c in cells]
 
 
 def forget(cell: Cell, runs_root: Path) -> None:
-    """--force: drop the old result and checkpoint so the cell starts from scratch."""
+    """--force: delete everything the cell produced (its run directory: result, checkpoints, shards, models;
+    and the shared files it recorded with `ctx.record_output`, inside the runs root only), so it reruns whole."""
     run_dir = run_dir_for(runs_root, cell.key)
-    for name in (results.RESULT_FILE, "checkpoint.pt"):
-        (run_dir / name).unlink(missing_ok=True)
+    index = run_dir / OUTPUTS_FILE
+    root = Path(runs_root).resolve()
+    try:
+        outputs = [Path(p).resolve() for p in json.loads(index.read_text())] if index.exists() else []
+    except (OSError, ValueError, TypeError):
+        outputs = []
+    for path in outputs:
+        if path.is_relative_to(root) and path != root and path.is_file():
+            path.unlink(missing_ok=True)
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def record(cells: Sequence[Cell], runs_root: Path, jobs: dict[str, str] | None = None) -> None:
-    """Add the cells (and their job ids) to each sweep's manifest, so `status` and `results.load` find them."""
+def record(cells: Sequence[Cell], runs_root: Path, jobs: dict[str, str] | None = None,
+           logs: dict[str, dict[str, str]] | None = None) -> None:
+    """Add the cells (and their job ids: Slurm `ARRAY_TASK` or `local:<pid>`, and their stdout/stderr paths) to
+    each sweep's manifest, so `status`, `logs` and `results.load` find them."""
     by_sweep: dict[str, list[Cell]] = collections.defaultdict(list)
     for c in cells:
         by_sweep[c.sweep].append(c)
@@ -97,5 +121,7 @@ def record(cells: Sequence[Cell], runs_root: Path, jobs: dict[str, str] | None =
             manifest["cells"][c.key] = {"kind": c.kind, "group": c.group, "stage": c.stage, "source": c.source}
             if jobs and c.key in jobs:
                 manifest["jobs"][c.key] = jobs[c.key]
+            if logs and c.key in logs:
+                manifest["logs"][c.key] = logs[c.key]
         results.write_manifest(runs_root, manifest)
 

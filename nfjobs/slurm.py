@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from nfjobs.config import SlurmConfig
-from nfjobs.plan import specs
 from nfjobs.runner import CellTask
 from nfjobs.sweep import Cell
 
@@ -56,62 +55,65 @@ class SubmissionError(Exception):
     pass
 
 
-def submit_slurm(cells: Sequence[Cell], runs_root: Path, log_dir: Path, typed_flags: dict[str, Any]) -> dict[str, Any]:
-    """Submit cells as job arrays (chunks below MaxArraySize; one array per stage and resource set). Later
-    stages wait for earlier ones (`afterany`: a failed upstream cell gives its dependants a clear failed row
-    instead of leaving them queued forever). Resources: SlurmConfig defaults < the sweep's [slurm] table <
-    `typed_flags` (SlurmConfig fields the user typed). Returns {key: submitit job}."""
+def submit_slurm(cells: Sequence[Cell], runs_root: Path, log_dir: Path, typed_flags: dict[str, Any],
+                 cells_per_job: int = 1, code_dir: Path | None = None, code_hash: str = "") -> dict[str, Any]:
+    """Submit cells as job arrays: one array per (stage, resources, upstream cells), chunked below MaxArraySize,
+    one task per pack of `cells_per_job` cells. Each array waits for exactly the array tasks it reads
+    (`afterany:<array>_<task>`), so independent chains run in parallel; a cell whose upstream did not end `ok`
+    starts, writes a `blocked` row and ends (nothing waits forever on a dependency that can never be met).
+    Jobs import the code frozen in `code_dir`. Resources: SlurmConfig defaults < the sweep's [slurm] table <
+    `typed_flags`. Returns {key: submitit job} (cells of one pack share their job)."""
     import submitit
 
+    from nfjobs.local import packs
+    from nfjobs.plan import specs
+    from nfjobs.snapshot import job_env
+
     chunk = max(1, max_array_size() - 1)
-    by_key = dict(zip((c.key for c in cells), specs(cells, runs_root)))
+    by_key = dict(zip((c.key for c in cells), specs(cells, runs_root, code_hash)))
     jobs: dict[str, Any] = {}
-    previous_ids: list[str] = []
-    for stage in sorted({c.stage for c in cells}):
-        stage_cells = [c for c in cells if c.stage == stage]
-        by_resources: dict[tuple, list[Cell]] = collections.defaultdict(list)
-        for c in stage_cells:
-            by_resources[tuple(sorted(c.slurm.items()))].append(c)
-        stage_ids: list[str] = []
-        for resources, group in by_resources.items():
-            cfg = SlurmConfig(**{**dict(resources), **typed_flags})
-            params = slurm_parameters(cfg)
-            # jobs start in the submitting directory; make the code importable from anywhere
-            params["slurm_setup"] = [f"export PYTHONPATH={CODE_ROOT}${{PYTHONPATH:+:$PYTHONPATH}}"]
-            if previous_ids:
-                extra = dict(params.get("slurm_additional_parameters", {}))
-                extra["dependency"] = "afterany:" + ":".join(previous_ids)
-                params["slurm_additional_parameters"] = extra
-            executor = submitit.AutoExecutor(folder=log_dir / "%j", cluster="slurm",
-                                             slurm_max_num_timeout=cfg.max_requeues)
-            executor.update_parameters(**params)
-            for start in range(0, len(group), chunk):
-                part = group[start:start + chunk]
-                try:
-                    with executor.batch():
-                        submitted = [executor.submit(CellTask(), by_key[c.key]) for c in part]
-                except Exception as err:  # sbatch's own words are the useful part
-                    raise SubmissionError(f"sbatch refused the job array: {err}") from err
-                jobs.update({c.key: j for c, j in zip(part, submitted)})
-                stage_ids.extend(sorted({j.job_id.split("_")[0] for j in submitted}))
-        previous_ids = stage_ids
+    arrays: dict[tuple, list[list[Cell]]] = collections.defaultdict(list)
+    for pack in packs(cells, cells_per_job):  # packs share stage, resources and upstream cells
+        c = pack[0]
+        arrays[(c.stage, tuple(sorted(c.slurm.items())), by_key[c.key].deps)].append(pack)
+    for (_, resources, deps), group in sorted(arrays.items(), key=lambda kv: kv[0][0]):
+        cfg = SlurmConfig(**{**dict(resources), **typed_flags})
+        params = slurm_parameters(cfg)
+        code = [f"export {k}={v}" for k, v in job_env(code_dir).items()] if code_dir is not None else [
+            f"export PYTHONPATH={CODE_ROOT}${{PYTHONPATH:+:$PYTHONPATH}}"]  # jobs start in the submitting directory
+        params["slurm_setup"] = code
+        if deps:
+            extra = dict(params.get("slurm_additional_parameters", {}))
+            extra["dependency"] = "afterany:" + ":".join(sorted({jobs[d].job_id for d in deps}))
+            params["slurm_additional_parameters"] = extra
+        executor = submitit.AutoExecutor(folder=log_dir / "%j", cluster="slurm",
+                                         slurm_max_num_timeout=cfg.max_requeues)
+        executor.update_parameters(**params)
+        for start in range(0, len(group), chunk):
+            part = group[start:start + chunk]
+            try:
+                with executor.batch():
+                    submitted = [executor.submit(CellTask(), [by_key[c.key] for c in pack]) for pack in part]
+            except Exception as err:  # sbatch's own words are the useful part
+                raise SubmissionError(f"sbatch refused the job array: {err}") from err
+            jobs.update({c.key: j for pack, j in zip(part, submitted) for c in pack})
     return jobs
 
 
-def wait(jobs: dict[str, Any], poll_s: float = 5.0) -> dict[str, str]:
-    """Block until every job has ended, with one live status line; returns {key: final state}."""
+def wait(jobs: dict[str, Any], runs_root: Path, poll_s: float = 5.0) -> dict[str, str]:
+    """Block until every job has ended, with one live status line that counts each ended cell by its result
+    (`ok`, `failed`, `blocked`, `no result`), not by the scheduler's word; returns {key: outcome}."""
+    from nfjobs import results
+
     done: dict[str, str] = {}
     tty = sys.stderr.isatty()
     while len(done) < len(jobs):
         counts: collections.Counter[str] = collections.Counter()
         for key, job in jobs.items():
-            if key in done:
-                counts[done[key]] += 1
-                continue
-            if job.done():
-                done[key] = job.state
-            counts[done.get(key) or job.state] += 1
-        line = f"{len(done)}/{len(jobs)} ended | " + ", ".join(f"{s.lower()} {n}" for s, n in sorted(counts.items()))
+            if key not in done and job.done():
+                done[key] = results.describe(results.cell_outcome(runs_root, key))
+            counts[done[key].split(":")[0] if key in done else job.state.lower()] += 1
+        line = f"{len(done)}/{len(jobs)} ended | " + ", ".join(f"{s} {n}" for s, n in sorted(counts.items()))
         print(("\r" if tty else "") + line + (" " * 8 if tty else ""), end="" if tty else "\n",
               file=sys.stderr, flush=True)
         if len(done) < len(jobs):
@@ -119,6 +121,11 @@ def wait(jobs: dict[str, Any], poll_s: float = 5.0) -> dict[str, str]:
     if tty:
         print(file=sys.stderr)
     return done
+
+
+def job_logs(job: Any) -> dict[str, str]:
+    """stdout/stderr paths of a submitit job (one array task)."""
+    return {"stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)}
 
 
 def slurm_states(job_ids: Sequence[str]) -> dict[str, str]:
