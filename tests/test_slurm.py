@@ -308,14 +308,15 @@ def test_a_source_edit_after_launch_does_not_reach_a_queued_cell(sweep_file, tmp
 
 
 def test_a_relaunch_that_resumes_a_cell_says_so_in_its_row(sweep_file, tmp_path):
-    path = sweep_file('kind = "smoke"\nsteps = 6\nstep_seconds = 1.0\n', "resume.toml")
+    path = sweep_file('kind = "smoke"\nsteps = 24\nstep_seconds = 0.5\n', "resume.toml")
     assert launch(path, tmp_path).returncode == 0
     ((key, job_id),) = manifest_jobs(tmp_path, "resume").items()
     wait_for(lambda: (tmp_path / "runs" / key / "checkpoint.pt").exists(), 60, "a checkpoint")
     time.sleep(1.5)
-    subprocess.run(["scancel", job_id], check=True)
+    subprocess.run(["scancel", job_id], check=True)  # cancelled: no result, a checkpoint
     wait_for(lambda: not subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True)
              .stdout.strip(), 60, "the cancelled job to leave the queue")
+    assert results.cell_status(tmp_path / "runs", key) is None
     proc = launch(path, tmp_path, "--wait")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     row = results.load(path, tmp_path / "runs").collect().row(0, named=True)
