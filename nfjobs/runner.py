@@ -172,6 +172,8 @@ class CellTask(Checkpointable):
             except Exception:
                 if len(specs) == 1:
                     raise
+                print(f"[{spec.kind} {spec.key}] failed:", file=sys.stderr, flush=True)
+                traceback.print_exc()  # the pack's log keeps every cell's traceback
                 failed.append(spec.key)  # recorded in its result; the pack goes on with the next cell
         if failed:
             raise RuntimeError(f"{len(failed)} of {len(specs)} packed cells failed: {', '.join(failed)}")
