@@ -45,13 +45,15 @@ def cell_outcome(runs_root: Path | str, key: str) -> tuple[str, str] | None:
     if not path.exists():
         return None
     try:
-        df = pl.read_parquet(path, columns=["status", "error"])
+        schema = pl.read_parquet_schema(path)
+        df = pl.read_parquet(path, columns=[c for c in ("status", "error") if c in schema])
     except Exception:
         return None
     bad = df.filter(pl.col("status") != "ok")
     if bad.is_empty():
         return "ok", ""
-    lines = [line for line in (bad["error"][0] or "").splitlines() if line.strip()]
+    error = bad["error"][0] if "error" in bad.columns else ""
+    lines = [line for line in (error or "").splitlines() if line.strip()]
     return bad["status"][0], lines[-1].strip() if lines else ""
 
 

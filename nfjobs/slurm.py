@@ -82,6 +82,7 @@ def submit_slurm(cells: Sequence[Cell], runs_root: Path, log_dir: Path, typed_fl
         code = [f"export {k}={v}" for k, v in job_env(code_dir).items()] if code_dir is not None else [
             f"export PYTHONPATH={CODE_ROOT}${{PYTHONPATH:+:$PYTHONPATH}}"]  # jobs start in the submitting directory
         params["slurm_setup"] = code
+        params["timeout_min"] *= max(len(pack) for pack in group)  # a pack's limit: n_hours per cell it holds
         if deps:
             extra = dict(params.get("slurm_additional_parameters", {}))
             extra["dependency"] = "afterany:" + ":".join(sorted({jobs[d].job_id for d in deps}))
