@@ -25,14 +25,14 @@ sys.path.insert(0, str(ROOT))
 def sacct_times(job_ids: set[str]) -> list[tuple[dt.datetime, dt.datetime, dt.datetime]]:
     """(submit, start, end) of each array task / job."""
     arrays = sorted({j.split("_")[0] for j in job_ids})
-    out = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,Submit,Start,End", "-j", ",".join(arrays)],
-                         capture_output=True, text=True, check=True).stdout
-    rows = []
-    for line in out.splitlines():
-        job, *times = line.split("|")
-        if job in job_ids:
-            rows.append(tuple(dt.datetime.fromisoformat(t) for t in times))
-    return rows
+    for _ in range(60):  # the accounting of the last tasks can lag their end by a few seconds
+        out = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,Submit,Start,End", "-j", ",".join(arrays)],
+                             capture_output=True, text=True, check=True).stdout
+        rows = [line.split("|") for line in out.splitlines() if line.split("|")[0] in job_ids]
+        if len(rows) == len(job_ids) and not any("Unknown" in r for r in rows):
+            break
+        time.sleep(1)
+    return [tuple(dt.datetime.fromisoformat(t) for t in r[1:]) for r in rows]
 
 
 def main() -> None:
