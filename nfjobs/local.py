@@ -57,11 +57,13 @@ def _environ(overrides: dict[str, str]) -> Iterator[None]:
 
 
 def packs(cells: Sequence[Cell], cells_per_job: int) -> list[list[Cell]]:
-    """Cells run together in one task: up to `cells_per_job` of the same resources reading the same upstream
-    cells (so a pack starts when exactly its inputs have ended), in file order."""
+    """Cells run together in one task: up to `cells_per_job` of one stage and the same resources reading the
+    same upstream cells of this launch (so a pack starts when exactly its inputs have ended), in file order."""
+    in_launch = {c.key for c in cells}
     groups: dict[tuple, list[Cell]] = {}
     for c in cells:
-        groups.setdefault((c.stage, tuple(sorted(c.slurm.items())), tuple(sorted(c.deps))), []).append(c)
+        deps = tuple(sorted(d for d in c.deps if d in in_launch))
+        groups.setdefault((c.stage, tuple(sorted(c.slurm.items())), deps), []).append(c)
     n = max(1, cells_per_job)
     out = [g[i:i + n] for g in groups.values() for i in range(0, len(g), n)]
     order = {c.key: i for i, c in enumerate(cells)}
