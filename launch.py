@@ -43,7 +43,11 @@ class Launch:
     wait: bool = False
     """Slurm: block until every job has ended, with a live status line."""
     force: bool = False
-    """Run cells again even if they already have an `ok` result."""
+    """Run cells again from scratch even if they already have an `ok` result: their run directories (shards,
+    checkpoints, models) are deleted and shared state they trained (scorers) is rebuilt."""
+    cells_per_job: int = 1
+    """Run this many cells (same resources, same upstream cells) one after another in one Slurm array task or
+    local worker: small cells then pay the scheduling and the torch import once."""
     runs_root: str = "runs"
     """Folder of run directories (one per cell key) and sweep manifests."""
     log_root: str = "logs"
@@ -140,7 +144,7 @@ def fail(msg: str, code: int = 2) -> "NoReturn":  # noqa: F821
 
 
 def launch(argv: list[str]) -> int:
-    from nfjobs import dispatch, sweep
+    from nfjobs import local, plan, slurm, sweep
     from nfjobs.config import SlurmConfig
 
     flags = {f.name for f in dataclasses.fields(Launch)}
@@ -160,10 +164,12 @@ def launch(argv: list[str]) -> int:
 
     if warning := slow_path_warning(cells, typed_slurm):
         print(warning, file=sys.stderr)
+    if args.cells_per_job < 1:
+        fail(f"error: --cells-per-job {args.cells_per_job}: expected a whole number >= 1")
     runs_root = Path(args.runs_root)
     try:
-        p = dispatch.plan(cells, runs_root, force=args.force, in_flight=dispatch.live_jobs(cells, runs_root))
-    except dispatch.DependencyError as err:
+        p = plan.plan(cells, runs_root, force=args.force, in_flight=plan.live_jobs(cells, runs_root))
+    except plan.DependencyError as err:
         fail(f"error: nothing was submitted.\n{err}")
     mode = "debug" if args.debug else "slurm" if typed_slurm.get("account") else "local"
     sweeps = sorted({c.sweep for c in cells})
@@ -174,32 +180,36 @@ def launch(argv: list[str]) -> int:
         if len(p.to_run) > 20:
             print(f"  ... and {len(p.to_run) - 20} more")
         return 0
-    dispatch.record(cells, runs_root)
+    plan.record(cells, runs_root)
     if not p.to_run:
         print("nothing to do: every cell has a result or is still queued or running (--force reruns finished cells)")
         return 0
     if args.force:
         for c in p.to_run:
-            dispatch._forget(c, runs_root)
+            plan.forget(c, runs_root)
     log_dir = Path(args.log_root) / "+".join(sweeps)
     if mode == "debug":
-        dispatch.run_debug(p.to_run, runs_root)
+        local.run_debug(p.to_run, runs_root)
         return 0
+    from nfjobs import snapshot
+
+    code_dir, code_hash = snapshot.freeze(runs_root)  # what every job imports, whatever the tree becomes
     if mode == "local":
-        dispatch.run_local(p.to_run, runs_root, log_dir, typed_slurm)
+        local.run_local(p.to_run, runs_root, log_dir, typed_slurm, args.cells_per_job, code_dir, code_hash)
         return _summarise(p.to_run, runs_root, log_dir)
     try:
-        jobs = dispatch.submit_slurm(p.to_run, runs_root, log_dir, typed_slurm)
-    except dispatch.SubmissionError as err:
+        jobs = slurm.submit_slurm(p.to_run, runs_root, log_dir, typed_slurm, args.cells_per_job, code_dir, code_hash)
+    except slurm.SubmissionError as err:
         fail(f"error: {err}")
-    dispatch.record(p.to_run, runs_root, {k: j.job_id for k, j in jobs.items()})
+    plan.record(p.to_run, runs_root, {k: j.job_id for k, j in jobs.items()},
+                {k: slurm.job_logs(j) for k, j in jobs.items()})
     arrays = sorted({j.job_id.split("_")[0] for j in jobs.values()})
     print(f"submitted {len(jobs)} cells as job array(s) {', '.join(arrays)}; logs in {log_dir}")
     status_cmd = f"uv run launch.py status --sweep {args.sweep[0]}" + (f" --runs-root {args.runs_root}" if args.runs_root != "runs" else "")
     if not args.wait:
         print(f"watch with: {status_cmd}   (or: squeue --me)")
         return 0
-    dispatch.wait(jobs)
+    slurm.wait(jobs, runs_root)
     return _summarise(p.to_run, runs_root, log_dir)
 
 
@@ -207,7 +217,7 @@ def _summarise(cells: list, runs_root: Path, log_dir: Path) -> int:
     """Count outcomes from the result files (the truth, whatever the scheduler said); non-zero if any failed."""
     from nfjobs import results
 
-    states = [results.cell_status(runs_root, c.key) or "no result" for c in cells]
+    states = [results.describe(results.cell_outcome(runs_root, c.key)) for c in cells]
     bad = [(c, s) for c, s in zip(cells, states) if s != "ok"]
     print(f"{len(cells) - len(bad)} ok, {len(bad)} not ok; logs in {log_dir}")
     for c, s in bad[:20]:
@@ -216,20 +226,20 @@ def _summarise(cells: list, runs_root: Path, log_dir: Path) -> int:
 
 
 def status(argv: list[str]) -> int:
-    from nfjobs import dispatch, results
+    from nfjobs import results, slurm
 
     args = tyro.cli(Status, args=argv)
     name = _sweep_name(args.sweep)
     manifest = results.read_manifest(args.runs_root, name)
     if not manifest["cells"]:
         fail(f"error: no launched sweep named {name!r} under {args.runs_root}")
-    live = dispatch.slurm_states(list(manifest["jobs"].values()))
+    live = slurm.slurm_states(list(manifest["jobs"].values()))
     rows = []
     for key, info in manifest["cells"].items():
         state = results.cell_status(args.runs_root, key)
         job = manifest["jobs"].get(key, "")
         slurm_state = live.get(job, "")
-        if state is None or (state == "failed" and slurm_state in dispatch.LIVE_STATES):  # requeued after a failed try
+        if state is None or (state == "failed" and slurm_state in slurm.LIVE_STATES):  # requeued after a failed try
             state = (slurm_state or "not run").lower() if job else "not run"
         rows.append((key, info["group"], state, job))
     counts: dict[str, int] = {}

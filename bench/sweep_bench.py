@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from nfjobs import dispatch, sweep
+    from nfjobs import plan, sweep
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "big.toml"
@@ -40,7 +40,7 @@ def main() -> None:
         cells = sweep.expand([path])
         t_expand = time.perf_counter() - t0
         t0 = time.perf_counter()
-        dispatch.plan(cells, runs)
+        plan.plan(cells, runs)
         t_plan = time.perf_counter() - t0
         cli = []
         code = ("import sys, launch; rc = launch.main(sys.argv[1:]); "

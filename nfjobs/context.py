@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
+OUTPUTS_FILE = "outputs.json"
 
 
 def run_dir_for(runs_root: Path | str, key: str) -> Path:
@@ -46,6 +47,8 @@ class Context:
     """Root folder holding all run directories (one per cell key)."""
     log_every_s: float = 30.0
     """Minimum seconds between progress lines."""
+    resumed_from: str | None = None
+    """Where this run picked up earlier work (set by `load_checkpoint` or `mark_resumed`); None on a fresh start."""
 
     @property
     def run_dir(self) -> Path:
@@ -91,7 +94,26 @@ class Context:
             return None
         import torch
 
-        return torch.load(self.checkpoint_path, map_location=map_location, weights_only=False)
+        state = torch.load(self.checkpoint_path, map_location=map_location, weights_only=False)
+        at = next((f"{k} {state[k]}" for k in ("epoch", "step", "shard") if isinstance(state, dict) and k in state), "")
+        self.mark_resumed(at or "checkpoint")
+        return state
+
+    def mark_resumed(self, at: str) -> None:
+        """Record that this run continues earlier work (a requeue or an earlier launch), e.g. `"epoch 3"`; the
+        result rows say so (`run.resumed`, `run.resumed_from`)."""
+        self.resumed_from = at
+
+    # ---------------------------------------------------------------- shared outputs
+    def record_output(self, path: Path | str) -> None:
+        """Note a file this cell produced or reused outside its run directory (shared state such as a trained
+        scorer under `<runs_root>/scorers/`): `--force` deletes it with the run directory, so it is rebuilt."""
+        import json
+
+        index = self.run_dir / OUTPUTS_FILE
+        known = json.loads(index.read_text()) if index.exists() else []
+        if str(Path(path).resolve()) not in known:
+            atomic_write_bytes(index, json.dumps([*known, str(Path(path).resolve())]).encode())
 
     # ---------------------------------------------------------------- logging
     def log(self, msg: str) -> None:

@@ -1,6 +1,6 @@
 """Result files: one parquet per cell, written atomically; loading them as one polars LazyFrame; reports.
 
-Columns of a result file: `sweep`, `key`, `kind`, `status` (`ok` | `failed`), `error`, every config field as a
+Columns of a result file: `sweep`, `key`, `kind`, `status` (`ok` | `failed` | `blocked`), `error`, every config field as a
 dotted column (`optim.lr`), the job's metric columns, and provenance under `run.` (`run.git_commit`,
 `run.host`, `run.slurm_job_id`, `run.gpu`, `run.start`, `run.end`, ...).
 """
@@ -33,15 +33,54 @@ def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def cell_status(runs_root: Path | str, key: str) -> str | None:
-    """`ok` / `failed` from the cell's result file, or None when it has none (or it is unreadable)."""
+    """`ok` / `failed` / `blocked` from the cell's result file, or None when it has none (or it is unreadable)."""
+    outcome = cell_outcome(runs_root, key)
+    return outcome[0] if outcome else None
+
+
+def cell_outcome(runs_root: Path | str, key: str) -> tuple[str, str] | None:
+    """(status, last line of its error) from the cell's result file: `("ok", "")`, `("failed", "RuntimeError: x")`,
+    `("blocked", "upstream KEY failed")`; None when the cell has no (readable) result."""
     path = result_path(runs_root, key)
     if not path.exists():
         return None
     try:
-        statuses = pl.read_parquet(path, columns=["status"])["status"]
+        schema = pl.read_parquet_schema(path)
+        df = pl.read_parquet(path, columns=[c for c in ("status", "error") if c in schema])
     except Exception:
         return None
-    return "ok" if (statuses == "ok").all() else "failed"
+    bad = df.filter(pl.col("status") != "ok")
+    if bad.is_empty():
+        return "ok", ""
+    error = bad["error"][0] if "error" in bad.columns else ""
+    lines = [line for line in (error or "").splitlines() if line.strip()]
+    return bad["status"][0], lines[-1].strip() if lines else ""
+
+
+def describe(outcome: tuple[str, str] | None) -> str:
+    """One cell's outcome as people read it: `ok`, `failed: RuntimeError: x`, `blocked: upstream K failed`."""
+    if outcome is None:
+        return "no result"
+    status, error = outcome
+    return f"{status}: {error}" if error else status
+
+
+def launch_of(runs_root: Path | str, key: str) -> str | None:
+    """The `run.launch_id` of the cell's result (which launch wrote it), or None without a result."""
+    try:
+        return pl.read_parquet(result_path(runs_root, key), columns=["run.launch_id"])["run.launch_id"][0]
+    except Exception:
+        return None
+
+
+def upstream_blocker(runs_root: Path | str, deps: Iterable[str]) -> tuple[str, str] | None:
+    """The one rule for `blocked`: the first cell in `deps` without an `ok` result, as (key, why), or None when
+    every upstream cell finished ok. Local and Slurm runs both ask this when a cell's inputs have ended."""
+    for key in deps:
+        status = cell_status(runs_root, key)
+        if status != "ok":
+            return key, status or "has no result (cancelled or killed)"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- manifests
@@ -51,7 +90,9 @@ def manifest_path(runs_root: Path | str, sweep: str) -> Path:
 
 def read_manifest(runs_root: Path | str, sweep: str) -> dict[str, Any]:
     path = manifest_path(runs_root, sweep)
-    return json.loads(path.read_text()) if path.exists() else {"sweep": sweep, "cells": {}, "jobs": {}}
+    manifest = json.loads(path.read_text()) if path.exists() else {"sweep": sweep, "cells": {}, "jobs": {}}
+    manifest.setdefault("logs", {})
+    return manifest
 
 
 def write_manifest(runs_root: Path | str, manifest: dict[str, Any]) -> None:

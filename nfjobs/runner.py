@@ -1,11 +1,14 @@
-"""Running one cell wherever it lands (this process, a local subprocess, a Slurm array task).
+"""Running cells wherever they land (this process, a local subprocess, a Slurm array task).
 
-`CellTask` is a `submitit.helpers.Checkpointable`: when Slurm warns of the time limit or preemption, submitit
-requeues the same call, and the job resumes from the checkpoint it saved through `ctx.save_checkpoint`.
+`CellTask` runs one cell or a pack of cells one after another and is a `submitit.helpers.Checkpointable`: when
+Slurm warns of the time limit or preemption, the cell being run is requeued only if its kind can resume
+(`CHECKPOINTABLE`); the requeued task skips the cells this launch already finished and resumes the current one
+from the checkpoint it saved through `ctx.save_checkpoint`.
 """
 
 import dataclasses
 import datetime as dt
+import json
 import os
 import platform
 import socket
@@ -17,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nfjobs import typed
-from nfjobs.context import Context
+from nfjobs import results, typed
+from nfjobs.context import Context, atomic_write_bytes
 from nfjobs.jobs import load_kind
 from nfjobs.results import result_path, write_rows
 
@@ -36,6 +39,10 @@ class CellSpec:
     group: str
     runs_root: str
     provenance: dict[str, Any]
+    deps: tuple[str, ...] = ()
+    """Cells whose artefacts this one reads: it runs only if all of them ended `ok`, else it is `blocked`."""
+    checkpointable: bool = False
+    """The kind resumes from its checkpoint, so an interrupted run is requeued (else it fails, saying why)."""
 
 
 def git_provenance(cwd: str | Path = ".") -> dict[str, Any]:
@@ -85,39 +92,63 @@ def metric_rows_repr(rows: list[dict[str, Any]], limit: int = 2000) -> str:
     return text if len(text) <= limit else text[:limit] + " ..."
 
 
+def _write_config(spec: CellSpec) -> None:
+    """`runs/<key>/config.json`: what this cell runs, readable while it runs (and if it never finishes)."""
+    doc = {"kind": spec.kind, "key": spec.key, "sweep": spec.sweep, "group": spec.group, "deps": list(spec.deps),
+           "config": config_columns(spec.config), "provenance": spec.provenance}
+    path = result_path(spec.runs_root, spec.key).with_name("config.json")
+    atomic_write_bytes(path, json.dumps(doc, indent=1, default=str).encode())
+
+
 def run_cell(spec: CellSpec) -> list[dict[str, Any]]:
-    """Run the cell and write its result file (status `ok`, or `failed` with the traceback, then re-raise)."""
+    """Run the cell and write its result file: status `ok`; `blocked` (not run) when a cell it reads did not end
+    `ok`; or `failed` with the traceback, then re-raise."""
     ctx = Context(key=spec.key, kind=spec.kind, runs_root=Path(spec.runs_root))
     start = dt.datetime.now(dt.timezone.utc)
     t0 = time.monotonic()
     base = {"sweep": spec.sweep, "key": spec.key, "kind": spec.kind, "group": spec.group}
     cfg_cols = config_columns(spec.config)
-    try:
-        module = load_kind(spec.kind)
-        metric_rows = module.run(spec.config, ctx) or [{}]
-        status, error = "ok", ""
-        metrics_given = metric_rows
-    except BaseException as err:  # noqa: BLE001 - record, then re-raise (KeyboardInterrupt included)
-        metric_rows, status, error = [{}], "failed", "".join(traceback.format_exception(err))
-        failure = err
+    _write_config(spec)
+    blocker = results.upstream_blocker(spec.runs_root, spec.deps)
+    failure: BaseException | None = None
+    if blocker is not None:
+        metric_rows, status, error = [{}], "blocked", f"upstream {blocker[0]} {blocker[1]}"
+        ctx.log(error)
     else:
-        failure = None
+        try:
+            module = load_kind(spec.kind)
+            metric_rows = module.run(spec.config, ctx) or [{}]
+            status, error = "ok", ""
+            metrics_given = metric_rows
+        except BaseException as err:  # noqa: BLE001 - record, then re-raise (KeyboardInterrupt included)
+            metric_rows, status, error = [{}], "failed", "".join(traceback.format_exception(err))
+            if type(err).__name__ == "UncompletedJobError":  # submitit: interrupted and not requeued
+                error += (f"\nInterrupted by the time limit or preemption and not requeued: kind {spec.kind!r} "
+                          "does not resume from a checkpoint (or ran out of requeues); launch again to rerun it")
+            failure = err
     timing = {"run.start": start, "run.end": dt.datetime.now(dt.timezone.utc), "run.seconds": time.monotonic() - t0}
-    meta = {**spec.provenance, **_runtime_provenance(), **timing}
+    attempt = {"run.resumed": ctx.resumed_from is not None, "run.resumed_from": ctx.resumed_from or ""}
+    meta = {**spec.provenance, **_runtime_provenance(), **attempt, **timing}
     fixed = {**base, **cfg_cols, **meta}
     clash = sorted({k for m in metric_rows for k in m if (k in fixed and m[k] != fixed[k]) or k in ("status", "error")})
-    if clash and failure is None:  # a job bug; keep the metrics visible in the error rather than lose the run
+    if clash and failure is None and status == "ok":  # a job bug; keep the metrics visible rather than lose the run
         status, metric_rows = "failed", [{}]
         error = (f"job {spec.kind!r} returned metrics whose names clash with result columns {clash} "
                  f"(rename them); its rows were: {metric_rows_repr(metrics_given)}")
         failure = ValueError(error)
     rows = [{**fixed, **metrics, "status": status, "error": error} for metrics in metric_rows]
     if isinstance(failure, (KeyboardInterrupt, SystemExit)):
-        raise failure  # interrupted, not failed: no result, so a relaunch runs it again
+        raise failure  # interrupted, not failed: no result, so a relaunch (or the requeue) runs it again
     write_rows(result_path(spec.runs_root, spec.key), rows)
     if failure is not None:
         raise failure
     return rows
+
+
+def finished_in_this_launch(spec: CellSpec) -> bool:
+    """The cell already has a result written by this launch (an earlier attempt of a requeued packed task)."""
+    launch = spec.provenance.get("run.launch_id")
+    return bool(launch) and results.launch_of(spec.runs_root, spec.key) == launch
 
 
 try:
@@ -127,8 +158,42 @@ except ImportError:  # pragma: no cover - submitit is a dependency; keep the run
 
 
 class CellTask(Checkpointable):
-    """The callable submitit pickles: runs one cell; requeued (same arguments) on timeout or preemption."""
+    """The callable submitit pickles: runs its cells one after another (one, or a pack of small ones sharing
+    one interpreter and one torch import), each writing its own result. On timeout or preemption it is requeued
+    with the same cells; the new attempt skips those this launch finished."""
 
-    def __call__(self, spec: CellSpec) -> str:
-        rows = run_cell(spec)
-        return rows[0]["status"]
+    def __call__(self, specs: list[CellSpec]) -> list[str]:
+        failed = []
+        for spec in specs:
+            if finished_in_this_launch(spec):
+                continue
+            try:
+                run_cell(spec)
+            except Exception:
+                if len(specs) == 1:
+                    raise
+                print(f"[{spec.kind} {spec.key}] failed:", file=sys.stderr, flush=True)
+                traceback.print_exc()  # the pack's log keeps every cell's traceback
+                failed.append(spec.key)  # recorded in its result; the pack goes on with the next cell
+        if failed:
+            raise RuntimeError(f"{len(failed)} of {len(specs)} packed cells failed: {', '.join(failed)}")
+        return [results.cell_status(s.runs_root, s.key) or "" for s in specs]
+
+    def checkpoint(self, specs: list[CellSpec]) -> Any:
+        """Requeue when the cell being run can resume, or when cells of the pack are still to run; a cell that
+        cannot resume gets a failed row saying so instead of silently starting again from scratch."""
+        remaining = [s for s in specs if not finished_in_this_launch(s)]
+        if remaining and not remaining[0].checkpointable:
+            if len(remaining) == 1:
+                return None  # submitit raises UncompletedJobError in the cell; run_cell records why
+            _write_interrupted(remaining[0])
+        return super().checkpoint(specs)
+
+
+def _write_interrupted(spec: CellSpec) -> None:
+    base = {"sweep": spec.sweep, "key": spec.key, "kind": spec.kind, "group": spec.group}
+    error = (f"Interrupted by the time limit or preemption and not requeued: kind {spec.kind!r} does not resume "
+             "from a checkpoint; launch again to rerun it")
+    row = {**base, **config_columns(spec.config), **spec.provenance, **_runtime_provenance(),
+           "run.resumed": False, "run.resumed_from": "", "status": "failed", "error": error}
+    write_rows(result_path(spec.runs_root, spec.key), [row])

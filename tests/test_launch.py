@@ -98,6 +98,28 @@ def test_local_mode_starts_a_cell_when_its_upstream_ends_not_when_its_stage_does
     assert t["down"][1] < t["slow"][1]  # ... but not for the rest of the first stage
 
 
+def test_local_mode_reports_results_blocks_dependants_and_records_pids_logs_and_configs(sweep_file, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    path = sweep_file('[[group]]\nname = "up"\nkind = "kinds.toy"\nfail = true\n'
+                      '[[group]]\nname = "down"\nkind = "kinds.toy"\nupstream = "@up"\n'
+                      '[[group]]\nname = "other"\nkind = "smoke"\nlabel = ["a", "b", "c"]\n')
+    assert run_launch("--sweep", str(path), "--cells-per-job", "4", runs=runs) == 1
+    err = capsys.readouterr().err
+    df = results.load(path, runs).collect().group_by("group").agg(pl.col("status").first(), pl.col("error").first(),
+                                                                  pl.col("key").first())
+    row = {g: (s, e, k) for g, s, e, k in df.iter_rows()}
+    assert row["up"][0] == "failed" and row["other"][0] == "ok"
+    assert row["down"][:2] == ("blocked", f"upstream {row['up'][2]} failed")
+    assert f"{row['up'][2]} (up): failed: ValueError: toy job asked to fail" in err  # the result, not FINISHED
+    assert f"{row['down'][2]} (down): blocked: upstream {row['up'][2]} failed" in err and "FINISHED" not in err
+    manifest = results.read_manifest(runs, "s")
+    first_stage = [k for k, c in manifest["cells"].items() if c["group"] != "down"]
+    assert len({manifest["jobs"][k] for k in first_stage}) == 1  # four cells of one stage packed in one worker
+    assert manifest["jobs"][row["up"][2]].startswith("local:") and row["down"][2] not in manifest["jobs"]
+    assert Path(manifest["logs"][row["up"][2]]["stderr"]).read_text().count("toy job asked to fail") >= 1
+    assert all((runs / k / "config.json").exists() for k in manifest["cells"])
+
+
 def test_local_mode_gives_each_gpu_cell_its_own_gpus_and_the_rest_none(sweep_file, tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
     runs = tmp_path / "runs"
@@ -204,7 +226,7 @@ def test_run_single_runs_one_config_and_then_skips_it(tmp_path, capsys):
 
 def test_no_job_kind_imports_torch_at_import_time():
     code = ("import sys; from nfjobs.jobs import KINDS, load_kind; [load_kind(k) for k in KINDS]; "
-            "import launch, nfjobs.sweep, nfjobs.dispatch, nfjobs.results; "
+            "import launch, nfjobs.sweep, nfjobs.plan, nfjobs.local, nfjobs.slurm, nfjobs.results; "
             "print(sorted(m for m in ('torch', 'torchvision', 'sklearn', 'numba') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

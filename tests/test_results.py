@@ -60,6 +60,23 @@ def test_cell_status_reads_ok_failed_or_nothing(tmp_path):
     assert results.cell_status(tmp_path, "k") == "failed"
 
 
+def test_cell_outcome_gives_the_status_and_last_error_line_and_one_rule_decides_blocked(tmp_path):
+    results.write_rows(results.result_path(tmp_path, "up"), [
+        {"status": "failed", "error": "Traceback (most recent call last):\n  ...\nRuntimeError: out of memory\n"}])
+    results.write_rows(results.result_path(tmp_path, "ok"), [{"status": "ok", "error": ""}] * 2)
+    results.write_rows(results.result_path(tmp_path, "mid"), [{"status": "blocked", "error": "upstream up failed"}])
+    assert results.cell_outcome(tmp_path, "up") == ("failed", "RuntimeError: out of memory")
+    assert results.cell_outcome(tmp_path, "ok") == ("ok", "")
+    assert results.cell_outcome(tmp_path, "none") is None
+    assert results.cell_status(tmp_path, "mid") == "blocked"
+    assert results.describe(results.cell_outcome(tmp_path, "up")) == "failed: RuntimeError: out of memory"
+    assert results.describe(None) == "no result"
+    assert results.upstream_blocker(tmp_path, ["ok"]) is None
+    assert results.upstream_blocker(tmp_path, ["ok", "up"]) == ("up", "failed")
+    assert results.upstream_blocker(tmp_path, ["mid"]) == ("mid", "blocked")
+    assert results.upstream_blocker(tmp_path, ["none"])[1].startswith("has no result")
+
+
 def test_loading_an_unknown_sweep_says_where_it_looked(tmp_path):
     with pytest.raises(FileNotFoundError, match="no sweep named 'nope'"):
         results.load("nope", tmp_path)

@@ -148,9 +148,9 @@ def test_a_preempted_job_is_requeued_and_resumes_from_its_checkpoint(sweep_file,
 
 def test_cells_beyond_max_array_size_go_in_several_arrays(sweep_file, tmp_path, monkeypatch):
     import launch as launcher
-    from nfjobs import dispatch
+    from nfjobs import slurm
 
-    monkeypatch.setattr(dispatch, "max_array_size", lambda: 3)  # indices 0..2: at most 2 cells per array here
+    monkeypatch.setattr(slurm, "max_array_size", lambda: 3)  # indices 0..2: at most 2 cells per array here
     path = sweep_file('kind = "smoke"\nlabel = ["a", "b", "c", "d", "e"]\n', "chunks.toml")
     rc = launcher.main(["--sweep", str(path), "--runs-root", str(tmp_path / "runs"), "--log-root",
                         str(tmp_path / "logs"), "--slurm-acct", ACCOUNT, "--slurm-partition", PARTITION,
@@ -184,3 +184,141 @@ def test_relaunching_while_cells_are_queued_or_running_does_not_submit_them_twic
     assert "nothing to do" in again.stdout
     assert manifest_jobs(tmp_path, "twice") == first
     subprocess.run(["scancel", next(iter(first.values())).split("_")[0]], check=True)
+
+
+# ---------------------------------------------------------------------------------------------- the job contract
+def rows_by_group(path: Path, tmp_path: Path) -> dict[str, dict]:
+    df = results.load(path, tmp_path / "runs").collect()
+    return {g: df.filter(pl.col("group") == g).row(0, named=True) for g in df["group"].unique().to_list()}
+
+
+def test_independent_chains_run_in_parallel_each_cell_waiting_only_for_what_it_reads(sweep_file, tmp_path):
+    path = sweep_file(
+        '[[group]]\nname = "train_a"\nkind = "kinds.toy"\nhead.width = 1\nsleep_s = 20.0\n'
+        '[[group]]\nname = "train_b"\nkind = "kinds.toy"\nhead.width = 2\n'
+        '[[group]]\nname = "cache_a"\nkind = "kinds.toy"\nupstream = "@train_a"\n'
+        '[[group]]\nname = "cache_b"\nkind = "kinds.toy"\nupstream = "@train_b"\n'
+        '[[group]]\nname = "probe_b"\nkind = "kinds.toy"\nupstream = "@cache_b"\n', "chains.toml")
+    proc = launch(path, tmp_path, "--wait")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = rows_by_group(path, tmp_path)
+    assert all(r["status"] == "ok" for r in rows.values())
+    assert all(str(rows[g]["upstream_ok"]).lower() == "true" for g in ("cache_a", "cache_b", "probe_b"))
+    assert rows["probe_b"]["run.end"] < rows["cache_a"]["run.start"]  # chain B did not wait for chain A's training
+    assert rows["cache_a"]["run.start"] >= rows["train_a"]["run.end"]
+    manifest = json.loads((tmp_path / "runs" / "_sweeps" / "chains.json").read_text())
+    for key in manifest["cells"]:
+        assert Path(manifest["logs"][key]["stdout"]).exists() and manifest["jobs"][key]
+        assert json.loads((tmp_path / "runs" / key / "config.json").read_text())["key"] == key
+    script = Path(manifest["logs"][rows["probe_b"]["key"]]["stdout"]).parent.glob("*_submission.sh")
+    assert f"afterany:{manifest['jobs'][rows['cache_b']['key']]}" in next(script).read_text()
+
+
+def test_an_upstream_failure_blocks_its_dependants_without_leaving_them_pending(sweep_file, tmp_path):
+    path = sweep_file('[[group]]\nname = "up"\nkind = "kinds.toy"\nfail = true\n'
+                      '[[group]]\nname = "mid"\nkind = "kinds.toy"\nupstream = "@up"\n'
+                      '[[group]]\nname = "down"\nkind = "kinds.toy"\nupstream = "@mid"\n', "blocked.toml")
+    proc = launch(path, tmp_path, "--wait")
+    assert proc.returncode == 1
+    rows = rows_by_group(path, tmp_path)
+    assert [rows[g]["status"] for g in ("up", "mid", "down")] == ["failed", "blocked", "blocked"]
+    assert rows["mid"]["error"] == f"upstream {rows['up']['key']} failed"
+    assert rows["down"]["error"] == f"upstream {rows['mid']['key']} blocked"
+    assert "Traceback" not in rows["mid"]["error"] + rows["down"]["error"]
+    assert "blocked 2" in proc.stderr and f"{rows['mid']['key']} (mid): blocked: upstream" in proc.stdout
+    arrays = {j.split("_")[0] for j in manifest_jobs(tmp_path, "blocked").values()}
+    queued = subprocess.run(["squeue", "-h", "-j", ",".join(arrays)], capture_output=True, text=True).stdout
+    assert queued.strip() == ""  # nothing waits forever on a dependency that can never be met
+
+
+def wait_for(predicate, timeout: float = 60, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not predicate():
+        time.sleep(0.5)
+    assert predicate(), f"timed out waiting for {what}"
+
+
+def test_a_preempted_cell_whose_kind_cannot_resume_is_not_requeued_and_says_why(sweep_file, tmp_path):
+    path = sweep_file('kind = "kinds.toy"\nsleep_s = 40.0\n', "noresume.toml")
+    assert launch(path, tmp_path).returncode == 0
+    ((key, job_id),) = manifest_jobs(tmp_path, "noresume").items()
+    wait_for(lambda: (tmp_path / "runs" / key / "config.json").exists(), 60, "the cell to start")
+    time.sleep(2)  # submitit installs its signal handlers before the cell starts; give it a moment anyway
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+    wait_for(lambda: results.cell_status(tmp_path / "runs", key) is not None, 60, "a result")
+    row = results.load(path, tmp_path / "runs").collect().row(0, named=True)
+    assert row["status"] == "failed" and "not requeued" in row["error"] and "kinds.toy" in row["error"]
+    assert row["run.slurm_restarts"] == 0 and row["run.seconds"] < 30
+
+
+def test_a_packed_task_runs_ten_cells_each_with_its_own_result_and_resumes_at_the_first_unfinished(sweep_file,
+                                                                                                   tmp_path):
+    labels = ", ".join(f'"c{i}"' for i in range(10))
+    path = sweep_file(f'kind = "smoke"\nsteps = 2\nstep_seconds = 1.0\nlabel = [{labels}]\n', "packed.toml")
+    assert launch(path, tmp_path, "--cells-per-job", "10").returncode == 0
+    jobs = manifest_jobs(tmp_path, "packed")
+    assert len(jobs) == 10 and len(set(jobs.values())) == 1  # one array task for all ten
+    runs = tmp_path / "runs"
+    wait_for(lambda: sum(results.cell_status(runs, k) is not None for k in jobs) >= 3, 90, "three cells")
+    subprocess.run(["scancel", "--signal=USR2", next(iter(jobs.values()))], check=True)  # preempt mid-pack
+    wait_for(lambda: all(results.cell_status(runs, k) is not None for k in jobs), 120, "all ten results")
+    df = results.load(path, runs).collect()
+    assert df.height == 10 and set(df["status"]) == {"ok"}
+    assert set(df["run.slurm_restarts"]) == {0, 1}  # the early cells ran once; the requeue did only the rest
+    assert df.filter(pl.col("run.slurm_restarts") == 1)["starts"].max() <= 2
+    assert df["run.launch_id"].n_unique() == 1
+
+
+def test_force_rebuilds_a_caches_shards(sweep_file, tmp_path):
+    path = sweep_file('kind = "cache"\nsource = "original"\ndata.builtin_n = 24\nshard_size = 8\n', "force.toml")
+    assert launch(path, tmp_path, "--wait").returncode == 0
+    (key,) = manifest_jobs(tmp_path, "force")
+    shard = tmp_path / "runs" / key / "train" / "shards" / "acts_00000.npy"
+    first = shard.stat().st_mtime_ns
+    (tmp_path / "runs" / key / "stray.txt").write_text("left by the earlier run")
+    proc = launch(path, tmp_path, "--wait", "--force")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert shard.stat().st_mtime_ns > first and not (tmp_path / "runs" / key / "stray.txt").exists()
+
+
+def test_a_source_edit_after_launch_does_not_reach_a_queued_cell(sweep_file, tmp_path):
+    from nfjobs import snapshot
+
+    project = tmp_path / "project"
+    for rel in snapshot.source_files():
+        (project / rel).parent.mkdir(parents=True, exist_ok=True)
+        (project / rel).write_bytes((ROOT / rel).read_bytes())
+    path = sweep_file('kind = "smoke"\nsteps = 2\n', "frozen.toml")
+    cmd = [sys.executable, "launch.py", "--sweep", str(path), "--runs-root", str(tmp_path / "runs"), "--log-root",
+           str(tmp_path / "logs"), "--slurm-acct", ACCOUNT, "--slurm-partition", PARTITION, "--cpus-per-task", "1",
+           "--sbatch", "begin=now+10"]  # queued for 10 s: the edit lands while it waits
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    smoke = project / "nfjobs" / "jobs" / "smoke.py"
+    smoke.write_text(smoke.read_text().replace('"steps_done": state["step"]', '"steps_done": -1'))
+    (key,) = manifest_jobs(tmp_path, "frozen")
+    assert subprocess.run(["squeue", "-h", "-j", manifest_jobs(tmp_path, "frozen")[key]], capture_output=True,
+                          text=True).stdout.strip(), "the cell should still be queued when the tree changes"
+    wait_for(lambda: results.cell_status(tmp_path / "runs", key) is not None, 60, "the result")
+    row = results.load(path, tmp_path / "runs").collect().row(0, named=True)
+    assert row["steps_done"] == 2 and row["status"] == "ok"
+    assert (tmp_path / "runs" / "_code" / row["run.code_hash"] / "nfjobs" / "jobs" / "smoke.py").exists()
+    assert row["run.code_hash"] != snapshot.code_hash(project)  # the tree moved on; the job ran the launch's copy
+
+
+def test_a_relaunch_that_resumes_a_cell_says_so_in_its_row(sweep_file, tmp_path):
+    path = sweep_file('kind = "smoke"\nsteps = 24\nstep_seconds = 0.5\n', "resume.toml")
+    assert launch(path, tmp_path).returncode == 0
+    ((key, job_id),) = manifest_jobs(tmp_path, "resume").items()
+    wait_for(lambda: (tmp_path / "runs" / key / "checkpoint.pt").exists(), 60, "a checkpoint")
+    time.sleep(1.5)
+    subprocess.run(["scancel", job_id], check=True)  # cancelled: no result, a checkpoint
+    wait_for(lambda: not subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True)
+             .stdout.strip(), 60, "the cancelled job to leave the queue")
+    assert results.cell_status(tmp_path / "runs", key) is None
+    proc = launch(path, tmp_path, "--wait")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    row = results.load(path, tmp_path / "runs").collect().row(0, named=True)
+    assert row["run.resumed"] is True and row["run.resumed_from"].startswith("step ")
+    assert int(row["run.resumed_from"].split()[1]) >= 1 and row["starts"] == 2 and row["run.slurm_restarts"] == 0

@@ -354,6 +354,7 @@ def run(cfg: Config, ctx) -> list[dict]:
         missing = writer.missing_shards()
         if len(missing) < writer.n_shards:
             ctx.log(f"{split}: resuming at shard {missing[0]} of {writer.n_shards}")
+            ctx.mark_resumed(f"{split} shard {missing[0]}")
         for i in ctx.progress(missing, total=len(missing), desc=f"cache {split}"):
             ids = writer.shard_range(i)
             parts = []

@@ -174,6 +174,7 @@ def _scorer(cfg: Config, ctx, train_shards, device):
     from nfjobs.scoring import scorers
 
     path = Path(ctx.runs_root) / "scorers" / f"{scorer_key(cfg, ctx)}.pt"
+    ctx.record_output(path)  # --force on this cell retrains it
     if path.exists():
         ctx.log(f"scorer reused from {path}")
         return scorers.load(path, device), 0.0

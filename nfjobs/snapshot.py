@@ -1,0 +1,50 @@
+"""Code frozen at submission: a content-addressed copy of the project's source that launched jobs import.
+
+Editing the tree while cells queue, run or requeue changes nothing they run; rows record the copy's hash
+(`run.code_hash`) beside the commit and dirty flag.
+"""
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+CODE_ROOT = Path(__file__).resolve().parent.parent
+CODE_DIR = "_code"
+
+
+def source_files(root: Path = CODE_ROOT) -> list[Path]:
+    """The code a job can import: the `nfjobs` package and the entry scripts beside it (relative paths)."""
+    files = [p for p in (root / "nfjobs").rglob("*.py") if "__pycache__" not in p.parts]
+    files += [p for p in root.glob("*.py")]
+    return sorted(p.relative_to(root) for p in files)
+
+
+def code_hash(root: Path = CODE_ROOT) -> str:
+    digest = hashlib.sha256()
+    for rel in source_files(root):
+        digest.update(str(rel).encode() + b"\0" + (root / rel).read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def freeze(runs_root: Path | str, root: Path = CODE_ROOT) -> tuple[Path, str]:
+    """Copy the source to `<runs_root>/_code/<hash>/` (reused when it exists) and return (that folder, hash)."""
+    digest = code_hash(root)
+    dest = Path(runs_root).resolve() / CODE_DIR / digest
+    if not dest.exists():
+        tmp = dest.with_name(f".{digest}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        for rel in source_files(root):
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / rel, tmp / rel)
+        try:
+            tmp.rename(dest)  # atomic: a concurrent launch either wins or finds the finished copy
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest, digest
+
+
+def job_env(code_dir: Path) -> dict[str, str]:
+    """Environment that makes a Python process import the frozen copy first (and not its working directory)."""
+    path = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": f"{code_dir}{os.pathsep}{path}" if path else str(code_dir), "PYTHONSAFEPATH": "1"}
