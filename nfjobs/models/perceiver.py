@@ -65,10 +65,18 @@ class CrossAttention(nn.Module):
         self.to_kv = nn.Linear(context_dim, 2 * heads * dim_head, bias=False)
         self.to_out = nn.Linear(heads * dim_head, dim)
 
-    def forward(self, x: Float[Tensor, "B N D"], context: Float[Tensor, "B M C"]) -> Float[Tensor, "B N D"]:
+    def forward(self, x: Float[Tensor, "b N D"], context: Float[Tensor, "B M C"]) -> Float[Tensor, "B N D"]:
+        """`x` may be a batch of one (queries shared by every item): projected once, broadcast to B."""
+        return self.attend(x, self.to_kv(self.norm_context(context)))
+
+    def attend(self, x: Float[Tensor, "b N D"], kv: Float[Tensor, "B M 2HK"]) -> Float[Tensor, "B N D"]:
+        """Attention of `x` over already projected keys and values `kv`."""
+        b, n = kv.shape[0], x.shape[1]
+        k, v = kv.unflatten(-1, (2, self.heads, -1)).permute(2, 0, 3, 1, 4)  # (B, heads, M, dim_head)
+        if k.shape[2] == 1:  # softmax over a single key is 1: every query gets that key's value
+            return self.to_out(v.transpose(1, 2).flatten(2)).expand(b, n, -1)
         q = self.to_q(self.norm(x)).unflatten(-1, (self.heads, -1)).transpose(1, 2)
-        k, v = self.to_kv(self.norm_context(context)).unflatten(-1, (2, self.heads, -1)).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, dim_head)
+        out = F.scaled_dot_product_attention(q.expand(b, -1, -1, -1), k, v)  # (B, heads, N, dim_head)
         return self.to_out(out.transpose(1, 2).flatten(2))
 
 
@@ -116,10 +124,10 @@ class EncoderBlock(nn.Module):
         self.latent = LatentBlock(dim, cfg)
 
     def forward(
-        self, context: Float[Tensor, "B M C"], previous: Float[Tensor, "B N P"] | None
+        self, kv: Float[Tensor, "B M 2HK"], previous: Float[Tensor, "B N P"] | None
     ) -> Float[Tensor, "B N D"]:
-        lat = self.latents.expand(context.shape[0], -1, -1)
-        lat = lat + self.cross(lat, context)
+        """`kv`: this block's cross-attention keys and values of the context (`PerceiverField.context_kv`)."""
+        lat = self.latents + self.cross.attend(self.latents.unsqueeze(0), kv)  # latents' queries computed once
         if previous is not None:
             lat = lat + self.proj(previous)
         return self.latent(lat)
@@ -153,15 +161,35 @@ class PerceiverField(nn.Module):
         if self.cfg.normalize_inputs:
             rgb = rgb * 2 - 1
         context = torch.cat([rgb, self.gff(coords)], dim=-1)
+        kvs = self.context_kv(context).split([block.cross.to_kv.out_features for block in self.encoder], dim=-1)
         lat = None
-        for block in self.encoder:
-            lat = block(context, lat)
+        for block, kv in zip(self.encoder, kvs, strict=True):
+            lat = block(kv, lat)
         return self.processor(lat)
+
+    def context_kv(self, context: Float[Tensor, "B M C"]) -> Float[Tensor, "B M K"]:
+        """Every encoder block's cross-attention keys and values, concatenated, in one matmul.
+
+        The blocks' context LayerNorms share their statistics, so each block's affine folds into its projection,
+        `W(γ⊙x̂ + β) = (W diag γ) x̂ + Wβ`: the same function and gradients as separate LayerNorm → Linear, with
+        one normalisation, one wide GEMM, and no input gradient (x̂ depends on the data only). The feature axis
+        is zero-padded to a multiple of 8 so the bf16 GEMM rows are 16-byte aligned.
+        """
+        crosses = [block.cross for block in self.encoder]
+        xhat = F.layer_norm(context, context.shape[-1:], eps=crosses[0].norm_context.eps)
+        weight = torch.cat([c.to_kv.weight * c.norm_context.weight for c in crosses])
+        bias = torch.cat([c.to_kv.weight @ c.norm_context.bias for c in crosses])
+        pad = -context.shape[-1] % 8
+        return F.linear(F.pad(xhat, (0, pad)), F.pad(weight, (0, pad)), bias)
 
     def decode(
         self, coords: Float[Tensor, "B Q 2"], latents: Float[Tensor, "B N D"]
     ) -> tuple[Float[Tensor, "B Q 3"], Float[Tensor, "B Q E"]]:
-        """RGB (in [0, 1] units, unclamped) and the decoder hidden state at query `coords`."""
+        """RGB (in [0, 1] units, unclamped) and the decoder hidden state at query `coords`.
+
+        Coordinates expanded over the batch (stride 0, e.g. a shared grid) are embedded and projected once."""
+        if coords.shape[0] > 1 and coords.stride(0) == 0:
+            coords = coords[:1]
         q = self.gff(coords)
         hidden = q + self.decoder_attn(q, latents)
         if self.decoder_ff is not None:
