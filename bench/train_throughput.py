@@ -265,19 +265,26 @@ def profile(step, batch, device, top):
         torch.cuda.synchronize()
     events = prof.key_averages()
     per_cat: dict[str, list] = {}
+    kernels = []
     for e in events:
-        t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        t = (getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)) / 5e3  # ms per step
         name = e.key.lower()
         cat = next((k for k, frags in CATEGORIES.items() if any(f in name for f in frags)), "other")
         per_cat.setdefault(cat, [0.0, 0])
-        per_cat[cat][0] += t / 5e3
+        per_cat[cat][0] += t
         per_cat[cat][1] += e.count / 5
+        kernels.append((t, e.count / 5, cat, e.key))
     total = sum(v[0] for v in per_cat.values())
     print(f"\nGPU time per step: {total:.1f} ms")
     print("| kernels | ms per step | share | launches per step |\n|---|---:|---:|---:|")
     for cat, (ms, n) in sorted(per_cat.items(), key=lambda kv: -kv[1][0]):
         print(f"| {cat} | {ms:.2f} | {ms / total:.0%} | {n:.0f} |")
-    print(events.table(sort_by="cuda_time_total", row_limit=top, max_name_column_width=90), flush=True)
+    print(f"\ntop {top} kernels (ms per step, launches per step, kind, name):")
+    for t, n, cat, name in sorted(kernels, reverse=True)[:top]:
+        print(f"{t:7.2f} {n:5.0f}  {cat.split()[0]:10s} {name[:110]}")
+    print("top 'other' kernels:")
+    for t, n, cat, name in sorted(k for k in kernels if k[2] == "other")[::-1][:6]:
+        print(f"{t:7.2f} {n:5.0f}  {name[:110]}", flush=True)
 
 
 def timed(fn, device, repeats=5):
@@ -374,6 +381,7 @@ def main():
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="print GPU time by kernel kind and the N CUDA kernels that take most time in the compiled "
                          "full-context step")
+    ap.add_argument("--cudagraphs", action="store_true", help="a full-context row compiled with reduce-overhead")
     ap.add_argument("--full-only", action="store_true", help="no sparse and Soft-InfoNCE rows")
     ap.add_argument("--inference", action="store_true", help="field forward and TDSM decode rows (eager, bf16)")
     ap.add_argument("--psnr-steps", type=int, default=0, metavar="N",
@@ -403,6 +411,9 @@ def main():
         runs.append((f"{label}, torch.compile", "full", lambda m=m: nfjobs_step(c, device, on_gpu, module=m), None))
     runs += [(f"nfjobs, torch.compile, SDPA {b} only", "full", lambda: nfjobs_step(c, device, on_gpu), b)
              for b in args.sdpa]
+    if args.cudagraphs and not args.modes:
+        runs.append(("nfjobs, compile reduce-overhead (CUDA graphs)", "full",
+                     lambda: nfjobs_step(c, device, on_gpu, mode="reduce-overhead"), None))
     if args.modes:
         runs += [
             ("nfjobs, torch.compile, no grad clipping", "full", lambda: nfjobs_step(c, device, on_gpu, clip=False), None),
@@ -429,6 +440,8 @@ def main():
         torch.manual_seed(0)
         if on_gpu:
             set_sdpa(only)
+            torch._inductor.config.fx_graph_cache = only is None  # a cached graph would keep the old backend
+            torch._functorch.config.enable_autograd_cache = only is None
         t = time.perf_counter()
         _, step = make()
         ips, peak = measure(step, batch, device, warmup, iters)

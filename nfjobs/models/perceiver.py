@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from nfjobs.models.perceiver_config import PerceiverConfig
 from nfjobs.nf import fields
+from nfjobs.nf.geglu import geglu
 from nfjobs.nf.nce import soft_infonce
 from nfjobs.nf.views import map_coords, sample_affine, warp
 
@@ -49,8 +50,7 @@ class GEGLUFeedForward(nn.Module):
         self.down = nn.Linear(dim * mult, dim)
 
     def forward(self, x: Float[Tensor, "B N D"]) -> Float[Tensor, "B N D"]:
-        h, gate = self.up(self.norm(x)).chunk(2, dim=-1)
-        return self.down(h * F.gelu(gate))
+        return self.down(geglu(self.up(self.norm(x))))
 
 
 class CrossAttention(nn.Module):
