@@ -188,7 +188,7 @@ def reference_nce_step(c: PerceiverConfig, device, precision, nce_weight=0.1):
 # ---------------------------------------------------------------- nfjobs
 def load_module(path: str):
     """Another version of `nfjobs/models/perceiver.py` (a file the developer wrote), as a module."""
-    spec = importlib.util.spec_from_file_location("perceiver_before", path)
+    spec = importlib.util.spec_from_file_location(f"perceiver_{Path(path).stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -373,6 +373,8 @@ def main():
     ap.add_argument("--skip-fp32", action="store_true", help="skip the fp32 reference row")
     ap.add_argument("--skip-eager", action="store_true", help="skip the nfjobs eager row")
     ap.add_argument("--before", metavar="FILE", help="another version of nfjobs/models/perceiver.py to compare")
+    ap.add_argument("--also", nargs="*", default=(), metavar="FILE",
+                    help="more versions of nfjobs/models/perceiver.py: a full-context row each, named by file stem")
     ap.add_argument("--sdpa", nargs="*", default=(), choices=SDPA_BACKENDS,
                     help="extra full-context rows with only this SDPA backend allowed")
     ap.add_argument("--modes", action="store_true",
@@ -409,6 +411,9 @@ def main():
         runs.append(("nfjobs, eager", "full", lambda: nfjobs_step(c, device, compile_=False), None))
     for label, m in reversed(versions):
         runs.append((f"{label}, torch.compile", "full", lambda m=m: nfjobs_step(c, device, on_gpu, module=m), None))
+    for path in args.also:
+        runs.append((f"nfjobs {Path(path).stem}, torch.compile", "full",
+                     lambda m=load_module(path): nfjobs_step(c, device, on_gpu, module=m), None))
     runs += [(f"nfjobs, torch.compile, SDPA {b} only", "full", lambda: nfjobs_step(c, device, on_gpu), b)
              for b in args.sdpa]
     if args.cudagraphs and not args.modes:

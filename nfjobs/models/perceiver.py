@@ -67,14 +67,15 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: Float[Tensor, "b N D"], context: Float[Tensor, "B M C"]) -> Float[Tensor, "B N D"]:
         """`x` may be a batch of one (queries shared by every item): projected once, broadcast to B."""
-        return self.attend(x, self.to_kv(self.norm_context(context)))
+        c = self.norm_context(context)
+        return self.attend(x, [F.linear(c, w) for w in self.to_kv.weight.chunk(2)])
 
-    def attend(self, x: Float[Tensor, "b N D"], kv: Float[Tensor, "B M 2HK"]) -> Float[Tensor, "B N D"]:
-        """Attention of `x` over already projected keys and values `kv`."""
-        b, n = kv.shape[0], x.shape[1]
-        k, v = kv.unflatten(-1, (2, self.heads, -1)).permute(2, 0, 3, 1, 4)  # (B, heads, M, dim_head)
+    def attend(self, x: Float[Tensor, "b N D"], kv: list[Float[Tensor, "B M HK"]]) -> Float[Tensor, "B N D"]:
+        """Attention of `x` over already projected keys and values `kv = [k, v]`."""
+        b, n = kv[0].shape[0], x.shape[1]
+        k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in kv)  # (B, heads, M, dim_head)
         if k.shape[2] == 1:  # softmax over a single key is 1: every query gets that key's value
-            return self.to_out(v.transpose(1, 2).flatten(2)).expand(b, n, -1)
+            return self.to_out(kv[1]).expand(b, n, -1)
         q = self.to_q(self.norm(x)).unflatten(-1, (self.heads, -1)).transpose(1, 2)
         out = F.scaled_dot_product_attention(q.expand(b, -1, -1, -1), k, v)  # (B, heads, N, dim_head)
         return self.to_out(out.transpose(1, 2).flatten(2))
@@ -91,7 +92,11 @@ class SelfAttention(nn.Module):
         self.to_out = nn.Linear(heads * dim_head, dim)
 
     def forward(self, x: Float[Tensor, "B N D"]) -> Float[Tensor, "B N D"]:
-        q, k, v = self.to_qkv(self.norm(x)).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
+        # One GEMM per row block of the fused weight: each of q, k, v is then a dense tensor, so SDPA's backward
+        # returns its gradient in the projection's own layout and no copy assembles a fused (B, N, 3·H·K) gradient.
+        h = self.norm(x)
+        q, k, v = (F.linear(h, w).unflatten(-1, (self.heads, -1)).transpose(1, 2)
+                   for w in self.to_qkv.weight.chunk(3))
         out = F.scaled_dot_product_attention(q, k, v)
         return self.to_out(out.transpose(1, 2).flatten(2))
 
@@ -124,7 +129,7 @@ class EncoderBlock(nn.Module):
         self.latent = LatentBlock(dim, cfg)
 
     def forward(
-        self, kv: Float[Tensor, "B M 2HK"], previous: Float[Tensor, "B N P"] | None
+        self, kv: list[Float[Tensor, "B M HK"]], previous: Float[Tensor, "B N P"] | None
     ) -> Float[Tensor, "B N D"]:
         """`kv`: this block's cross-attention keys and values of the context (`PerceiverField.context_kv`)."""
         lat = self.latents + self.cross.attend(self.latents.unsqueeze(0), kv)  # latents' queries computed once
@@ -161,26 +166,27 @@ class PerceiverField(nn.Module):
         if self.cfg.normalize_inputs:
             rgb = rgb * 2 - 1
         context = torch.cat([rgb, self.gff(coords)], dim=-1)
-        kvs = self.context_kv(context).split([block.cross.to_kv.out_features for block in self.encoder], dim=-1)
         lat = None
-        for block, kv in zip(self.encoder, kvs, strict=True):
+        for block, kv in zip(self.encoder, self.context_kv(context), strict=True):
             lat = block(kv, lat)
         return self.processor(lat)
 
-    def context_kv(self, context: Float[Tensor, "B M C"]) -> Float[Tensor, "B M K"]:
-        """Every encoder block's cross-attention keys and values, concatenated, in one matmul.
+    def context_kv(self, context: Float[Tensor, "B M C"]) -> list[list[Float[Tensor, "B M HK"]]]:
+        """Every encoder block's cross-attention keys and values `[k, v]` from one shared normalisation.
 
         The blocks' context LayerNorms share their statistics, so each block's affine folds into its projection,
         `W(γ⊙x̂ + β) = (W diag γ) x̂ + Wβ`: the same function and gradients as separate LayerNorm → Linear, with
-        one normalisation, one wide GEMM, and no input gradient (x̂ depends on the data only). The feature axis
-        is zero-padded to a multiple of 8 so the bf16 GEMM rows are 16-byte aligned.
+        one normalisation and no input gradient (x̂ depends on the data only). The feature axis is zero-padded to
+        a multiple of 8 so the bf16 GEMM rows are 16-byte aligned.
         """
         crosses = [block.cross for block in self.encoder]
-        xhat = F.layer_norm(context, context.shape[-1:], eps=crosses[0].norm_context.eps)
-        weight = torch.cat([c.to_kv.weight * c.norm_context.weight for c in crosses])
-        bias = torch.cat([c.to_kv.weight @ c.norm_context.bias for c in crosses])
         pad = -context.shape[-1] % 8
-        return F.linear(F.pad(xhat, (0, pad)), F.pad(weight, (0, pad)), bias)
+        xhat = F.pad(F.layer_norm(context, context.shape[-1:], eps=crosses[0].norm_context.eps), (0, pad))
+        out = []
+        for c in crosses:
+            gamma, beta = c.norm_context.weight, c.norm_context.bias
+            out.append([F.linear(xhat, F.pad(w * gamma, (0, pad)), w @ beta) for w in c.to_kv.weight.chunk(2)])
+        return out
 
     def decode(
         self, coords: Float[Tensor, "B Q 2"], latents: Float[Tensor, "B N D"]
