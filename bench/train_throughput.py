@@ -319,9 +319,10 @@ def inference(module, c: PerceiverConfig, device, batch: int, tdsm_images: int) 
     return {"field forward, images/s": batch / encode_s, "TDSM decode, pairs/s": tdsm_images * len(tokens) / tdsm_s}
 
 
-def same_steps_psnr(module, c: PerceiverConfig, device, steps: int, batch: int, state: dict, on_gpu: bool):
+def same_steps_psnr(module, c: PerceiverConfig, device, steps: int, batch: int, state: dict, on_gpu: bool,
+                    compile_: bool):
     """Train `steps` steps from the weights `state` on the built-in shapes (fixed batch order, AdamW 1e-3, clip
-    1.0, bf16, compiled on the GPU) and return held-out full-context PSNR and the training seconds."""
+    1.0, bf16 on the GPU) and return held-out full-context PSNR and the training seconds."""
     from nfjobs.data import builtin
 
     images = torch.from_numpy(builtin.generate(batch * 8 + 512, seed=0).images).to(device)
@@ -332,9 +333,9 @@ def same_steps_psnr(module, c: PerceiverConfig, device, steps: int, batch: int, 
     model.load_state_dict(state)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0, fused=on_gpu)
-    if on_gpu:
+    if compile_:
         torch._dynamo.reset()
-    loss_fn = torch.compile(module.training_loss) if on_gpu else module.training_loss
+    loss_fn = torch.compile(module.training_loss) if compile_ else module.training_loss
     gen = torch.Generator(device).manual_seed(0)
     torch.manual_seed(0)
     t = time.perf_counter()
@@ -384,6 +385,9 @@ def main():
                     help="print GPU time by kernel kind and the N CUDA kernels that take most time in the compiled "
                          "full-context step")
     ap.add_argument("--cudagraphs", action="store_true", help="a full-context row compiled with reduce-overhead")
+    ap.add_argument("--skip-sparse", action="store_true", help="no sparse-context row")
+    ap.add_argument("--nce-before", action="store_true", help="a Soft-InfoNCE row for the --before version too")
+    ap.add_argument("--psnr-eager", action="store_true", help="the same-steps PSNR runs without torch.compile")
     ap.add_argument("--full-only", action="store_true", help="no sparse and Soft-InfoNCE rows")
     ap.add_argument("--inference", action="store_true", help="field forward and TDSM decode rows (eager, bf16)")
     ap.add_argument("--psnr-steps", type=int, default=0, metavar="N",
@@ -428,9 +432,10 @@ def main():
              lambda: nfjobs_step(c, device, on_gpu, mode="max-autotune-no-cudagraphs"), None),
         ]
     elif not args.full_only:
-        runs.append(("nfjobs, torch.compile, sparse 0.2", "sparse",
-                     lambda: nfjobs_step(c, device, on_gpu, context_frac=0.2), None))
-        for label, m in reversed(versions):
+        if not args.skip_sparse:
+            runs.append(("nfjobs, torch.compile, sparse 0.2", "sparse",
+                         lambda: nfjobs_step(c, device, on_gpu, context_frac=0.2), None))
+        for label, m in reversed(versions if args.nce_before else versions[:1]):
             runs.append((f"{label}, torch.compile, Soft-InfoNCE", "nce",
                          lambda m=m: nfjobs_step(c, device, on_gpu, nce_weight=0.1, module=m), None))
     objective_args = {"full": {}, "sparse": {"context_frac": 0.2}, "nce": {"nce_weight": 0.1}}
@@ -477,7 +482,8 @@ def main():
         print(f"\n| {args.psnr_steps} steps, same weights and batches | held-out PSNR full context (dB) | last loss | "
               "train s (incl. compile) |\n|---|---:|---:|---:|")
         for label, m in versions:
-            psnr, final, secs = same_steps_psnr(m, c, device, args.psnr_steps, batch, state, on_gpu)
+            psnr, final, secs = same_steps_psnr(m, c, device, args.psnr_steps, batch, state, on_gpu,
+                                                compile_=on_gpu and not args.psnr_eager)
             print(f"| {label} | {psnr:.2f} | {final:.5f} | {secs:.0f} |", flush=True)
 
 
