@@ -2,7 +2,7 @@
 
 The reference re-implements the notebook's math in its style (einsum attention with rearranged heads, PreNorm
 wrappers, separate Q/KV projections, fixed latents, `torch.optim.Adam`, `loss.item()` every step). nfjobs runs
-`nfjobs.models.perceiver.training_loss` (SDPA, fused QKV, fused AdamW, torch.compile, no host syncs) on the
+`nfjobs.models.perceiver.training_loss` (SDPA, Triton GEGLU, fused AdamW, torch.compile, no host syncs) on the
 same math. Both train full-context reconstruction on random images already on the device.
 
     uv run python bench/train_throughput.py --tiny          # CPU smoke run
@@ -249,7 +249,7 @@ CATEGORIES = {  # kernel-name fragments → what the time is spent on
     "attention (SDPA)": ("flash", "fmha", "cudnn", "attention", "sdpa"),
     "GEMM (cuBLAS)": ("gemm", "nvjet", "xmma", "cutlass", "cublas", "splitk"),
     "optimizer": ("adam", "multi_tensor", "foreach"),
-    "fused pointwise/reduction (Triton)": ("triton",),
+    "fused pointwise/reduction (Triton)": ("triton", "geglu"),
 }
 
 

@@ -82,7 +82,7 @@ class CrossAttention(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Pre-norm multi-head self-attention with one fused QKV projection."""
+    """Pre-norm multi-head self-attention (one `to_qkv` weight, applied as three projections)."""
 
     def __init__(self, dim: int, heads: int, dim_head: int):
         super().__init__()

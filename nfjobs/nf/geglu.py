@@ -27,7 +27,7 @@ if triton is not None:
 
 
     @triton.jit
-    def _forward_kernel(up, out, rows, half, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    def _geglu_forward_kernel(up, out, rows, half, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
         r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
         c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
         mask = (r < rows) & (c < half)
@@ -38,7 +38,7 @@ if triton is not None:
 
 
     @triton.jit
-    def _backward_kernel(up, grad, dup, rows, half, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    def _geglu_backward_kernel(up, grad, dup, rows, half, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
         r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
         c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
         mask = (r < rows) & (c < half)
@@ -56,7 +56,8 @@ if triton is not None:
         rows, half, block_r, block_c = _tiles(up)
         out = up.new_empty(*up.shape[:-1], half)
         grid = (triton.cdiv(rows, block_r), triton.cdiv(half, block_c))
-        torch.library.wrap_triton(_forward_kernel)[grid](up, out, rows, half, BLOCK_R=block_r, BLOCK_C=block_c)
+        kernel = torch.library.wrap_triton(_geglu_forward_kernel)
+        kernel[grid](up, out, rows, half, BLOCK_R=block_r, BLOCK_C=block_c)
         return out
 
 
@@ -65,7 +66,8 @@ if triton is not None:
         rows, half, block_r, block_c = _tiles(up)
         dup = torch.empty_like(up)
         grid = (triton.cdiv(rows, block_r), triton.cdiv(half, block_c))
-        torch.library.wrap_triton(_backward_kernel)[grid](up, grad, dup, rows, half, BLOCK_R=block_r, BLOCK_C=block_c)
+        kernel = torch.library.wrap_triton(_geglu_backward_kernel)
+        kernel[grid](up, grad, dup, rows, half, BLOCK_R=block_r, BLOCK_C=block_c)
         return dup
 
 
