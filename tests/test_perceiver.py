@@ -80,3 +80,69 @@ def test_evaluate_reports_every_context_fraction_and_the_training_one():
     rows = perceiver.evaluate(perceiver.build(cfg), torch.rand(6, 3, 8, 8), cfg)
     assert [r["eval_context_frac"] for r in rows] == [0.05, 0.1, 0.2, 0.3, 0.5, 1.0]
     assert all(0 < r["psnr"] < 60 and r["split"] == "val" for r in rows)
+
+
+def plain_attend(attn, x, context):
+    q = attn.to_q(attn.norm(x)).unflatten(-1, (attn.heads, -1)).transpose(1, 2)
+    k, v = attn.to_kv(attn.norm_context(context)).unflatten(-1, (2, attn.heads, -1)).permute(2, 0, 3, 1, 4)
+    w = (q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5).softmax(-1)
+    return attn.to_out((w @ v).transpose(1, 2).flatten(2))
+
+
+def plain_forward(model, coords, rgb, queries):
+    """The field as plainly written (each block: its own context LayerNorm → Linear, latents expanded over the
+    batch, queries projected per item, softmax attention even over one key): what the fused paths must equal."""
+
+    def latent_block(block, x):
+        a = block.attn
+        q, k, v = a.to_qkv(a.norm(x)).unflatten(-1, (3, a.heads, -1)).permute(2, 0, 3, 1, 4)
+        x = x + a.to_out(((q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5).softmax(-1) @ v).transpose(1, 2).flatten(2))
+        return x + block.ff(x)
+
+    context = torch.cat([rgb * 2 - 1, model.gff(coords)], dim=-1)
+    lat = None
+    for block in model.encoder:
+        x = block.latents.expand(len(context), -1, -1)
+        x = x + plain_attend(block.cross, x, context)
+        lat = latent_block(block.latent, x if lat is None else x + block.proj(lat))
+    for block in model.processor:
+        lat = latent_block(block, lat)
+    q = model.gff(queries)
+    hidden = q + plain_attend(model.decoder_attn, q, lat)
+    hidden = hidden + model.decoder_ff(hidden)
+    return model.to_rgb(hidden) * 0.5 + 0.5, lat
+
+
+@pytest.mark.parametrize("shared_queries", [True, False])
+def test_fused_paths_compute_the_plain_function_and_gradients(shared_queries):
+    """Folded context LayerNorms, latent and shared-query projections computed once: same outputs and grads."""
+    torch.manual_seed(0)
+    model = perceiver.build(tiny_cfg(perceiver=replace(TINY, fourier_size=7)))  # context width 17: padded to 24
+    for p in model.parameters():  # non-trivial LayerNorm affines, so the fold is exercised
+        p.data.add_(torch.randn_like(p) * 0.1)
+    images = torch.rand(3, 3, 8, 8)
+    coords, rgb = perceiver.context(images, 0.5)
+    grid = torch.rand(20, 2) * 2 - 1
+    queries = grid.expand(3, -1, -1) if shared_queries else torch.rand(3, 20, 2) * 2 - 1
+    grads = []
+    for fn in (lambda: plain_forward(model, coords, rgb, queries),
+               lambda: (model.decode(queries, lat := model.encode(coords, rgb))[0], lat)):
+        model.zero_grad()
+        rgb_out, lat = fn()
+        (rgb_out.square().mean() + lat.mean()).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        if len(grads) == 1:
+            ref = (rgb_out.detach(), lat.detach())
+    torch.testing.assert_close((rgb_out, lat), ref, rtol=1e-5, atol=1e-5)
+    assert grads[0].keys() == grads[1].keys() and "encoder.0.cross.norm_context.weight" in grads[1]
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_single_latent_token_decodes_like_softmax_attention_over_it():
+    """TDSM decodes one token at a time: the shortcut (softmax over one key is 1) must equal attention."""
+    torch.manual_seed(0)
+    model = perceiver.build(tiny_cfg())
+    lat = torch.randn(4, 1, 24)
+    q = model.gff(torch.rand(4, 10, 2) * 2 - 1)
+    torch.testing.assert_close(model.decoder_attn(q, lat), plain_attend(model.decoder_attn, q, lat))

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from nfjobs.models.perceiver_config import PerceiverConfig
 from nfjobs.nf import fields
+from nfjobs.nf.geglu import geglu
 from nfjobs.nf.nce import soft_infonce
 from nfjobs.nf.views import map_coords, sample_affine, warp
 
@@ -49,8 +50,7 @@ class GEGLUFeedForward(nn.Module):
         self.down = nn.Linear(dim * mult, dim)
 
     def forward(self, x: Float[Tensor, "B N D"]) -> Float[Tensor, "B N D"]:
-        h, gate = self.up(self.norm(x)).chunk(2, dim=-1)
-        return self.down(h * F.gelu(gate))
+        return self.down(geglu(self.up(self.norm(x))))
 
 
 class CrossAttention(nn.Module):
@@ -65,15 +65,24 @@ class CrossAttention(nn.Module):
         self.to_kv = nn.Linear(context_dim, 2 * heads * dim_head, bias=False)
         self.to_out = nn.Linear(heads * dim_head, dim)
 
-    def forward(self, x: Float[Tensor, "B N D"], context: Float[Tensor, "B M C"]) -> Float[Tensor, "B N D"]:
+    def forward(self, x: Float[Tensor, "b N D"], context: Float[Tensor, "B M C"]) -> Float[Tensor, "B N D"]:
+        """`x` may be a batch of one (queries shared by every item): projected once, broadcast to B."""
+        c = self.norm_context(context)
+        return self.attend(x, [F.linear(c, w) for w in self.to_kv.weight.chunk(2)])
+
+    def attend(self, x: Float[Tensor, "b N D"], kv: list[Float[Tensor, "B M HK"]]) -> Float[Tensor, "B N D"]:
+        """Attention of `x` over already projected keys and values `kv = [k, v]`."""
+        b, n = kv[0].shape[0], x.shape[1]
+        k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in kv)  # (B, heads, M, dim_head)
+        if k.shape[2] == 1:  # softmax over a single key is 1: every query gets that key's value
+            return self.to_out(kv[1]).expand(b, n, -1)
         q = self.to_q(self.norm(x)).unflatten(-1, (self.heads, -1)).transpose(1, 2)
-        k, v = self.to_kv(self.norm_context(context)).unflatten(-1, (2, self.heads, -1)).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, dim_head)
+        out = F.scaled_dot_product_attention(q.expand(b, -1, -1, -1), k, v)  # (B, heads, N, dim_head)
         return self.to_out(out.transpose(1, 2).flatten(2))
 
 
 class SelfAttention(nn.Module):
-    """Pre-norm multi-head self-attention with one fused QKV projection."""
+    """Pre-norm multi-head self-attention (one `to_qkv` weight, applied as three projections)."""
 
     def __init__(self, dim: int, heads: int, dim_head: int):
         super().__init__()
@@ -83,7 +92,11 @@ class SelfAttention(nn.Module):
         self.to_out = nn.Linear(heads * dim_head, dim)
 
     def forward(self, x: Float[Tensor, "B N D"]) -> Float[Tensor, "B N D"]:
-        q, k, v = self.to_qkv(self.norm(x)).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
+        # One GEMM per row block of the fused weight: each of q, k, v is then a dense tensor, so SDPA's backward
+        # returns its gradient in the projection's own layout and no copy assembles a fused (B, N, 3·H·K) gradient.
+        h = self.norm(x)
+        q, k, v = (F.linear(h, w).unflatten(-1, (self.heads, -1)).transpose(1, 2)
+                   for w in self.to_qkv.weight.chunk(3))
         out = F.scaled_dot_product_attention(q, k, v)
         return self.to_out(out.transpose(1, 2).flatten(2))
 
@@ -116,10 +129,10 @@ class EncoderBlock(nn.Module):
         self.latent = LatentBlock(dim, cfg)
 
     def forward(
-        self, context: Float[Tensor, "B M C"], previous: Float[Tensor, "B N P"] | None
+        self, kv: list[Float[Tensor, "B M HK"]], previous: Float[Tensor, "B N P"] | None
     ) -> Float[Tensor, "B N D"]:
-        lat = self.latents.expand(context.shape[0], -1, -1)
-        lat = lat + self.cross(lat, context)
+        """`kv`: this block's cross-attention keys and values of the context (`PerceiverField.context_kv`)."""
+        lat = self.latents + self.cross.attend(self.latents.unsqueeze(0), kv)  # latents' queries computed once
         if previous is not None:
             lat = lat + self.proj(previous)
         return self.latent(lat)
@@ -154,14 +167,35 @@ class PerceiverField(nn.Module):
             rgb = rgb * 2 - 1
         context = torch.cat([rgb, self.gff(coords)], dim=-1)
         lat = None
-        for block in self.encoder:
-            lat = block(context, lat)
+        for block, kv in zip(self.encoder, self.context_kv(context), strict=True):
+            lat = block(kv, lat)
         return self.processor(lat)
+
+    def context_kv(self, context: Float[Tensor, "B M C"]) -> list[list[Float[Tensor, "B M HK"]]]:
+        """Every encoder block's cross-attention keys and values `[k, v]` from one shared normalisation.
+
+        The blocks' context LayerNorms share their statistics, so each block's affine folds into its projection,
+        `W(γ⊙x̂ + β) = (W diag γ) x̂ + Wβ`: the same function and gradients as separate LayerNorm → Linear, with
+        one normalisation and no input gradient (x̂ depends on the data only). The feature axis is zero-padded to
+        a multiple of 8 so the bf16 GEMM rows are 16-byte aligned.
+        """
+        crosses = [block.cross for block in self.encoder]
+        pad = -context.shape[-1] % 8
+        xhat = F.pad(F.layer_norm(context, context.shape[-1:], eps=crosses[0].norm_context.eps), (0, pad))
+        out = []
+        for c in crosses:
+            gamma, beta = c.norm_context.weight, c.norm_context.bias
+            out.append([F.linear(xhat, F.pad(w * gamma, (0, pad)), w @ beta) for w in c.to_kv.weight.chunk(2)])
+        return out
 
     def decode(
         self, coords: Float[Tensor, "B Q 2"], latents: Float[Tensor, "B N D"]
     ) -> tuple[Float[Tensor, "B Q 3"], Float[Tensor, "B Q E"]]:
-        """RGB (in [0, 1] units, unclamped) and the decoder hidden state at query `coords`."""
+        """RGB (in [0, 1] units, unclamped) and the decoder hidden state at query `coords`.
+
+        Coordinates expanded over the batch (stride 0, e.g. a shared grid) are embedded and projected once."""
+        if coords.shape[0] > 1 and coords.stride(0) == 0:
+            coords = coords[:1]
         q = self.gff(coords)
         hidden = q + self.decoder_attn(q, latents)
         if self.decoder_ff is not None:
