@@ -63,6 +63,8 @@ class Config:
     """`auto` (GPU when visible), `cpu`, `cuda`, `cuda:1`, ..."""
     batch_patches: int = runtime_field(16384)
     """Patches scored at once (bounds the (patches, K) score matrix in memory)."""
+    max_resident_bytes: int = runtime_field(1 << 30)
+    """Cache bytes held in memory at once while scoring (shards are streamed in order, read ahead)."""
 
     def __post_init__(self):
         for name in ("n_prototypes", "train_patches", "kmeans_iters", "sae_steps", "sae_batch"):
@@ -114,7 +116,8 @@ def builtin_pixels(data: DataConfig, split: Literal["train", "val"]):
 
 
 def _load(cfg: Config, ctx):
-    """Per split: a list of (images, tokens, d) arrays (shards), traits (N, T); plus the trait names."""
+    """Per split: an activation cache (or, for builtin-pixels, a list of one (images, tokens, d) array) and
+    traits (N, T); plus the trait names."""
     if cfg.activations == BUILTIN_PIXELS:
         train, val = builtin_pixels(cfg.data, "train"), builtin_pixels(cfg.data, "val")
         return ([train[0]], train[1]), ([val[0]], val[1]), train[2]
@@ -125,7 +128,12 @@ def _load(cfg: Config, ctx):
     if train.traits is None or val.traits is None:
         raise ValueError(f"{cfg.activations}: the cache has no traits.npy; trait scoring needs a dataset with traits")
     names = train.meta.get("trait_names", ())
-    return (list(train.shards), train.traits), (list(val.shards), val.traits), tuple(names)
+    return (train, train.traits), (val, val.traits), tuple(names)
+
+
+def _shards(source) -> list:
+    """Memory-mapped shards of a cache (or the in-memory arrays of builtin-pixels), for sampling patches."""
+    return list(source.shards) if hasattr(source, "shards") else source
 
 
 def scorer_key(cfg: Config, ctx) -> str:
@@ -141,15 +149,17 @@ def scorer_key(cfg: Config, ctx) -> str:
     return f"{cfg.scorer}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
-def _batches(shards, n_tokens_per_batch: int):
-    """(B, P, D) torch tensors in image order, about `n_tokens_per_batch` patches each."""
-    import numpy as np
+def batches(source, n_tokens_per_batch: int, max_resident_bytes: int, stats=None):
+    """(B, P, D) torch tensors in image order, about `n_tokens_per_batch` patches each: a cache is streamed
+    (at most `max_resident_bytes` of it in memory, `stats` counts what was read), arrays are sliced."""
     import torch
 
-    for shard in shards:
-        step = max(1, n_tokens_per_batch // shard.shape[1])
-        for i in range(0, len(shard), step):
-            yield torch.from_numpy(np.array(shard[i : i + step], dtype=np.float32))  # memory-mapped: copy
+    chunks = (source.stream(max_resident_bytes, stats=stats) if hasattr(source, "stream")
+              else ((0, a) for a in source))
+    for _, chunk in chunks:
+        step = max(1, n_tokens_per_batch // chunk.shape[1])
+        for i in range(0, len(chunk), step):
+            yield torch.from_numpy(chunk[i : i + step])  # a view; the scorer casts on the device
 
 
 def _training_patches(shards, n: int, seed: int):
@@ -183,7 +193,7 @@ def _scorer(cfg: Config, ctx, train_shards, device):
     }.get(cfg.scorer, {})
     scorer = scorers.make(cfg.scorer, cfg.n_prototypes, cfg.seed, **options)
     start = time.perf_counter()
-    scorer.train(_training_patches(train_shards, cfg.train_patches, cfg.seed).to(device))
+    scorer.train(_training_patches(_shards(train_shards), cfg.train_patches, cfg.seed).to(device))
     seconds = time.perf_counter() - start
     scorers.save(scorer, path)
     ctx.log(f"scorer {cfg.scorer} ({cfg.n_prototypes} prototypes) trained in {seconds:.1f}s, saved to {path}")
@@ -200,10 +210,17 @@ def run(cfg: Config, ctx) -> list[dict]:
     from nfjobs.scoring import protocol
 
     device = ctx.device() if cfg.device == "auto" else torch.device(cfg.device)
-    (train_shards, train_traits), (val_shards, val_traits), names = _load(cfg, ctx)
-    scorer, seconds_scorer = _scorer(cfg, ctx, train_shards, device)
-    train_scores = protocol.image_scores(scorer, _batches(train_shards, cfg.batch_patches), device)
-    val_scores = protocol.image_scores(scorer, _batches(val_shards, cfg.batch_patches), device)
+    from nfjobs.activations import StreamStats
+
+    (train_src, train_traits), (val_src, val_traits), names = _load(cfg, ctx)
+    scorer, seconds_scorer = _scorer(cfg, ctx, train_src, device)
+    stats, start = StreamStats(), time.perf_counter()
+    train_scores = protocol.image_scores(scorer, batches(train_src, cfg.batch_patches, cfg.max_resident_bytes, stats),
+                                         device)
+    val_scores = protocol.image_scores(scorer, batches(val_src, cfg.batch_patches, cfg.max_resident_bytes, stats),
+                                       device)
+    seconds_score = time.perf_counter() - start
+    n_patches = sum(len(s) * s.shape[1] for s in (*_shards(train_src), *_shards(val_src)))
     result = protocol.evaluate(train_scores, torch.from_numpy(train_traits), val_scores,
                                torch.from_numpy(val_traits), cfg.n_train, cfg.seed)
     summary = result.summary()
@@ -218,5 +235,7 @@ def run(cfg: Config, ctx) -> list[dict]:
         "test_ap": float(result.test_ap[t]), "train_pos": int(result.train_pos[t]),
         "test_pos": int(result.test_pos[t]), "prevalence": float(result.prevalence[t]),
     } for t in range(len(result.prototype))]
-    rows.append({"row_type": "summary", **summary, "seconds_scorer": seconds_scorer})
+    rows.append({"row_type": "summary", **summary, "seconds_scorer": seconds_scorer, "seconds_score": seconds_score,
+                 "patches_per_s": n_patches / max(seconds_score, 1e-9), "cache_gb_read": stats.bytes_read / 1e9,
+                 "peak_resident_bytes": stats.peak_resident_bytes})
     return rows

@@ -75,7 +75,7 @@ class RandomVectors(_Base):
         self.directions = w / w.norm(dim=1, keepdim=True)
 
     def __call__(self, activations: Float[Tensor, "B D"]) -> Float[Tensor, "B K"]:
-        return activations @ self.directions.T
+        return activations @ self.directions.to(activations.dtype).T  # bf16 activations: a bf16 matmul
 
 
 def _sq_dists(x: Float[Tensor, "B D"], c: Float[Tensor, "K D"]) -> Float[Tensor, "B K"]:
