@@ -46,6 +46,9 @@ class Context:
     """Root folder holding all run directories (one per cell key)."""
     log_every_s: float = 30.0
     """Minimum seconds between progress lines."""
+    part: int | None = None
+    """This task's part of a cell run as `parts` tasks (None: the whole cell; see `nfjobs.parts`)."""
+    parts: int = 1
 
     @property
     def run_dir(self) -> Path:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
-from nfjobs import results
+from nfjobs import parts, results
 from nfjobs.config import SlurmConfig
 from nfjobs.context import run_dir_for
 from nfjobs.runner import CellSpec, CellTask, git_provenance, run_cell
@@ -97,6 +97,7 @@ def _forget(cell: Cell, runs_root: Path) -> None:
     run_dir = run_dir_for(runs_root, cell.key)
     for name in (results.RESULT_FILE, "checkpoint.pt"):
         (run_dir / name).unlink(missing_ok=True)
+    parts.forget(run_dir)
 
 
 def record(cells: Sequence[Cell], runs_root: Path, jobs: dict[str, str] | None = None) -> None:
@@ -118,7 +119,8 @@ def run_debug(cells: Sequence[Cell], runs_root: Path) -> None:
     """In this process, one after another; the first exception propagates with its full traceback."""
     for spec in _specs(cells, runs_root):
         print(f"[debug] {spec.kind} {spec.key} ({spec.group})", file=sys.stderr, flush=True)
-        run_cell(spec)
+        for task in parts.task_specs(spec):
+            run_cell(task)
 
 
 # ---------------------------------------------------------------------------------------------- local
@@ -173,7 +175,8 @@ def run_local(cells: Sequence[Cell], runs_root: Path, log_dir: Path, typed_flags
             executor = submitit.LocalExecutor(folder=log_dir / "%j", max_num_timeout=res.max_requeues)
             executor.update_parameters(timeout_min=max(1, int(res.n_hours * 60)), gpus_per_node=len(assigned),
                                        visible_gpus=tuple(assigned))
-            running[cell.key] = (executor.submit(CellTask(), specs[cell.key]), assigned)
+            tasks = [executor.submit(CellTask(), t) for t in parts.task_specs(specs[cell.key])]
+            running[cell.key] = (tasks[0] if len(tasks) == 1 else parts.PartJobs(tasks), assigned)
             waiting.remove(cell)
         time.sleep(0.2)
         for key, (job, assigned) in list(running.items()):
@@ -262,11 +265,12 @@ def submit_slurm(cells: Sequence[Cell], runs_root: Path, log_dir: Path, typed_fl
                 part = group[start:start + chunk]
                 try:
                     with executor.batch():
-                        submitted = [executor.submit(CellTask(), specs[c.key]) for c in part]
+                        submitted = [[executor.submit(CellTask(), t) for t in parts.task_specs(specs[c.key])]
+                                     for c in part]
                 except Exception as err:  # sbatch's own words are the useful part
                     raise SubmissionError(f"sbatch refused the job array: {err}") from err
-                jobs.update({c.key: j for c, j in zip(part, submitted)})
-                stage_ids.extend(sorted({j.job_id.split("_")[0] for j in submitted}))
+                jobs.update({c.key: j[0] if len(j) == 1 else parts.PartJobs(j) for c, j in zip(part, submitted)})
+                stage_ids.extend(sorted({t.job_id.split("_")[0] for j in submitted for t in j}))
         previous_ids = stage_ids
     return jobs
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nfjobs import typed
+from nfjobs import parts, typed
 from nfjobs.context import Context
 from nfjobs.jobs import load_kind
 from nfjobs.results import result_path, write_rows
@@ -36,6 +36,8 @@ class CellSpec:
     group: str
     runs_root: str
     provenance: dict[str, Any]
+    part: int | None = None
+    """Which part of a cell split into `parts` tasks this is (None: the whole cell; see `nfjobs.parts`)."""
 
 
 def git_provenance(cwd: str | Path = ".") -> dict[str, Any]:
@@ -87,14 +89,20 @@ def metric_rows_repr(rows: list[dict[str, Any]], limit: int = 2000) -> str:
 
 def run_cell(spec: CellSpec) -> list[dict[str, Any]]:
     """Run the cell and write its result file (status `ok`, or `failed` with the traceback, then re-raise)."""
-    ctx = Context(key=spec.key, kind=spec.kind, runs_root=Path(spec.runs_root))
+    ctx = Context(key=spec.key, kind=spec.kind, runs_root=Path(spec.runs_root), part=spec.part,
+                  parts=parts.n_parts(spec.config))
     start = dt.datetime.now(dt.timezone.utc)
     t0 = time.monotonic()
     base = {"sweep": spec.sweep, "key": spec.key, "kind": spec.kind, "group": spec.group}
     cfg_cols = config_columns(spec.config)
+    held = None  # the parts lock, held by the part that finalises until the cell's result is written
     try:
         module = load_kind(spec.kind)
         metric_rows = module.run(spec.config, ctx) or [{}]
+        if spec.part is not None:
+            held, metric_rows = parts.finish(module, spec.config, ctx, metric_rows)
+            if held is None:
+                return []  # another part writes the result
         status, error = "ok", ""
         metrics_given = metric_rows
     except BaseException as err:  # noqa: BLE001 - record, then re-raise (KeyboardInterrupt included)
@@ -114,7 +122,11 @@ def run_cell(spec: CellSpec) -> list[dict[str, Any]]:
     rows = [{**fixed, **metrics, "status": status, "error": error} for metrics in metric_rows]
     if isinstance(failure, (KeyboardInterrupt, SystemExit)):
         raise failure  # interrupted, not failed: no result, so a relaunch runs it again
-    write_rows(result_path(spec.runs_root, spec.key), rows)
+    try:
+        write_rows(result_path(spec.runs_root, spec.key), rows)
+    finally:
+        if held is not None:
+            held.close()
     if failure is not None:
         raise failure
     return rows
@@ -131,4 +143,4 @@ class CellTask(Checkpointable):
 
     def __call__(self, spec: CellSpec) -> str:
         rows = run_cell(spec)
-        return rows[0]["status"]
+        return rows[0]["status"] if rows else "part done"
