@@ -57,6 +57,9 @@ class Config:
     """Optimisation steps of the sparse autoencoder."""
     sae_batch: int = 1024
     """Patches per sparse-autoencoder step."""
+    sae: str = ""
+    """`scorer = "sae"`: cell key or run directory of an `sae` cell whose autoencoder scores (its width is the
+    number of prototypes; `sae_*` and `n_prototypes` are then unused); empty = train one here as above."""
     data: DataConfig = field(default_factory=DataConfig)
     """Images of `builtin-pixels` (must be `builtin`); unused for a cache."""
     device: str = runtime_field("auto")
@@ -80,6 +83,10 @@ def _looks_like_path(ref: str) -> bool:
 
 def check(cfg: Config) -> list[tuple[str, str]]:
     """A named cache directory must hold both splits with traits; `builtin-pixels` needs the builtin data."""
+    if cfg.sae and cfg.scorer != "sae":
+        return [("sae", f"names an sae cell, which only scorer = 'sae' uses (scorer is {cfg.scorer!r})")]
+    if cfg.sae and _looks_like_path(cfg.sae) and not (Path(cfg.sae).expanduser() / "sae.pt").is_file():
+        return [("sae", f"{cfg.sae} holds no sae.pt (a finished sae cell writes it)")]
     if cfg.activations == BUILTIN_PIXELS:
         if cfg.data.name != "builtin":
             return [("data.name", f"{BUILTIN_PIXELS} cuts the builtin images into patches; got {cfg.data.name!r}")]
@@ -96,10 +103,9 @@ def check(cfg: Config) -> list[tuple[str, str]]:
 
 
 def depends_on(cfg: Config) -> list[str]:
-    """The cache cell this job scores, when named by key."""
-    if cfg.activations == BUILTIN_PIXELS or _looks_like_path(cfg.activations):
-        return []
-    return [cfg.activations]
+    """The cache cell this job scores and the sae cell whose autoencoder scores, when named by key."""
+    refs = [] if cfg.activations == BUILTIN_PIXELS or _looks_like_path(cfg.activations) else [cfg.activations]
+    return refs + ([cfg.sae] if cfg.sae and not _looks_like_path(cfg.sae) else [])
 
 
 def builtin_pixels(data: DataConfig, split: Literal["train", "val"]):
@@ -142,7 +148,8 @@ def scorer_key(cfg: Config, ctx) -> str:
     if source != BUILTIN_PIXELS:
         meta = (ctx.resolve(source) / "train" / "meta.json").read_text()
         source = hashlib.sha256(meta.encode()).hexdigest()
-    options = {k: v for k, v in asdict(cfg).items() if k not in ("n_train", "device", "batch_patches", "activations")}
+    options = {k: v for k, v in asdict(cfg).items()
+               if k not in ("n_train", "device", "batch_patches", "activations", "max_resident_bytes", "sae")}
     if cfg.activations != BUILTIN_PIXELS:
         options.pop("data")
     text = json.dumps({"source": source, **options}, sort_keys=True)
@@ -183,6 +190,14 @@ def _training_patches(shards, n: int, seed: int):
 def _scorer(cfg: Config, ctx, train_shards, device):
     from nfjobs.scoring import scorers
 
+    if cfg.sae:
+        from nfjobs.jobs.sae import sae_file
+
+        path = sae_file(ctx.resolve(cfg.sae))
+        if not path.is_file():
+            raise FileNotFoundError(f"sae: {path} does not exist (has the sae cell finished?)")
+        ctx.log(f"scorer: the autoencoder of {path}")
+        return scorers.load(path, device), 0.0
     path = Path(ctx.runs_root) / "scorers" / f"{scorer_key(cfg, ctx)}.pt"
     if path.exists():
         ctx.log(f"scorer reused from {path}")
