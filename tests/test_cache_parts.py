@@ -129,3 +129,24 @@ def test_a_killed_part_resumes_from_its_own_shards_and_leaves_the_others_alone(t
     df = pl.read_parquet(run_dir / RESULT_FILE)
     assert df.height == 2 and set(df["status"]) == {"ok"} and len(rows) == 2
     assert json.loads((run_dir / "train" / "meta.json").read_text())["complete"]
+
+
+@pytest.mark.parametrize("mode", ["--debug", "local"])
+def test_a_launch_runs_the_parts_then_the_cell_that_reads_the_cache(tmp_path, mode):
+    import launch
+
+    sweep = tmp_path / "parts.toml"
+    sweep.write_text('[[group]]\nname = "c"\nkind = "cache"\nparts = 3\nshard_size = 2\nbatch_size = 2\n'
+                     'data.builtin_n = 40\ndata.val_frac = 0.25\n'
+                     '[[group]]\nkind = "score"\nactivations = "@c"\nn_prototypes = 4\ntrain_patches = 500\n'
+                     'device = "cpu"\n')
+    runs = tmp_path / "runs"
+    args = ["--sweep", str(sweep), "--runs-root", str(runs), "--log-root", str(tmp_path / "logs")]
+    assert launch.main(args + ([mode] if mode == "--debug" else ["--max-parallel", "3"])) == 0
+    df = pl.concat([pl.read_parquet(p) for p in runs.glob("*/result.parquet")], how="diagonal_relaxed")
+    cached, scored = df.filter(pl.col("kind") == "cache"), df.filter(pl.col("kind") == "score")
+    assert cached.height == 2 and cached["parts"].to_list() == [3, 3] and set(df["status"]) == {"ok"}
+    markers = list((runs / cached["key"][0] / "parts").glob("*-of-3.json"))
+    assert len(markers) == 3
+    last_part_end = max(m.stat().st_mtime for m in markers)
+    assert scored["run.start"][0].timestamp() >= last_part_end - 1e-3  # the scorer started after every part

@@ -190,17 +190,12 @@ def test_a_cache_in_four_parts_runs_four_tasks_gives_one_result_and_a_lost_part_
     import hashlib
 
     path = sweep_file('[[group]]\nname = "c"\nkind = "cache"\nparts = 4\nshard_size = 2\nbatch_size = 2\n'
-                      'dtype = "float32"\ndata.builtin_n = 40\ndata.val_frac = 0.25\n'
-                      '[[group]]\nkind = "score"\nactivations = "@c"\nn_prototypes = 4\ntrain_patches = 500\n',
-                      "parts.toml")
-    t0 = time.monotonic()
+                      'dtype = "float32"\ndata.builtin_n = 40\ndata.val_frac = 0.25\n', "parts.toml")
     proc = launch(path, tmp_path, "--wait", "--max-parallel", "4")
-    print("launch", time.monotonic() - t0)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     df = results.load(path, tmp_path / "runs").collect()
     cached = df.filter(pl.col("kind") == "cache")
-    assert cached.height == 2 and cached["parts"].to_list() == [4, 4] and set(df["status"]) == {"ok"}
-    assert df.filter(pl.col("kind") == "score").height > 1  # the scorer ran after all four parts, on the cache
+    assert df.height == 2 and cached["parts"].to_list() == [4, 4] and set(df["status"]) == {"ok"}
     task_dirs = [d.name for d in (tmp_path / "logs" / "parts").iterdir()]
     cache_array = cached["run.slurm_array_job_id"][0]
     assert sorted(d for d in task_dirs if d.startswith(cache_array + "_")) == [f"{cache_array}_{i}" for i in range(4)]
@@ -214,12 +209,10 @@ def test_a_cache_in_four_parts_runs_four_tasks_gives_one_result_and_a_lost_part_
     (run_dir / "result.parquet").unlink()
     (run_dir / "train" / "meta.json").write_text((run_dir / "train" / "meta.json").read_text()
                                                  .replace('"complete": true', '"complete": false'))
-    t0 = time.monotonic()
     proc = launch(path, tmp_path, "--wait", "--max-parallel", "4")
-    print("relaunch", time.monotonic() - t0)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     after = {p: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest()) for p in shards}
-    assert after[lost][1] == before[lost][1]  # rewritten, same values
+    assert after[lost][1] == before[lost][1] and after[lost][0] != before[lost][0]  # rewritten, same values
     assert all(after[p] == before[p] for p in shards if p != lost)  # no other shard touched
     again = results.load(path, tmp_path / "runs").collect().filter(pl.col("kind") == "cache")
     assert again.height == 2 and set(again["status"]) == {"ok"}
