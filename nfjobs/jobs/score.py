@@ -68,6 +68,9 @@ class Config:
     """Patches scored at once (bounds the (patches, K) score matrix in memory)."""
     max_resident_bytes: int = runtime_field(1 << 30)
     """Cache bytes held in memory at once while scoring (shards are streamed in order, read ahead)."""
+    precision: Literal["auto", "bf16", "fp32"] = runtime_field("auto")
+    """Patch x prototype products of the random scorer: `auto` = bf16 on CUDA (as every job), fp32 on CPU; the
+    other scorers compute in fp32. Image scores and APs are float32 either way."""
 
     def __post_init__(self):
         for name in ("n_prototypes", "train_patches", "kmeans_iters", "sae_steps", "sae_batch"):
@@ -149,7 +152,8 @@ def scorer_key(cfg: Config, ctx) -> str:
         meta = (ctx.resolve(source) / "train" / "meta.json").read_text()
         source = hashlib.sha256(meta.encode()).hexdigest()
     options = {k: v for k, v in asdict(cfg).items()
-               if k not in ("n_train", "device", "batch_patches", "activations", "max_resident_bytes", "sae")}
+               if k not in ("n_train", "device", "batch_patches", "activations", "max_resident_bytes", "sae",
+                             "precision")}
     if cfg.activations != BUILTIN_PIXELS:
         options.pop("data")
     text = json.dumps({"source": source, **options}, sort_keys=True)
@@ -226,14 +230,16 @@ def run(cfg: Config, ctx) -> list[dict]:
 
     device = ctx.device() if cfg.device == "auto" else torch.device(cfg.device)
     from nfjobs.activations import StreamStats
+    from nfjobs.nf.training import uses_bf16
 
     (train_src, train_traits), (val_src, val_traits), names = _load(cfg, ctx)
     scorer, seconds_scorer = _scorer(cfg, ctx, train_src, device)
     stats, start = StreamStats(), time.perf_counter()
+    dtype = torch.bfloat16 if uses_bf16(cfg.precision, device) else torch.float32
     train_scores = protocol.image_scores(scorer, batches(train_src, cfg.batch_patches, cfg.max_resident_bytes, stats),
-                                         device)
+                                         device, dtype)
     val_scores = protocol.image_scores(scorer, batches(val_src, cfg.batch_patches, cfg.max_resident_bytes, stats),
-                                       device)
+                                       device, dtype)
     seconds_score = time.perf_counter() - start
     n_patches = sum(len(s) * s.shape[1] for s in (*_shards(train_src), *_shards(val_src)))
     result = protocol.evaluate(train_scores, torch.from_numpy(train_traits), val_scores,
