@@ -261,8 +261,9 @@ def submit_slurm(cells: Sequence[Cell], runs_root: Path, log_dir: Path, typed_fl
             executor = submitit.AutoExecutor(folder=log_dir / "%j", cluster="slurm",
                                              slurm_max_num_timeout=cfg.max_requeues)
             executor.update_parameters(**params)
-            for start in range(0, len(group), chunk):
-                part = group[start:start + chunk]
+            step = max(1, chunk // max(parts.n_parts(c.config) for c in group))  # tasks, not cells, fill an array
+            for start in range(0, len(group), step):
+                part = group[start:start + step]
                 try:
                     with executor.batch():
                         submitted = [[executor.submit(CellTask(), t) for t in parts.task_specs(specs[c.key])]
