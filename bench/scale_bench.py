@@ -164,6 +164,7 @@ def main() -> None:
     del scores, traits
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    print(json.dumps(rows, default=str), flush=True)  # what ran so far, should the disk part fail
     rows += disk_part(args, device)
 
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
