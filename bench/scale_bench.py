@@ -14,7 +14,9 @@ Three parts:
    `traits` synthetic binary traits (about 10 % prevalence).
 3. `stream from disk`: a cache of `disk_images` images written with `CacheWriter`, read by
    `ActivationCache.stream` under a 1 GiB budget, alone (read GB/s) and inside the `score` job (`score.run`,
-   both splits, AP included); with `--drop-caches` (root, a machine of your own) the first read is cold.
+   both splits, AP included); with `--drop-caches` (root, a machine of your own) the first read is cold. The
+   `sae` job trains one epoch (width = prototypes, fp32) on its training split: patches/s, and TFLOP/s counted as
+   6 · patches · dim · width (encoder and decoder, forward and backward).
 """
 
 import argparse
@@ -78,7 +80,7 @@ def disk_part(args, device):
 
     from nfjobs.activations import CacheWriter, StreamStats, open_cache
     from nfjobs.context import Context
-    from nfjobs.jobs import score
+    from nfjobs.jobs import sae, score
 
     root = Path(tempfile.mkdtemp(dir=args.tmp)) / "cache"
     g = torch.Generator(device=device).manual_seed(1)
@@ -111,6 +113,15 @@ def disk_part(args, device):
     out = score.run(cfg, Context(key="bench", kind="score", runs_root=root.parent / "runs"))[-1]
     seconds = time.perf_counter() - start
     flop = 2.0 * args.disk_images * args.patches * args.dim * args.prototypes
+    start = time.perf_counter()
+    epoch = sae.run(sae.Config(activations=str(root), width=args.prototypes, epochs=1, batch=4096, shuffle_images=64,
+                               device=str(device), max_resident_bytes=1 << 30),
+                    Context(key="bench-sae", kind="sae", runs_root=root.parent / "runs"))[-1]
+    rows.append({"part": f"sae job, 1 epoch, width {args.prototypes:,} (fp32)", "images": half,
+                 "seconds": time.perf_counter() - start, "patches_per_s": epoch["patches_per_s"],
+                 "GB_per_s": epoch["gb_read"] / epoch["epoch_s"],
+                 "TFLOP_per_s": 6 * 2.0 * epoch["patches"] * args.dim * args.prototypes / epoch["epoch_s"] / 1e12,
+                 "peak_resident_MB": epoch["peak_resident_bytes"] / 1e6})
     rows.append({"part": "score job from disk (stream + score + AP)", "images": args.disk_images, "seconds": seconds,
                  "patches_per_s": out["patches_per_s"], "GB_per_s": out["cache_gb_read"] / out["seconds_score"],
                  "TFLOP_per_s": flop / out["seconds_score"] / 1e12, "peak_resident_MB": out["peak_resident_bytes"] / 1e6,
@@ -127,6 +138,8 @@ def main() -> None:
     p.add_argument("--prototypes", type=int, default=256)
     p.add_argument("--traits", type=int, default=312)
     p.add_argument("--batch", type=int, default=64, help="images per image_scores batch")
+    p.add_argument("--sweep-batches", type=lambda t: [int(x) for x in t.split(",") if x], default=[],
+                   help="other batch sizes to time first, e.g. 32,128,256")
     p.add_argument("--pool-images", type=int, default=256)
     p.add_argument("--fp32-frac", type=float, default=0.1)
     p.add_argument("--disk-images", type=int, default=256)
@@ -147,6 +160,10 @@ def main() -> None:
     scorer = scorers.make("random", args.prototypes, seed=0)
     scorer.train(torch.zeros(1, args.dim, device=device))
     rows = []
+    for batch in args.sweep_batches:
+        rows.append(score_in_memory(argparse.Namespace(**{**vars(args), "batch": batch}), device, "bf16",
+                                    args.images, pool, scorer)[0])
+        rows[-1]["part"] += f", {batch} images per batch"
     row, scores = score_in_memory(args, device, "bf16", args.images, pool, scorer)
     rows.append(row)
     fp32_images = max(args.batch, int(args.images * args.fp32_frac))
@@ -178,7 +195,7 @@ def main() -> None:
         cells = [r.get(c) for c in cols]
         print(f"| {r['part']} | " + " | ".join("" if v is None else f"{v:,.3g}" if isinstance(v, float) else f"{v:,}"
                                             for v in cells) + " |")
-    bf16, fp32 = rows[0], rows[1]
+    bf16, fp32 = rows[len(args.sweep_batches)], rows[len(args.sweep_batches) + 1]
     print(f"bf16 / fp32 patches per second: {bf16['patches_per_s'] / fp32['patches_per_s']:.1f}x")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
