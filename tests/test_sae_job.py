@@ -91,3 +91,7 @@ def test_a_score_cell_scores_with_the_sae_cell(tmp_path):
     scores = protocol.image_scores(model, [torch.from_numpy(val.load_all())])
     codes = model(torch.from_numpy(val.load_all()).reshape(-1, 8)).view(16, 6, 16).amax(1)
     torch.testing.assert_close(scores, codes)
+    other = write_cache(tmp_path / "wide", d=12)
+    with pytest.raises(ValueError, match="8-dim activations"):
+        score.run(score.Config(activations=str(other), scorer="sae", sae="sae-0123456789ab", device="cpu"),
+                  Context(key="w", kind="score", runs_root=tmp_path / "runs"))

@@ -200,8 +200,12 @@ def _scorer(cfg: Config, ctx, train_shards, device):
         path = sae_file(ctx.resolve(cfg.sae))
         if not path.is_file():
             raise FileNotFoundError(f"sae: {path} does not exist (has the sae cell finished?)")
+        model, d = scorers.load(path, device), _shards(train_shards)[0].shape[2]
+        if model.mean.shape[0] != d:
+            raise ValueError(f"sae: {cfg.sae} was trained on {model.mean.shape[0]}-dim activations; "
+                             f"{cfg.activations} holds {d}-dim ones")
         ctx.log(f"scorer: the autoencoder of {path}")
-        return scorers.load(path, device), 0.0
+        return model, 0.0
     path = Path(ctx.runs_root) / "scorers" / f"{scorer_key(cfg, ctx)}.pt"
     if path.exists():
         ctx.log(f"scorer reused from {path}")
