@@ -95,3 +95,24 @@ def test_a_score_cell_scores_with_the_sae_cell(tmp_path):
     with pytest.raises(ValueError, match="8-dim activations"):
         score.run(score.Config(activations=str(other), scorer="sae", sae="sae-0123456789ab", device="cpu"),
                   Context(key="w", kind="score", runs_root=tmp_path / "runs"))
+
+
+def test_a_sweep_chains_cache_sae_and_score_and_sweeps_the_sae(tmp_path):
+    from nfjobs import sweep
+
+    path = tmp_path / "sae.toml"
+    path.write_text('[[group]]\nname = "c"\nkind = "cache"\nparts = 2\n'
+                    '[[group]]\nname = "s"\nkind = "sae"\nactivations = "@c"\nl1 = [1e-4, 1e-3]\nwidth = [64, 128]\n'
+                    '[[group]]\nkind = "score"\nscorer = "sae"\nactivations = "@c"\nsae = "@s"\n')
+    cells = sweep.expand([path])
+    cache_cell = [c for c in cells if c.kind == "cache"]
+    saes, scores = [c for c in cells if c.kind == "sae"], [c for c in cells if c.kind == "score"]
+    assert len(cache_cell) == 1 and len(saes) == 4 and len(scores) == 4
+    assert {(c.config.l1, c.config.width) for c in saes} == {(1e-4, 64), (1e-4, 128), (1e-3, 64), (1e-3, 128)}
+    assert all(c.deps == (cache_cell[0].key,) for c in saes)
+    assert {c.config.sae for c in scores} == {c.key for c in saes}
+    assert all(set(c.deps) == {cache_cell[0].key, c.config.sae} for c in scores)
+    # `parts` does not change what a cache computes: same cell key as one task
+    one = tmp_path / "one.toml"
+    one.write_text('kind = "cache"\n')
+    assert sweep.expand([one])[0].key == cache_cell[0].key
