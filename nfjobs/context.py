@@ -49,6 +49,7 @@ class Context:
     part: int | None = None
     """This task's part of a cell run as `parts` tasks (None: the whole cell; see `nfjobs.parts`)."""
     parts: int = 1
+    """How many tasks the cell runs as."""
 
     @property
     def run_dir(self) -> Path:

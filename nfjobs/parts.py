@@ -68,6 +68,9 @@ class PartJobs:
 
     @property
     def job_id(self) -> str:
+        """The last part's id: what the manifest records, so `status` and a relaunch see the cell as live while
+        it is. A relaunch while an earlier part still runs would run that part twice; both write the same shards
+        atomically and the lock still gives one result."""
         return self.jobs[-1].job_id
 
     def done(self) -> bool:
