@@ -10,10 +10,18 @@ A cache directory holds
 
 Shards are written atomically (temporary file + rename), so a crashed or requeued writer finds only whole
 shards and resumes at the first missing one. Numpy only: readers need no torch.
+
+A cache can be written by several tasks at once (`cache` cells with `parts > 1`), each owning a disjoint range of
+shards (`part_shards`); `finish_cache` marks it complete once every shard is there. Consumers that must not hold a
+whole cache in memory read it with `ActivationCache.stream`: chunks in image order, read with plain file reads
+(no memory map), at most `max_resident_bytes` of them alive at once (one being used, one being read ahead).
 """
 
 import json
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +44,13 @@ class CacheError(RuntimeError):
 
 def shard_path(root: Path, i: int) -> Path:
     return Path(root) / SHARDS / f"acts_{i:05d}.npy"
+
+
+def part_shards(n_shards: int, part: int, parts: int) -> range:
+    """The shards task `part` of `parts` writes: contiguous, disjoint, together all of them."""
+    if not 0 <= part < parts:
+        raise ValueError(f"part must be in [0, {parts}), got {part}")
+    return range(part * n_shards // parts, (part + 1) * n_shards // parts)
 
 
 def _write_npy(path: Path, array: np.ndarray) -> None:
@@ -150,13 +165,114 @@ class ActivationCache:
             yield shard, self.labels[start : start + len(shard)]
             start += len(shard)
 
-    def load_all(self, pool: Literal["mean"] | None = None) -> Float[np.ndarray, "N ..."]:
-        """Every image's activations in memory: (N, n_tokens, d), or (N, d) mean-pooled over tokens."""
+    def load_all(self, pool: Literal["mean"] | None = None,
+                 max_resident_bytes: int = 256 << 20) -> Float[np.ndarray, "N ..."]:
+        """Every image's activations in memory: (N, n_tokens, d), or (N, d) mean-pooled over tokens (streamed:
+        only the pooled result and `max_resident_bytes` of shards are held)."""
         if pool is None:
             return np.concatenate(self.shards)
         if pool == "mean":
-            return np.concatenate([s.mean(axis=1, dtype=np.float32) for s in self.shards])
+            return np.concatenate([a.mean(axis=1, dtype=np.float32) for _, a in self.stream(max_resident_bytes)])
         raise ValueError(f"pool must be None or 'mean', got {pool!r}")
+
+    @property
+    def bytes_per_image(self) -> int:
+        return self.n_tokens * self.d * np.dtype(self.meta["dtype"]).itemsize
+
+    def stream(self, max_resident_bytes: int, images_per_chunk: int = 0,
+               stats: "StreamStats | None" = None) -> Iterator[tuple[int, Float[np.ndarray, "n T D"]]]:
+        """(first image index, activations) chunks in image order; a chunk never spans two shards.
+
+        At most two chunks are alive at once (the one yielded, the next being read by a thread), each at most
+        half of `max_resident_bytes`; a chunk is released when the consumer asks for the next one, so it must
+        not keep references to earlier chunks. `images_per_chunk` fixes the chunk size (for results that must
+        not depend on the budget); 0 = as large as the budget allows. `stats` records what was read.
+        """
+        per_chunk = max_resident_bytes // 2 // self.bytes_per_image
+        if images_per_chunk:
+            if images_per_chunk > per_chunk:
+                raise ValueError(f"{images_per_chunk} images per chunk ({images_per_chunk * self.bytes_per_image:,} "
+                                 f"bytes) need max_resident_bytes >= {2 * images_per_chunk * self.bytes_per_image:,}")
+            per_chunk = images_per_chunk
+        if per_chunk < 1:
+            raise ValueError(f"max_resident_bytes = {max_resident_bytes:,} holds less than two images of "
+                             f"{self.bytes_per_image:,} bytes")
+        stats = stats if stats is not None else StreamStats()
+        plan, start = [], 0
+        for i, shard in enumerate(self.shards):
+            plan += [(start + r, i, r, min(r + per_chunk, len(shard))) for r in range(0, len(shard), per_chunk)]
+            start += len(shard)
+        t0 = time.perf_counter()
+
+        def read(item):
+            _, i, lo, hi = item
+            out = read_rows(shard_path(self.root, i), lo, hi)
+            stats.add(out.nbytes)
+            return out
+
+        with ThreadPoolExecutor(1) as pool:
+            ahead = pool.submit(read, plan[0]) if plan else None
+            for k, item in enumerate(plan):
+                chunk = ahead.result()
+                ahead = pool.submit(read, plan[k + 1]) if k + 1 < len(plan) else None
+                yield item[0], chunk
+                stats.release(chunk.nbytes)
+                del chunk
+        stats.seconds += time.perf_counter() - t0
+
+
+@dataclass
+class StreamStats:
+    """What `ActivationCache.stream` read: bytes, time, and the most bytes of chunks alive at once."""
+
+    bytes_read: int = 0
+    seconds: float = 0.0
+    resident_bytes: int = 0
+    peak_resident_bytes: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.bytes_read += n
+            self.resident_bytes += n
+            self.peak_resident_bytes = max(self.peak_resident_bytes, self.resident_bytes)
+
+    def release(self, n: int) -> None:
+        with self._lock:
+            self.resident_bytes -= n
+
+    @property
+    def gb_per_s(self) -> float:
+        return self.bytes_read / max(self.seconds, 1e-9) / 1e9
+
+
+def read_rows(path: Path, lo: int, hi: int) -> np.ndarray:
+    """Rows [lo, hi) of a C-ordered .npy file, read with plain file reads into a fresh array."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = header(f)
+        if fortran or not 0 <= lo <= hi <= shape[0]:
+            raise CacheError(f"{path}: cannot read rows [{lo}, {hi}) of a {'Fortran' if fortran else ''} {shape} array")
+        out = np.empty((hi - lo, *shape[1:]), dtype)
+        f.seek(lo * int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize, 1)  # from the end of the header
+        if f.readinto(out.reshape(-1).view(np.uint8)) != out.nbytes:
+            raise CacheError(f"{path}: truncated shard")
+    return out
+
+
+def finish_cache(root: Path | str) -> dict[str, Any]:
+    """Mark the cache in `root` complete once every shard and the labels are there (what several writers of
+    disjoint shard ranges do at the end); returns its meta."""
+    root = Path(root)
+    meta = json.loads((root / META).read_text())
+    missing = [i for i in range(meta["n_shards"]) if not shard_path(root, i).exists()]
+    if missing or not (root / LABELS).exists():
+        raise CacheError(f"{root}: cannot finish, shards {missing[:5]} or labels missing")
+    if not meta.get("complete"):
+        meta["complete"] = True
+        atomic_write_bytes(root / META, json.dumps(meta, indent=2, sort_keys=True).encode())
+    return meta
 
 
 def open_cache(root: Path | str) -> ActivationCache:

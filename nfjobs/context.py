@@ -49,6 +49,10 @@ class Context:
     """Minimum seconds between progress lines."""
     resumed_from: str | None = None
     """Where this run picked up earlier work (set by `load_checkpoint` or `mark_resumed`); None on a fresh start."""
+    part: int | None = None
+    """This task's part of a cell run as `parts` tasks (None: the whole cell; see `nfjobs.parts`)."""
+    parts: int = 1
+    """How many tasks the cell runs as."""
 
     @property
     def run_dir(self) -> Path:

@@ -13,6 +13,7 @@ from typing import Any, Iterator, Sequence
 
 from nfjobs.config import SlurmConfig
 from nfjobs.plan import specs
+from nfjobs import parts
 from nfjobs.runner import CellTask, run_cell
 from nfjobs.sweep import Cell
 
@@ -23,7 +24,8 @@ def run_debug(cells: Sequence[Cell], runs_root: Path) -> None:
     with its full traceback."""
     for spec in specs(cells, runs_root):
         print(f"[debug] {spec.kind} {spec.key} ({spec.group})", file=sys.stderr, flush=True)
-        run_cell(spec)
+        for task in parts.task_specs(spec):
+            run_cell(task)
 
 
 # ---------------------------------------------------------------------------------------------- local
@@ -58,16 +60,26 @@ def _environ(overrides: dict[str, str]) -> Iterator[None]:
 
 def packs(cells: Sequence[Cell], cells_per_job: int) -> list[list[Cell]]:
     """Cells run together in one task: up to `cells_per_job` of one stage and the same resources reading the
-    same upstream cells of this launch (so a pack starts when exactly its inputs have ended), in file order."""
+    same upstream cells of this launch (so a pack starts when exactly its inputs have ended), in file order. A
+    cell split into parts (`nfjobs.parts`) is never packed: each of its parts is a task of its own."""
     in_launch = {c.key for c in cells}
     groups: dict[tuple, list[Cell]] = {}
     for c in cells:
         deps = tuple(sorted(d for d in c.deps if d in in_launch))
-        groups.setdefault((c.stage, tuple(sorted(c.slurm.items())), deps), []).append(c)
+        alone = c.key if parts.n_parts(c.config) > 1 else ""
+        groups.setdefault((c.stage, tuple(sorted(c.slurm.items())), deps, alone), []).append(c)
     n = max(1, cells_per_job)
     out = [g[i:i + n] for g in groups.values() for i in range(0, len(g), n)]
     order = {c.key: i for i, c in enumerate(cells)}
     return sorted(out, key=lambda p: order[p[0].key])
+
+
+def submit_pack(executor: Any, pack: list[Any]) -> Any:
+    """Submit one task for a pack of cell specs, or one per part for a cell split into parts (seen as one job)."""
+    tasks = parts.task_specs(pack[0]) if len(pack) == 1 else pack
+    if len(tasks) == 1 or len(pack) > 1:
+        return executor.submit(CellTask(), pack)
+    return parts.PartJobs([executor.submit(CellTask(), [t]) for t in tasks])
 
 
 def run_local(cells: Sequence[Cell], runs_root: Path, log_dir: Path, typed_flags: dict[str, Any],
@@ -126,7 +138,7 @@ def run_local(cells: Sequence[Cell], runs_root: Path, log_dir: Path, typed_flags
             timeout = max(1, int(res.n_hours * 60)) * len(pack)
             executor.update_parameters(timeout_min=timeout, gpus_per_node=len(assigned), visible_gpus=tuple(assigned))
             with _environ(env):
-                job = executor.submit(CellTask(), [by_key[c.key] for c in pack])
+                job = submit_pack(executor, [by_key[c.key] for c in pack])
             running[id(job)] = (job, pack, assigned)
             waiting.remove(pack)
             logs = {"stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)}

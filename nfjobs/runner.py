@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nfjobs import results, typed
+from nfjobs import parts, results, typed
 from nfjobs.context import Context, atomic_write_bytes
 from nfjobs.jobs import load_kind
 from nfjobs.results import result_path, write_rows
@@ -43,6 +43,8 @@ class CellSpec:
     """Cells whose artefacts this one reads: it runs only if all of them ended `ok`, else it is `blocked`."""
     checkpointable: bool = False
     """The kind resumes from its checkpoint, so an interrupted run is requeued (else it fails, saying why)."""
+    part: int | None = None
+    """Which part of a cell split into `parts` tasks this is (None: the whole cell; see `nfjobs.parts`)."""
 
 
 def git_provenance(cwd: str | Path = ".") -> dict[str, Any]:
@@ -103,7 +105,8 @@ def _write_config(spec: CellSpec) -> None:
 def run_cell(spec: CellSpec) -> list[dict[str, Any]]:
     """Run the cell and write its result file: status `ok`; `blocked` (not run) when a cell it reads did not end
     `ok`; or `failed` with the traceback, then re-raise."""
-    ctx = Context(key=spec.key, kind=spec.kind, runs_root=Path(spec.runs_root))
+    ctx = Context(key=spec.key, kind=spec.kind, runs_root=Path(spec.runs_root), part=spec.part,
+                  parts=parts.n_parts(spec.config))
     start = dt.datetime.now(dt.timezone.utc)
     t0 = time.monotonic()
     base = {"sweep": spec.sweep, "key": spec.key, "kind": spec.kind, "group": spec.group}
@@ -111,6 +114,7 @@ def run_cell(spec: CellSpec) -> list[dict[str, Any]]:
     _write_config(spec)
     blocker = results.upstream_blocker(spec.runs_root, spec.deps)
     failure: BaseException | None = None
+    held = None  # the parts lock, held by the part that finalises until the cell's result is written
     if blocker is not None:
         metric_rows, status, error = [{}], "blocked", f"upstream {blocker[0]} {blocker[1]}"
         ctx.log(error)
@@ -118,6 +122,10 @@ def run_cell(spec: CellSpec) -> list[dict[str, Any]]:
         try:
             module = load_kind(spec.kind)
             metric_rows = module.run(spec.config, ctx) or [{}]
+            if spec.part is not None:
+                held, metric_rows = parts.finish(module, spec.config, ctx, metric_rows)
+                if held is None:
+                    return []  # another part writes the result
             status, error = "ok", ""
             metrics_given = metric_rows
         except BaseException as err:  # noqa: BLE001 - record, then re-raise (KeyboardInterrupt included)
@@ -139,7 +147,11 @@ def run_cell(spec: CellSpec) -> list[dict[str, Any]]:
     rows = [{**fixed, **metrics, "status": status, "error": error} for metrics in metric_rows]
     if isinstance(failure, (KeyboardInterrupt, SystemExit)):
         raise failure  # interrupted, not failed: no result, so a relaunch (or the requeue) runs it again
-    write_rows(result_path(spec.runs_root, spec.key), rows)
+    try:
+        write_rows(result_path(spec.runs_root, spec.key), rows)
+    finally:
+        if held is not None:
+            held.close()
     if failure is not None:
         raise failure
     return rows

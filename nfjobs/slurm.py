@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from nfjobs.config import SlurmConfig
-from nfjobs.runner import CellTask
+from nfjobs import parts
 from nfjobs.sweep import Cell
 
 CODE_ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +65,7 @@ def submit_slurm(cells: Sequence[Cell], runs_root: Path, log_dir: Path, typed_fl
     `typed_flags`. Returns {key: submitit job} (cells of one pack share their job)."""
     import submitit
 
-    from nfjobs.local import packs
+    from nfjobs.local import packs, submit_pack
     from nfjobs.plan import specs
     from nfjobs.snapshot import job_env
 
@@ -85,16 +85,18 @@ def submit_slurm(cells: Sequence[Cell], runs_root: Path, log_dir: Path, typed_fl
         params["timeout_min"] *= max(len(pack) for pack in group)  # a pack's limit: n_hours per cell it holds
         if deps:
             extra = dict(params.get("slurm_additional_parameters", {}))
-            extra["dependency"] = "afterany:" + ":".join(sorted({jobs[d].job_id for d in deps}))
+            upstream = {task.job_id for d in deps for task in getattr(jobs[d], "jobs", [jobs[d]])}  # every part
+            extra["dependency"] = "afterany:" + ":".join(sorted(upstream))
             params["slurm_additional_parameters"] = extra
         executor = submitit.AutoExecutor(folder=log_dir / "%j", cluster="slurm",
                                          slurm_max_num_timeout=cfg.max_requeues)
         executor.update_parameters(**params)
-        for start in range(0, len(group), chunk):
-            part = group[start:start + chunk]
+        step = max(1, chunk // max(parts.n_parts(p[0].config) for p in group))  # tasks, not cells, fill an array
+        for start in range(0, len(group), step):
+            part = group[start:start + step]
             try:
                 with executor.batch():
-                    submitted = [executor.submit(CellTask(), [by_key[c.key] for c in pack]) for pack in part]
+                    submitted = [submit_pack(executor, [by_key[c.key] for c in pack]) for pack in part]
             except Exception as err:  # sbatch's own words are the useful part
                 raise SubmissionError(f"sbatch refused the job array: {err}") from err
             jobs.update({c.key: j for pack, j in zip(part, submitted) for c in pack})

@@ -322,3 +322,35 @@ def test_a_relaunch_that_resumes_a_cell_says_so_in_its_row(sweep_file, tmp_path)
     row = results.load(path, tmp_path / "runs").collect().row(0, named=True)
     assert row["run.resumed"] is True and row["run.resumed_from"].startswith("step ")
     assert int(row["run.resumed_from"].split()[1]) >= 1 and row["starts"] == 2 and row["run.slurm_restarts"] == 0
+
+def test_a_cache_in_four_parts_runs_four_tasks_gives_one_result_and_a_lost_part_resumes_alone(sweep_file, tmp_path):
+    import hashlib
+
+    path = sweep_file('[[group]]\nname = "c"\nkind = "cache"\nparts = 4\nshard_size = 2\nbatch_size = 2\n'
+                      'dtype = "float32"\ndata.builtin_n = 40\ndata.val_frac = 0.25\n', "parts.toml")
+    proc = launch(path, tmp_path, "--wait", "--max-parallel", "4")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    df = results.load(path, tmp_path / "runs").collect()
+    cached = df.filter(pl.col("kind") == "cache")
+    assert df.height == 2 and cached["parts"].to_list() == [4, 4] and set(df["status"]) == {"ok"}
+    task_dirs = [d.name for d in (tmp_path / "logs" / "parts").iterdir()]
+    cache_array = cached["run.slurm_array_job_id"][0]
+    assert sorted(d for d in task_dirs if d.startswith(cache_array + "_")) == [f"{cache_array}_{i}" for i in range(4)]
+
+    run_dir = tmp_path / "runs" / cached["key"][0]
+    shards = sorted(run_dir.glob("*/shards/*.npy"))
+    before = {p: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest()) for p in shards}
+    lost = run_dir / "train" / "shards" / "acts_00010.npy"  # the last shard of part 2 (shards 7..10 of 15)
+    lost.unlink()  # as if part 2 had been killed before writing it
+    (run_dir / "parts" / "2-of-4.json").unlink()
+    (run_dir / "result.parquet").unlink()
+    (run_dir / "train" / "meta.json").write_text((run_dir / "train" / "meta.json").read_text()
+                                                 .replace('"complete": true', '"complete": false'))
+    proc = launch(path, tmp_path, "--wait", "--max-parallel", "4")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    after = {p: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest()) for p in shards}
+    assert after[lost][1] == before[lost][1] and after[lost][0] != before[lost][0]  # rewritten, same values
+    assert all(after[p] == before[p] for p in shards if p != lost)  # no other shard touched
+    again = results.load(path, tmp_path / "runs").collect().filter(pl.col("kind") == "cache")
+    assert again.height == 2 and set(again["status"]) == {"ok"}
+    assert json.loads((run_dir / "train" / "meta.json").read_text())["complete"]

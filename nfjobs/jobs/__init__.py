@@ -18,6 +18,7 @@ KINDS: dict[str, str] = {
     "cache": "nfjobs.jobs.cache",
     "probe": "nfjobs.jobs.probe",
     "score": "nfjobs.jobs.score",
+    "sae": "nfjobs.jobs.sae",
     "smoke": "nfjobs.jobs.smoke",
 }
 """Registered job kinds and their modules."""

@@ -7,6 +7,9 @@ K or 3K channels) and `backbone` (per-patch tokens of a torchvision ViT-B/16 or 
 A cell writes one cache per split under `<run_dir>/<split>/` (see `nfjobs.activations`). Sparse context picks
 the same seeded random pixels of each image for every source, so representations are compared on the same
 observations. A requeued or re-run cell resumes at the first missing shard; a finished one is reused.
+A cache too large for one job is written by `parts` tasks at once (see `nfjobs.parts`): each writes its own
+range of shards of every split (`nfjobs.activations.part_shards`) and resumes from its own shards; the last to
+end marks the caches complete and writes the cell's rows, so dependants see a cache only once all parts are done.
 
 Fields read their sparse observations in raster order (the order of a full grid), which set encoders such as the
 Perceiver ignore and sequence encoders need. How many pixels a fraction means is the field's own rule: the model's
@@ -99,12 +102,14 @@ class Config:
     """Images per forward."""
     precision: Literal["auto", "bf16", "fp32"] = runtime_field("auto")
     """Autocast dtype of the field / backbone forward: `auto` = bf16 on CUDA (as the train job), fp32 on CPU."""
+    parts: int = runtime_field(1)
+    """Tasks the cell runs as, each writing a disjoint range of shards (same cache whatever the number)."""
 
     def __post_init__(self):
         if not 0.0 < self.context_frac <= 1.0:
             raise ValueError(f"context_frac must be in (0, 1], got {self.context_frac}")
-        if self.shard_size < 1 or self.batch_size < 1:
-            raise ValueError("shard_size and batch_size must be >= 1")
+        if self.shard_size < 1 or self.batch_size < 1 or self.parts < 1:
+            raise ValueError("shard_size, batch_size and parts must be >= 1")
 
     @property
     def backbone_layer(self) -> str:
@@ -318,7 +323,7 @@ def run(cfg: Config, ctx) -> list[dict]:
 
     import numpy as np
 
-    from nfjobs.activations import META, CacheWriter
+    from nfjobs.activations import LABELS, META, CacheWriter, part_shards
     from nfjobs.data import load_split
 
     rows, todo = [], []
@@ -350,10 +355,12 @@ def run(cfg: Config, ctx) -> list[dict]:
         }
         writer = CacheWriter(cache_dir(ctx.run_dir, split), json.loads(json.dumps(meta)), len(data.images),
                              first.shape[1], first.shape[2], cfg.shard_size, cfg.dtype)
-        writer.write_labels(data.labels, data.traits)
-        missing = writer.missing_shards()
-        if len(missing) < writer.n_shards:
-            ctx.log(f"{split}: resuming at shard {missing[0]} of {writer.n_shards}")
+        if ctx.part is None or not (writer.root / LABELS).exists():
+            writer.write_labels(data.labels, data.traits)
+        mine = part_shards(writer.n_shards, ctx.part, ctx.parts) if ctx.part is not None else range(writer.n_shards)
+        missing = [i for i in writer.missing_shards() if i in mine]
+        if missing and len(missing) < len(mine):
+            ctx.log(f"{split}: resuming at shard {missing[0]} of {mine}")
             ctx.mark_resumed(f"{split} shard {missing[0]}")
         for i in ctx.progress(missing, total=len(missing), desc=f"cache {split}"):
             ids = writer.shard_range(i)
@@ -363,9 +370,27 @@ def run(cfg: Config, ctx) -> list[dict]:
                 # cast on the device: half the bytes to move, and no slow float32 -> float16 pass in numpy
                 parts.append(encode(split, sub, data.images[sub.start : sub.stop]).to(store_dtype).cpu().numpy())
             writer.write_shard(i, np.concatenate(parts))
-        writer.finish()
+        if ctx.part is None:
+            writer.finish()
         elapsed = time.perf_counter() - start
         n_new = sum(len(writer.shard_range(i)) for i in missing)
         rows.append({"cached_split": split, "n_images": writer.n_images, "n_tokens": writer.n_tokens, "d": writer.d,
                      "shards_written": len(missing), "cache_s": elapsed, "images_per_s": n_new / max(elapsed, 1e-9)})
+    return rows
+
+
+def finalise(cfg: Config, ctx, part_rows: list[list[dict]]) -> list[dict]:
+    """Every part has written its shards: mark each split's cache complete; one row per split, summed over the
+    parts (`cache_s` is the slowest part's)."""
+    from nfjobs.activations import finish_cache
+
+    rows = []
+    for split in dict.fromkeys(r["cached_split"] for rows_ in part_rows for r in rows_):
+        split_rows = [r for rows_ in part_rows for r in rows_ if r["cached_split"] == split]
+        meta = finish_cache(cache_dir(ctx.run_dir, split))
+        seconds = max(r["cache_s"] for r in split_rows)
+        written = sum(r["shards_written"] for r in split_rows)
+        rows.append({"cached_split": split, "n_images": meta["n_images"], "n_tokens": meta["n_tokens"],
+                     "d": meta["d"], "shards_written": written, "cache_s": seconds, "parts": len(part_rows),
+                     "images_per_s": sum(r.get("images_per_s", 0.0) for r in split_rows)})
     return rows

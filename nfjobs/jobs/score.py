@@ -57,12 +57,20 @@ class Config:
     """Optimisation steps of the sparse autoencoder."""
     sae_batch: int = 1024
     """Patches per sparse-autoencoder step."""
+    sae: str = ""
+    """`scorer = "sae"`: cell key or run directory of an `sae` cell whose autoencoder scores (its width is the
+    number of prototypes; `sae_*` and `n_prototypes` are then unused); empty = train one here as above."""
     data: DataConfig = field(default_factory=DataConfig)
     """Images of `builtin-pixels` (must be `builtin`); unused for a cache."""
     device: str = runtime_field("auto")
     """`auto` (GPU when visible), `cpu`, `cuda`, `cuda:1`, ..."""
     batch_patches: int = runtime_field(16384)
     """Patches scored at once (bounds the (patches, K) score matrix in memory)."""
+    max_resident_bytes: int = runtime_field(1 << 30)
+    """Cache bytes held in memory at once while scoring (shards are streamed in order, read ahead)."""
+    precision: Literal["auto", "bf16", "fp32"] = runtime_field("auto")
+    """Patch x prototype products of the random scorer: `auto` = bf16 on CUDA (as every job), fp32 on CPU; the
+    other scorers compute in fp32. Image scores and APs are float32 either way."""
 
     def __post_init__(self):
         for name in ("n_prototypes", "train_patches", "kmeans_iters", "sae_steps", "sae_batch"):
@@ -78,6 +86,10 @@ def _looks_like_path(ref: str) -> bool:
 
 def check(cfg: Config) -> list[tuple[str, str]]:
     """A named cache directory must hold both splits with traits; `builtin-pixels` needs the builtin data."""
+    if cfg.sae and cfg.scorer != "sae":
+        return [("sae", f"names an sae cell, which only scorer = 'sae' uses (scorer is {cfg.scorer!r})")]
+    if cfg.sae and _looks_like_path(cfg.sae) and not (Path(cfg.sae).expanduser() / "sae.pt").is_file():
+        return [("sae", f"{cfg.sae} holds no sae.pt (a finished sae cell writes it)")]
     if cfg.activations == BUILTIN_PIXELS:
         if cfg.data.name != "builtin":
             return [("data.name", f"{BUILTIN_PIXELS} cuts the builtin images into patches; got {cfg.data.name!r}")]
@@ -94,10 +106,9 @@ def check(cfg: Config) -> list[tuple[str, str]]:
 
 
 def depends_on(cfg: Config) -> list[str]:
-    """The cache cell this job scores, when named by key."""
-    if cfg.activations == BUILTIN_PIXELS or _looks_like_path(cfg.activations):
-        return []
-    return [cfg.activations]
+    """The cache cell this job scores and the sae cell whose autoencoder scores, when named by key."""
+    refs = [] if cfg.activations == BUILTIN_PIXELS or _looks_like_path(cfg.activations) else [cfg.activations]
+    return refs + ([cfg.sae] if cfg.sae and not _looks_like_path(cfg.sae) else [])
 
 
 def builtin_pixels(data: DataConfig, split: Literal["train", "val"]):
@@ -114,7 +125,8 @@ def builtin_pixels(data: DataConfig, split: Literal["train", "val"]):
 
 
 def _load(cfg: Config, ctx):
-    """Per split: a list of (images, tokens, d) arrays (shards), traits (N, T); plus the trait names."""
+    """Per split: an activation cache (or, for builtin-pixels, a list of one (images, tokens, d) array) and
+    traits (N, T); plus the trait names."""
     if cfg.activations == BUILTIN_PIXELS:
         train, val = builtin_pixels(cfg.data, "train"), builtin_pixels(cfg.data, "val")
         return ([train[0]], train[1]), ([val[0]], val[1]), train[2]
@@ -125,7 +137,12 @@ def _load(cfg: Config, ctx):
     if train.traits is None or val.traits is None:
         raise ValueError(f"{cfg.activations}: the cache has no traits.npy; trait scoring needs a dataset with traits")
     names = train.meta.get("trait_names", ())
-    return (list(train.shards), train.traits), (list(val.shards), val.traits), tuple(names)
+    return (train, train.traits), (val, val.traits), tuple(names)
+
+
+def _shards(source) -> list:
+    """Memory-mapped shards of a cache (or the in-memory arrays of builtin-pixels), for sampling patches."""
+    return list(source.shards) if hasattr(source, "shards") else source
 
 
 def scorer_key(cfg: Config, ctx) -> str:
@@ -134,22 +151,26 @@ def scorer_key(cfg: Config, ctx) -> str:
     if source != BUILTIN_PIXELS:
         meta = (ctx.resolve(source) / "train" / "meta.json").read_text()
         source = hashlib.sha256(meta.encode()).hexdigest()
-    options = {k: v for k, v in asdict(cfg).items() if k not in ("n_train", "device", "batch_patches", "activations")}
+    options = {k: v for k, v in asdict(cfg).items()
+               if k not in ("n_train", "device", "batch_patches", "activations", "max_resident_bytes", "sae",
+                             "precision")}
     if cfg.activations != BUILTIN_PIXELS:
         options.pop("data")
     text = json.dumps({"source": source, **options}, sort_keys=True)
     return f"{cfg.scorer}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
-def _batches(shards, n_tokens_per_batch: int):
-    """(B, P, D) torch tensors in image order, about `n_tokens_per_batch` patches each."""
-    import numpy as np
+def batches(source, n_tokens_per_batch: int, max_resident_bytes: int, stats=None):
+    """(B, P, D) torch tensors in image order, about `n_tokens_per_batch` patches each: a cache is streamed
+    (at most `max_resident_bytes` of it in memory, `stats` counts what was read), arrays are sliced."""
     import torch
 
-    for shard in shards:
-        step = max(1, n_tokens_per_batch // shard.shape[1])
-        for i in range(0, len(shard), step):
-            yield torch.from_numpy(np.array(shard[i : i + step], dtype=np.float32))  # memory-mapped: copy
+    chunks = (source.stream(max_resident_bytes, stats=stats) if hasattr(source, "stream")
+              else ((0, a) for a in source))
+    for _, chunk in chunks:
+        step = max(1, n_tokens_per_batch // chunk.shape[1])
+        for i in range(0, len(chunk), step):
+            yield torch.from_numpy(chunk[i : i + step])  # a view; the scorer casts on the device
 
 
 def _training_patches(shards, n: int, seed: int):
@@ -173,6 +194,18 @@ def _training_patches(shards, n: int, seed: int):
 def _scorer(cfg: Config, ctx, train_shards, device):
     from nfjobs.scoring import scorers
 
+    if cfg.sae:
+        from nfjobs.jobs.sae import sae_file
+
+        path = sae_file(ctx.resolve(cfg.sae))
+        if not path.is_file():
+            raise FileNotFoundError(f"sae: {path} does not exist (has the sae cell finished?)")
+        model, d = scorers.load(path, device), _shards(train_shards)[0].shape[2]
+        if model.mean.shape[0] != d:
+            raise ValueError(f"sae: {cfg.sae} was trained on {model.mean.shape[0]}-dim activations; "
+                             f"{cfg.activations} holds {d}-dim ones")
+        ctx.log(f"scorer: the autoencoder of {path}")
+        return model, 0.0
     path = Path(ctx.runs_root) / "scorers" / f"{scorer_key(cfg, ctx)}.pt"
     ctx.record_output(path)  # --force on this cell retrains it
     if path.exists():
@@ -184,7 +217,7 @@ def _scorer(cfg: Config, ctx, train_shards, device):
     }.get(cfg.scorer, {})
     scorer = scorers.make(cfg.scorer, cfg.n_prototypes, cfg.seed, **options)
     start = time.perf_counter()
-    scorer.train(_training_patches(train_shards, cfg.train_patches, cfg.seed).to(device))
+    scorer.train(_training_patches(_shards(train_shards), cfg.train_patches, cfg.seed).to(device))
     seconds = time.perf_counter() - start
     scorers.save(scorer, path)
     ctx.log(f"scorer {cfg.scorer} ({cfg.n_prototypes} prototypes) trained in {seconds:.1f}s, saved to {path}")
@@ -201,10 +234,19 @@ def run(cfg: Config, ctx) -> list[dict]:
     from nfjobs.scoring import protocol
 
     device = ctx.device() if cfg.device == "auto" else torch.device(cfg.device)
-    (train_shards, train_traits), (val_shards, val_traits), names = _load(cfg, ctx)
-    scorer, seconds_scorer = _scorer(cfg, ctx, train_shards, device)
-    train_scores = protocol.image_scores(scorer, _batches(train_shards, cfg.batch_patches), device)
-    val_scores = protocol.image_scores(scorer, _batches(val_shards, cfg.batch_patches), device)
+    from nfjobs.activations import StreamStats
+    from nfjobs.nf.training import uses_bf16
+
+    (train_src, train_traits), (val_src, val_traits), names = _load(cfg, ctx)
+    scorer, seconds_scorer = _scorer(cfg, ctx, train_src, device)
+    stats, start = StreamStats(), time.perf_counter()
+    dtype = torch.bfloat16 if uses_bf16(cfg.precision, device) else torch.float32
+    train_scores = protocol.image_scores(scorer, batches(train_src, cfg.batch_patches, cfg.max_resident_bytes, stats),
+                                         device, dtype)
+    val_scores = protocol.image_scores(scorer, batches(val_src, cfg.batch_patches, cfg.max_resident_bytes, stats),
+                                       device, dtype)
+    seconds_score = time.perf_counter() - start
+    n_patches = sum(len(s) * s.shape[1] for s in (*_shards(train_src), *_shards(val_src)))
     result = protocol.evaluate(train_scores, torch.from_numpy(train_traits), val_scores,
                                torch.from_numpy(val_traits), cfg.n_train, cfg.seed)
     summary = result.summary()
@@ -219,5 +261,7 @@ def run(cfg: Config, ctx) -> list[dict]:
         "test_ap": float(result.test_ap[t]), "train_pos": int(result.train_pos[t]),
         "test_pos": int(result.test_pos[t]), "prevalence": float(result.prevalence[t]),
     } for t in range(len(result.prototype))]
-    rows.append({"row_type": "summary", **summary, "seconds_scorer": seconds_scorer})
+    rows.append({"row_type": "summary", **summary, "seconds_scorer": seconds_scorer, "seconds_score": seconds_score,
+                 "patches_per_s": n_patches / max(seconds_score, 1e-9), "cache_gb_read": stats.bytes_read / 1e9,
+                 "peak_resident_bytes": stats.peak_resident_bytes})
     return rows

@@ -24,13 +24,14 @@ binary traits such as CUB's (mean prevalence about 0.1) that is a label bug, not
 
 @torch.no_grad()
 def image_scores(
-    scorer: Scorer, batches: Iterable[Float[Tensor, "B P D"]], device: torch.device | str = "cpu"
+    scorer: Scorer, batches: Iterable[Float[Tensor, "B P D"]], device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> Float[Tensor, "N K"]:
-    """Each image's score per prototype: the max over its patches."""
+    """Each image's score per prototype: the max over its patches (computed in `dtype`, returned as float32)."""
     out = []
     for acts in batches:
         b, p, d = acts.shape
-        out.append(scorer(acts.to(device).float().reshape(b * p, d)).view(b, p, -1).amax(1))
+        out.append(scorer(acts.to(device).to(dtype).reshape(b * p, d)).view(b, p, -1).amax(1).float())
     return torch.cat(out)
 
 

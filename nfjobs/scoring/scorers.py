@@ -75,7 +75,7 @@ class RandomVectors(_Base):
         self.directions = w / w.norm(dim=1, keepdim=True)
 
     def __call__(self, activations: Float[Tensor, "B D"]) -> Float[Tensor, "B K"]:
-        return activations @ self.directions.T
+        return activations @ self.directions.to(activations.dtype).T  # bf16 activations: a bf16 matmul
 
 
 def _sq_dists(x: Float[Tensor, "B D"], c: Float[Tensor, "K D"]) -> Float[Tensor, "B K"]:
@@ -160,28 +160,45 @@ class SparseAutoencoder(_Base):
         super().__init__(n_prototypes, seed)
         self.l1, self.lr, self.steps, self.batch = l1, lr, steps, batch
 
+    def init(self, mean: Float[Tensor, " D"], generator: torch.Generator | None = None) -> list[Tensor]:
+        """Fresh parameters around the activations' `mean` (seeded; encoder = decoder transposed, unit decoder
+        rows); returns them, ready for an optimiser."""
+        d, dev = mean.shape[0], mean.device
+        self.mean = mean.float()
+        w_dec = torch.randn(self.k, d, generator=generator or self._generator(dev), device=dev)
+        self.w_dec = (w_dec / w_dec.norm(dim=1, keepdim=True)).requires_grad_()
+        self.w_enc = self.w_dec.detach().T.clone().requires_grad_()
+        self.b_enc = torch.zeros(self.k, device=dev, requires_grad=True)
+        self.b_dec = torch.zeros(d, device=dev, requires_grad=True)
+        return [self.w_enc, self.b_enc, self.w_dec, self.b_dec]
+
+    def losses(self, batch: Float[Tensor, "B D"]) -> tuple[Tensor, Tensor, Float[Tensor, "B K"]]:
+        """(squared reconstruction error, L1 of the codes), each a per-patch mean, and the codes."""
+        x = batch.float() - self.mean
+        codes = torch.relu(x @ self.w_enc + self.b_enc)
+        recon = codes @ self.w_dec + self.b_dec
+        return (recon - x).square().sum(1).mean(), codes.abs().sum(1).mean(), codes
+
+    @torch.no_grad()
+    def normalise_decoder(self) -> None:
+        self.w_dec /= self.w_dec.norm(dim=1, keepdim=True).clamp(min=1e-8)
+
+    def detach(self) -> None:
+        for name in self._state:
+            setattr(self, name, getattr(self, name).detach())
+
     def train(self, activations: Float[Tensor, "N D"]) -> None:
         g = self._generator(activations.device)
         x = activations.float()
-        self.mean = x.mean(0)
-        d, dev = x.shape[1], x.device
-        w_dec = torch.randn(self.k, d, generator=g, device=dev)
-        w_dec = (w_dec / w_dec.norm(dim=1, keepdim=True)).requires_grad_()
-        w_enc = w_dec.detach().T.clone().requires_grad_()
-        b_enc = torch.zeros(self.k, device=dev, requires_grad=True)
-        b_dec = torch.zeros(d, device=dev, requires_grad=True)
-        opt = torch.optim.Adam([w_enc, b_enc, w_dec, b_dec], lr=self.lr)
+        opt = torch.optim.Adam(self.init(x.mean(0), g), lr=self.lr)
         for _ in range(self.steps):
-            batch = x[torch.randint(len(x), (min(self.batch, len(x)),), generator=g, device=dev)] - self.mean
-            codes = torch.relu(batch @ w_enc + b_enc)
-            recon = codes @ w_dec + b_dec
-            loss = (recon - batch).square().sum(1).mean() + self.l1 * codes.abs().sum(1).mean()
+            batch = x[torch.randint(len(x), (min(self.batch, len(x)),), generator=g, device=x.device)]
+            mse, l1, _ = self.losses(batch)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (mse + self.l1 * l1).backward()
             opt.step()
-            with torch.no_grad():
-                w_dec /= w_dec.norm(dim=1, keepdim=True).clamp(min=1e-8)
-        self.w_enc, self.b_enc, self.w_dec, self.b_dec = (t.detach() for t in (w_enc, b_enc, w_dec, b_dec))
+            self.normalise_decoder()
+        self.detach()
 
     def __call__(self, activations: Float[Tensor, "B D"]) -> Float[Tensor, "B K"]:
         return torch.relu((activations.float() - self.mean) @ self.w_enc + self.b_enc)

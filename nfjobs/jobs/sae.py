@@ -1,0 +1,159 @@
+"""The `sae` job kind: a ReLU sparse autoencoder trained on every patch of a cache's training images (seed 004).
+
+Epochs stream the cache in order with at most `max_resident_bytes` of it in memory (see
+`ActivationCache.stream`); the patches of each block of `shuffle_images` images are shuffled (seeded by seed,
+epoch and block) and cut into batches, so the result does not depend on the memory budget. Loss: squared
+reconstruction error + `l1` · L1 of the codes, decoder rows kept at unit norm (`scoring.scorers.SparseAutoencoder`,
+the scorer a `score` cell with `scorer = "sae"` and `sae = <this cell>` uses). A checkpoint after every epoch
+(weights, Adam state, rows so far) lets a requeued job continue at the next epoch.
+
+One row per epoch: `mse` (per patch), `fvu` (mse / variance of the patches), `l1`, `l0` (active latents per
+patch), `frac_dead` (latents that never fired in the epoch), `frac_dense` (latents firing on more than
+`dense_frac` of the patches), and what was read (`gb_read`, `read_gb_per_s`, `peak_resident_bytes`, `patches_per_s`).
+"""
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from nfjobs.config import runtime_field
+
+CHECKPOINTABLE = True
+"""Resumable: a checkpoint per epoch."""
+
+SAE_FILE = "sae.pt"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Train a sparse autoencoder on the patches of a cache's training split."""
+
+    seed: int = 0
+    """Seeds the initialisation and the patch order."""
+    activations: str = ""
+    """Cell key or run directory of a cache cell (its `train/` split is read)."""
+    width: int = 1024
+    """Latents (prototypes a scorer built from it offers)."""
+    l1: float = 1e-3
+    """L1 coefficient on the codes."""
+    lr: float = 1e-3
+    """Adam learning rate."""
+    epochs: int = 4
+    """Passes over every training patch."""
+    batch: int = 4096
+    """Patches per step."""
+    shuffle_images: int = 64
+    """Images whose patches are shuffled together (the unit of reading; must fit in half the memory budget)."""
+    dense_frac: float = 0.1
+    """A latent firing on more than this fraction of an epoch's patches counts as dense."""
+    device: str = runtime_field("auto")
+    """`auto` (GPU when visible), `cpu`, `cuda`, ..."""
+    max_resident_bytes: int = runtime_field(1 << 30)
+    """Cache bytes held in memory at once (shards are streamed in order, one block read ahead)."""
+
+    def __post_init__(self):
+        for name in ("width", "epochs", "batch", "shuffle_images"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.l1 < 0 or self.lr <= 0 or not 0 < self.dense_frac <= 1:
+            raise ValueError("l1 must be >= 0, lr > 0 and dense_frac in (0, 1]")
+
+
+def _looks_like_path(ref: str) -> bool:
+    return "/" in ref or ref.startswith((".", "~"))
+
+
+def check(cfg: Config) -> list[tuple[str, str]]:
+    if not cfg.activations:
+        return [("activations", "name the cell key or run directory of a cache cell")]
+    if _looks_like_path(cfg.activations) and not (Path(cfg.activations).expanduser() / "train" / "meta.json").is_file():
+        return [("activations", f"{cfg.activations} holds no train/meta.json (a cache cell writes it)")]
+    return []
+
+
+def depends_on(cfg: Config) -> list[str]:
+    """The cache cell it trains on, when named by key."""
+    return [] if not cfg.activations or _looks_like_path(cfg.activations) else [cfg.activations]
+
+
+def sae_file(run_dir: Path) -> Path:
+    """Where a finished `sae` cell keeps its autoencoder (a `scorers.save` file)."""
+    return Path(run_dir) / SAE_FILE
+
+
+def _moments(cache, budget: int, device) -> tuple["object", float]:
+    """Mean patch (D,) and mean squared distance of a patch from it, in one streamed pass (float64 sums)."""
+    import torch
+
+    total, sq, n = 0.0, 0.0, 0
+    for _, chunk in cache.stream(budget):
+        x = torch.from_numpy(chunk).to(device).reshape(-1, chunk.shape[2]).double()
+        total, sq, n = total + x.sum(0), sq + x.square().sum(), n + len(x)
+    mean = total / n
+    return mean.float(), float(sq / n - mean.square().sum())
+
+
+def run(cfg: Config, ctx) -> list[dict]:
+    """Train (or finish training) the autoencoder; save it to `sae.pt`; one row per epoch."""
+    problems = check(cfg)
+    if problems:
+        raise ValueError("; ".join(f"{k}: {m}" for k, m in problems))
+    import numpy as np
+    import torch
+
+    from nfjobs.activations import StreamStats, open_cache
+    from nfjobs.scoring import scorers
+
+    device = ctx.device() if cfg.device == "auto" else torch.device(cfg.device)
+    cache = open_cache(ctx.resolve(cfg.activations) / "train")
+    sae = scorers.SparseAutoencoder(cfg.width, cfg.seed, l1=cfg.l1, lr=cfg.lr)
+    state = ctx.load_checkpoint(map_location=device)
+    if state is None:
+        mean, variance = _moments(cache, cfg.max_resident_bytes, device)
+        opt = torch.optim.Adam(sae.init(mean), lr=cfg.lr)
+        state = {"epoch": 0, "rows": [], "variance": variance}
+    else:
+        opt = torch.optim.Adam(sae.init(state["sae"]["mean"].to(device)), lr=cfg.lr)
+        with torch.no_grad():
+            for name in ("w_enc", "b_enc", "w_dec", "b_dec"):
+                getattr(sae, name).copy_(state["sae"][name])
+        opt.load_state_dict(state["opt"])
+        ctx.log(f"resuming at epoch {state['epoch']} of {cfg.epochs}")
+    for epoch in range(state["epoch"], cfg.epochs):
+        stats, start = StreamStats(), time.perf_counter()
+        fires = torch.zeros(cfg.width, device=device)
+        sums = torch.zeros(3, device=device, dtype=torch.float64)  # squared error, L1, L0 (patch sums)
+        n = 0
+        for first, chunk in cache.stream(cfg.max_resident_bytes, cfg.shuffle_images, stats):
+            x = torch.from_numpy(chunk).to(device).reshape(-1, chunk.shape[2])
+            block = first // cfg.shuffle_images
+            g = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.seed, epoch, block]).generate_state(1)[0]))
+            x = x[torch.randperm(len(x), generator=g).to(device)]
+            for i in range(0, len(x), cfg.batch):
+                mse, l1, codes = sae.losses(x[i : i + cfg.batch])
+                opt.zero_grad(set_to_none=True)
+                (mse + cfg.l1 * l1).backward()
+                opt.step()
+                sae.normalise_decoder()
+                m = len(codes)
+                with torch.no_grad():
+                    active = codes > 0
+                    fires += active.sum(0)
+                    sums += torch.stack([mse.detach() * m, l1.detach() * m, active.sum().double()])
+                n += m
+        seconds = time.perf_counter() - start
+        se, l1_sum, l0_sum = (sums / n).tolist()
+        freq = fires / n
+        row = {"epoch": epoch + 1, "mse": se, "fvu": se / max(state["variance"], 1e-12), "l1": l1_sum, "l0": l0_sum,
+               "frac_dead": float((fires == 0).float().mean()), "frac_dense": float((freq > cfg.dense_frac).float().mean()),
+               "patches": n, "epoch_s": seconds, "patches_per_s": n / max(seconds, 1e-9), "gb_read": stats.bytes_read / 1e9,
+               "read_gb_per_s": stats.bytes_read / 1e9 / max(stats.seconds, 1e-9),
+               "peak_resident_bytes": stats.peak_resident_bytes}
+        ctx.log(f"epoch {epoch + 1}/{cfg.epochs}: mse {se:.4g} fvu {row['fvu']:.3f} l0 {l0_sum:.1f} "
+                f"dead {row['frac_dead']:.3f} dense {row['frac_dense']:.3f} ({row['patches_per_s']:.0f} patches/s)")
+        state = {"epoch": epoch + 1, "rows": [*state["rows"], row], "variance": state["variance"],
+                 "sae": {k: v.detach().clone() for k, v in sae.state_dict().items()}, "opt": opt.state_dict()}
+        ctx.save_checkpoint(state)
+    sae.detach()
+    scorers.save(sae, sae_file(ctx.run_dir))
+    return list(state["rows"])

@@ -1,0 +1,118 @@
+"""The `sae` job kind: trains on a cache, statistics per epoch, resumes from its epoch checkpoint to the same
+weights, and is the autoencoder a score cell names."""
+
+import numpy as np
+import pytest
+import torch
+
+from nfjobs.activations import CacheWriter
+from nfjobs.context import Context
+from nfjobs.jobs import KINDS, sae, score
+from nfjobs.scoring import scorers
+
+TINY = dict(width=16, l1=1e-3, lr=3e-3, epochs=3, batch=64, shuffle_images=4, device="cpu")
+
+
+def write_cache(root, n_train=24, n_val=16, tokens=6, d=8, shard_size=5, dtype="float16", seed=0):
+    """Two splits of random activations with three traits, the layout a cache cell writes."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("val", n_val)):
+        w = CacheWriter(root / split, {"source": "test", "split": split, "trait_names": ["a", "b", "c"]},
+                        n_images=n, n_tokens=tokens, d=d, shard_size=shard_size, dtype=dtype)
+        w.write_labels(np.zeros(n, np.int64), rng.random((n, 3)) < [0.5, 0.3, 0.1])
+        for i in range(w.n_shards):
+            w.write_shard(i, rng.normal(size=(len(w.shard_range(i)), tokens, d)).astype(dtype))
+        w.finish()
+    return root
+
+
+class StopAfterFirstEpoch(Context):
+    """Saves the first epoch's checkpoint, then is 'preempted' (as a requeue signal would stop the job)."""
+
+    def save_checkpoint(self, state):
+        super().save_checkpoint(state)
+        raise KeyboardInterrupt
+
+
+def _ctx(tmp_path, key, cls=Context):
+    return cls(key=key, kind="sae", runs_root=tmp_path / "runs")
+
+
+def test_registered_and_checked(tmp_path):
+    assert KINDS["sae"] == "nfjobs.jobs.sae" and sae.CHECKPOINTABLE
+    assert sae.check(sae.Config(activations=str(tmp_path / "nowhere")))[0][0] == "activations"
+    assert sae.depends_on(sae.Config(activations="cache-0123456789ab")) == ["cache-0123456789ab"]
+    with pytest.raises(ValueError):
+        sae.Config(width=0)
+
+
+def test_trains_with_dead_and_dense_statistics_per_epoch(tmp_path):
+    cache = write_cache(tmp_path / "cache")
+    rows = sae.run(sae.Config(activations=str(cache), **TINY), _ctx(tmp_path, "a"))
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and all(r["patches"] == 24 * 6 for r in rows)
+    assert rows[-1]["mse"] < rows[0]["mse"] and 0 < rows[-1]["fvu"] < 1.5
+    for r in rows:
+        assert 0 <= r["frac_dead"] <= 1 and 0 <= r["frac_dense"] <= 1 and 0 <= r["l0"] <= 16
+        assert r["gb_read"] * 1e9 == 24 * 6 * 8 * 2  # every training patch read once per epoch, float16
+    model = scorers.load(sae.sae_file(tmp_path / "runs" / "a"))
+    assert model.n_prototypes == 16
+
+
+def test_an_interrupted_run_resumes_at_the_next_epoch_with_the_same_result(tmp_path):
+    cache = write_cache(tmp_path / "cache")
+    cfg = sae.Config(activations=str(cache), **TINY)
+    whole = sae.run(cfg, _ctx(tmp_path, "whole"))
+    with pytest.raises(KeyboardInterrupt):
+        sae.run(cfg, _ctx(tmp_path, "split", StopAfterFirstEpoch))
+    resumed = sae.run(cfg, _ctx(tmp_path, "split"))
+    assert [r["epoch"] for r in resumed] == [1, 2, 3]
+    for a, b in zip(whole, resumed):
+        assert a["mse"] == pytest.approx(b["mse"], rel=1e-6) and a["frac_dead"] == b["frac_dead"]
+    wa = scorers.load(sae.sae_file(tmp_path / "runs" / "whole")).state_dict()
+    wb = scorers.load(sae.sae_file(tmp_path / "runs" / "split")).state_dict()
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name])
+
+
+def test_a_score_cell_scores_with_the_sae_cell(tmp_path):
+    cache = write_cache(tmp_path / "cache")
+    sae.run(sae.Config(activations=str(cache), **TINY), _ctx(tmp_path, "sae-0123456789ab"))
+    cfg = score.Config(activations=str(cache), scorer="sae", sae="sae-0123456789ab", device="cpu")
+    assert score.depends_on(cfg) == ["sae-0123456789ab"] and score.check(cfg) == []
+    assert score.check(score.Config(activations=str(cache), scorer="pca", sae="x"))[0][0] == "sae"
+    rows = score.run(cfg, Context(key="s", kind="score", runs_root=tmp_path / "runs"))
+    assert rows[-1]["seconds_scorer"] == 0 and all(0 <= r["prototype"] < 16 for r in rows[:-1])
+    # the image scores are the SAE codes' max over patches
+    from nfjobs.activations import open_cache
+    from nfjobs.scoring import protocol
+
+    model = scorers.load(sae.sae_file(tmp_path / "runs" / "sae-0123456789ab"))
+    val = open_cache(cache / "val")
+    scores = protocol.image_scores(model, [torch.from_numpy(val.load_all())])
+    codes = model(torch.from_numpy(val.load_all()).reshape(-1, 8)).view(16, 6, 16).amax(1)
+    torch.testing.assert_close(scores, codes)
+    other = write_cache(tmp_path / "wide", d=12)
+    with pytest.raises(ValueError, match="8-dim activations"):
+        score.run(score.Config(activations=str(other), scorer="sae", sae="sae-0123456789ab", device="cpu"),
+                  Context(key="w", kind="score", runs_root=tmp_path / "runs"))
+
+
+def test_a_sweep_chains_cache_sae_and_score_and_sweeps_the_sae(tmp_path):
+    from nfjobs import sweep
+
+    path = tmp_path / "sae.toml"
+    path.write_text('[[group]]\nname = "c"\nkind = "cache"\nparts = 2\n'
+                    '[[group]]\nname = "s"\nkind = "sae"\nactivations = "@c"\nl1 = [1e-4, 1e-3]\nwidth = [64, 128]\n'
+                    '[[group]]\nkind = "score"\nscorer = "sae"\nactivations = "@c"\nsae = "@s"\n')
+    cells = sweep.expand([path])
+    cache_cell = [c for c in cells if c.kind == "cache"]
+    saes, scores = [c for c in cells if c.kind == "sae"], [c for c in cells if c.kind == "score"]
+    assert len(cache_cell) == 1 and len(saes) == 4 and len(scores) == 4
+    assert {(c.config.l1, c.config.width) for c in saes} == {(1e-4, 64), (1e-4, 128), (1e-3, 64), (1e-3, 128)}
+    assert all(c.deps == (cache_cell[0].key,) for c in saes)
+    assert {c.config.sae for c in scores} == {c.key for c in saes}
+    assert all(set(c.deps) == {cache_cell[0].key, c.config.sae} for c in scores)
+    # `parts` does not change what a cache computes: same cell key as one task
+    one = tmp_path / "one.toml"
+    one.write_text('kind = "cache"\n')
+    assert sweep.expand([one])[0].key == cache_cell[0].key
