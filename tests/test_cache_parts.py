@@ -27,7 +27,7 @@ ROOT = Path(__file__).parent.parent
 
 def _spec(runs: Path, n_parts: int, key: str = "cache-parts", part: int | None = None) -> CellSpec:
     cfg = cache.Config(data=DATA, split="both", shard_size=2, batch_size=2, dtype="float32", parts=n_parts)
-    return CellSpec("cache", cfg, key, "s", "g", str(runs), {}, part)
+    return CellSpec("cache", cfg, key, "s", "g", str(runs), {}, part=part)
 
 
 def _fingerprints(root: Path) -> dict[str, tuple[int, str]]:
