@@ -116,8 +116,8 @@ def test_an_unknown_account_gives_slurms_error_and_submits_nothing(sweep_file, t
 
 
 def test_a_two_stage_sweep_waits_for_its_first_stage(sweep_file, tmp_path):
-    path = sweep_file('[[group]]\nname = "up"\nkind = "kinds.toy"\n'
-                      '[[group]]\nkind = "kinds.toy"\nupstream = "@up"\nhead.width = [1, 2]\n', "stages.toml")
+    path = sweep_file('[[group]]\nname = "up"\nkind = "toy"\n'
+                      '[[group]]\nkind = "toy"\nupstream = "@up"\nhead.width = [1, 2]\n', "stages.toml")
     proc = launch(path, tmp_path, "--wait")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     df = results.load(path, tmp_path / "runs").collect()

@@ -18,7 +18,7 @@ def problems_of(*paths, overrides=()) -> str:
 
 # ------------------------------------------------------------------------------------------ grid semantics
 def test_list_values_are_a_cartesian_grid_and_scalars_override_defaults(sweep_file):
-    cells = expand([sweep_file('kind = "kinds.toy"\n[optim]\nlr = [1e-3, 1e-2]\nweight_decay = 0.1\n'
+    cells = expand([sweep_file('kind = "toy"\n[optim]\nlr = [1e-3, 1e-2]\nweight_decay = 0.1\n'
                                '[head]\nwidth = [4, 8, 16]\n')])
     assert len(cells) == 6
     assert {(c.config.optim.lr, c.config.head.width) for c in cells} == {
@@ -29,20 +29,20 @@ def test_list_values_are_a_cartesian_grid_and_scalars_override_defaults(sweep_fi
 
 
 def test_dotted_keys_equal_nested_tables(sweep_file):
-    a = expand([sweep_file('kind = "kinds.toy"\noptim.lr = 0.5\n', "a.toml")])
-    b = expand([sweep_file('kind = "kinds.toy"\n[optim]\nlr = 0.5\n', "b.toml")])
+    a = expand([sweep_file('kind = "toy"\noptim.lr = 0.5\n', "a.toml")])
+    b = expand([sweep_file('kind = "toy"\n[optim]\nlr = 0.5\n', "b.toml")])
     assert [c.key for c in a] == [c.key for c in b]
 
 
 def test_list_typed_field_takes_a_flat_list_as_one_value_and_a_list_of_lists_as_an_axis(sweep_file):
-    one = expand([sweep_file('kind = "kinds.toy"\nhead.dims = [3, 4, 5]\n', "a.toml")])
+    one = expand([sweep_file('kind = "toy"\nhead.dims = [3, 4, 5]\n', "a.toml")])
     assert [c.config.head.dims for c in one] == [(3, 4, 5)]
-    axis = expand([sweep_file('kind = "kinds.toy"\nhead.dims = [[1], [2, 3]]\n', "b.toml")])
+    axis = expand([sweep_file('kind = "toy"\nhead.dims = [[1], [2, 3]]\n', "b.toml")])
     assert sorted(c.config.head.dims for c in axis) == [(1,), (2, 3)]
 
 
 def test_zip_pairs_axes_and_crosses_with_the_grid(sweep_file):
-    cells = expand([sweep_file('kind = "kinds.toy"\nhead.width = [4, 8]\n'
+    cells = expand([sweep_file('kind = "toy"\nhead.width = [4, 8]\n'
                                '[[zip]]\noptim.lr = [1e-3, 1e-4]\noptim.warmup_steps = [10, 20]\n')])
     pairs = {(c.config.optim.lr, c.config.optim.warmup_steps) for c in cells}
     assert pairs == {(1e-3, 10), (1e-4, 20)}
@@ -64,12 +64,12 @@ name = "two-stage"
 
 [[group]]
 name = "up"
-kind = "kinds.toy"
+kind = "toy"
 head.width = [4, 8]
 
 [[group]]
 name = "down"
-kind = "kinds.toy"
+kind = "toy"
 upstream = "@up"
 optim.lr = [0.1, 0.2]
 
@@ -79,7 +79,7 @@ kind = "smoke"
 ''')])
     up = [c for c in cells if c.group == "up"]
     down = [c for c in cells if c.group == "down"]
-    assert len(up) == 2 and len(down) == 4 and {c.kind for c in cells} == {"kinds.toy", "smoke"}
+    assert len(up) == 2 and len(down) == 4 and {c.kind for c in cells} == {"toy", "smoke"}
     assert {c.config.upstream for c in down} == {c.key for c in up}  # an axis over the referenced cells
     assert all(c.stage == 0 for c in up) and all(c.stage == 1 for c in down)
     assert all(len(c.deps) == 1 and c.deps[0] in {u.key for u in up} for c in down)
@@ -88,26 +88,26 @@ kind = "smoke"
 
 def test_group_tables_merge_with_the_files_tables_key_by_key(sweep_file):
     cells = expand([sweep_file('optim = { lr = 0.5, warmup_steps = 7 }\n'
-                               '[[group]]\nkind = "kinds.toy"\noptim = { lr = 0.25 }\n')])
+                               '[[group]]\nkind = "toy"\noptim = { lr = 0.25 }\n')])
     assert [(c.config.optim.lr, c.config.optim.warmup_steps) for c in cells] == [(0.25, 7)]
 
 
 def test_top_level_fields_are_shared_by_every_group(sweep_file):
     cells = expand([sweep_file('seed = 5\n[sweep]\nseeds = "fixed"\n'
-                               '[[group]]\nkind = "smoke"\n[[group]]\nkind = "kinds.toy"\n')])
+                               '[[group]]\nkind = "smoke"\n[[group]]\nkind = "toy"\n')])
     assert [c.config.seed for c in cells] == [5, 5]
 
 
 # ------------------------------------------------------------------------------------------ precedence
 def test_typed_flags_beat_the_sweep_even_when_equal_to_the_default(sweep_file):
-    path = sweep_file('kind = "kinds.toy"\n[optim]\nlr = 0.5\nwarmup_steps = [1, 2]\n')
+    path = sweep_file('kind = "toy"\n[optim]\nlr = 0.5\nwarmup_steps = [1, 2]\n')
     cells = expand([path], [Override("optim.lr", "0.001")])  # 1e-3 is OptimConfig's default
     assert {c.config.optim.lr for c in cells} == {0.001}
     assert {c.config.optim.warmup_steps for c in cells} == {1, 2}
 
 
 def test_typed_flag_unknown_to_every_kind_is_an_error_with_a_suggestion(sweep_file):
-    msg = problems_of(sweep_file('kind = "kinds.toy"\n'), overrides=[Override("optim.lrr", "1")])
+    msg = problems_of(sweep_file('kind = "toy"\n'), overrides=[Override("optim.lrr", "1")])
     assert "--optim.lrr" in msg and "optim.lr" in msg
 
 
@@ -118,32 +118,32 @@ def test_typed_flag_with_a_wrong_type_names_the_flag(sweep_file):
 
 # ------------------------------------------------------------------------------------------ seeds and keys
 def test_derived_seeds_are_distinct_deterministic_and_stable_when_the_grid_grows(sweep_file):
-    small = expand([sweep_file('kind = "kinds.toy"\nhead.width = [4, 8]\n', "a.toml")])
-    big = expand([sweep_file('kind = "kinds.toy"\nhead.width = [2, 4, 8]\n', "b.toml")])
+    small = expand([sweep_file('kind = "toy"\nhead.width = [4, 8]\n', "a.toml")])
+    big = expand([sweep_file('kind = "toy"\nhead.width = [2, 4, 8]\n', "b.toml")])
     seeds = {c.config.head.width: c.config.seed for c in small}
     assert len(set(seeds.values())) == 2
     assert {c.config.head.width: c.config.seed for c in big if c.config.head.width in seeds} == seeds
     assert {c.key for c in small} <= {c.key for c in big}  # so a relaunch skips the finished ones
-    again = expand([sweep_file('kind = "kinds.toy"\nhead.width = [4, 8]\n', "c.toml")])
+    again = expand([sweep_file('kind = "toy"\nhead.width = [4, 8]\n', "c.toml")])
     assert [c.config.seed for c in again] == [c.config.seed for c in small]
 
 
 def test_a_swept_seed_is_used_as_is(sweep_file):
-    cells = expand([sweep_file('kind = "kinds.toy"\nseed = [0, 1, 2]\nhead.width = [4, 8]\n')])
+    cells = expand([sweep_file('kind = "toy"\nseed = [0, 1, 2]\nhead.width = [4, 8]\n')])
     assert sorted(c.config.seed for c in cells) == [0, 0, 1, 1, 2, 2]
 
 
 def test_fixed_seed_policy_keeps_the_base_seed(sweep_file):
-    cells = expand([sweep_file('kind = "kinds.toy"\nseed = 3\nhead.width = [4, 8]\n[sweep]\nseeds = "fixed"\n')])
+    cells = expand([sweep_file('kind = "toy"\nseed = 3\nhead.width = [4, 8]\n[sweep]\nseeds = "fixed"\n')])
     assert [c.config.seed for c in cells] == [3, 3]
 
 
 def test_key_ignores_runtime_fields_and_depends_on_everything_else(sweep_file):
-    a = expand([sweep_file('kind = "kinds.toy"\nlog_every = 1\n[sweep]\nseeds = "fixed"\n', "a.toml")])[0]
-    b = expand([sweep_file('kind = "kinds.toy"\nlog_every = 99\n[sweep]\nseeds = "fixed"\n', "b.toml")])[0]
-    c = expand([sweep_file('kind = "kinds.toy"\nhead.width = 9\n[sweep]\nseeds = "fixed"\n', "c.toml")])[0]
+    a = expand([sweep_file('kind = "toy"\nlog_every = 1\n[sweep]\nseeds = "fixed"\n', "a.toml")])[0]
+    b = expand([sweep_file('kind = "toy"\nlog_every = 99\n[sweep]\nseeds = "fixed"\n', "b.toml")])[0]
+    c = expand([sweep_file('kind = "toy"\nhead.width = 9\n[sweep]\nseeds = "fixed"\n', "c.toml")])[0]
     assert a.key == b.key != c.key
-    assert a.key == cell_key("kinds.toy", a.config)
+    assert a.key == cell_key("toy", a.config)
     assert a.key.startswith("toy-")
 
 
@@ -180,7 +180,7 @@ def test_problems_from_several_files_are_all_reported(sweep_file):
 
 
 def test_a_table_given_as_a_value_is_explained(sweep_file):
-    assert "is a table of settings" in problems_of(sweep_file('kind = "kinds.toy"\noptim = 3\n'))
+    assert "is a table of settings" in problems_of(sweep_file('kind = "toy"\noptim = 3\n'))
 
 
 def test_an_empty_grid_is_an_error(sweep_file):
