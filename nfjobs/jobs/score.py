@@ -94,8 +94,8 @@ def check(cfg: Config) -> list[tuple[str, str]]:
 
 
 def depends_on(cfg: Config) -> list[str]:
-    """The cache cell this job scores, when named by key."""
-    if cfg.activations == BUILTIN_PIXELS or _looks_like_path(cfg.activations):
+    """The cache cell this job scores (a key or a run dir)."""
+    if cfg.activations in (BUILTIN_PIXELS, ""):
         return []
     return [cfg.activations]
 
