@@ -126,9 +126,11 @@ def test_local_mode_shares_a_gpu_between_cells_only_when_asked(sweep_file, tmp_p
 
 def test_a_reference_to_a_cell_outside_the_launch_with_no_result_is_refused(sweep_file, tmp_path, capsys):
     path = sweep_file('kind = "toy"\nupstream = "toy-000000000000"\n')
-    # a literal key is not a dependency the launcher can see, so the cell runs and fails clearly
-    with pytest.raises(FileNotFoundError, match="toy-000000000000"):
+    # references are resolved at validation: nothing runs
+    with pytest.raises(SystemExit) as info:
         run_launch("--sweep", str(path), "--debug", runs=tmp_path / "runs")
+    assert info.value.code == 2 and "upstream: 'toy-000000000000': no cell of this launch" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_two_stage_sweep_runs_upstream_first(sweep_file, tmp_path):

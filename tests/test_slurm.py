@@ -184,3 +184,43 @@ def test_relaunching_while_cells_are_queued_or_running_does_not_submit_them_twic
     assert "nothing to do" in again.stdout
     assert manifest_jobs(tmp_path, "twice") == first
     subprocess.run(["scancel", next(iter(first.values())).split("_")[0]], check=True)
+
+
+@pytest.mark.parametrize("how", ["sweep", "flag"])
+def test_an_sbatch_injection_through_extra_is_refused_and_nothing_is_submitted(sweep_file, tmp_path, how):
+    marker = tmp_path / "injected"
+    payload = f"comment=x\ntouch {marker}"
+    if how == "sweep":
+        path = sweep_file(f'kind = "smoke"\n[slurm]\nextra = ["comment=x\\ntouch {marker}"]\n', "inject.toml")
+        proc = launch(path, tmp_path, "--wait")
+    else:
+        path = sweep_file('kind = "smoke"\n', "inject.toml")
+        proc = launch(path, tmp_path, "--wait", "--sbatch", payload)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "control character" in proc.stderr and "Traceback" not in proc.stderr
+    assert ("slurm.extra[0]" if how == "sweep" else "--sbatch") in proc.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "logs").exists()
+    time.sleep(2)
+    assert not marker.exists()
+
+
+def test_every_slurm_parameter_reaches_the_job_script_intact(sweep_file, tmp_path):
+    path = sweep_file('kind = "smoke"\nlabel = ["a", "b"]\n'
+                      '[slurm]\nn_hours = 0.25\nextra = ["comment=nfjobs-i12-check", "nice=7"]\n', "params.toml")
+    proc = subprocess.run(
+        [sys.executable, "launch.py", "--sweep", str(path), "--runs-root", str(tmp_path / "runs"), "--log-root",
+         str(tmp_path / "logs"), "--slurm-acct", ACCOUNT, "--slurm-partition", "gpu", "--gpus-per-node", "1",
+         "--cpus-per-task", "1", "--max-parallel", "1", "--wait"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (script,) = [p.read_text() for p in (tmp_path / "logs" / "params").glob("*/*_submission.sh")]
+    lines = [ln for ln in script.splitlines() if ln.startswith("#SBATCH")]
+    for want in (f"--account={ACCOUNT}", "--partition=gpu", "--time=15", "--gpus-per-node=1", "--cpus-per-task=1",
+                 "--array=0-1%1", "--comment=nfjobs-i12-check", "--nice=7"):
+        assert f"#SBATCH {want}" in lines, (want, lines)
+    jobs = manifest_jobs(tmp_path, "params")
+    array = next(iter(jobs.values())).split("_")[0]
+    out = subprocess.run(["sacct", "-n", "-P", "-X", "-j", array, "-o", "Partition,Account,Timelimit"],
+                         capture_output=True, text=True, timeout=30).stdout
+    assert out.splitlines() and all(ln.split("|")[:3] == ["gpu", ACCOUNT, "00:15:00"] for ln in out.splitlines())
+    assert results.load(path, tmp_path / "runs").collect()["status"].to_list() == ["ok", "ok"]
