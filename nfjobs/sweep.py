@@ -10,7 +10,6 @@ import functools
 import hashlib
 import itertools
 import json
-import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -190,7 +189,9 @@ def _check_cell(info: _KindInfo, cfg: Any, flat: dict[str, Any], launch: "_Launc
             deps.append(ref)
             in_launch.add(dotted)
             continue
-        run_dir, why = resolve_reference(launch.runs_root, ref)
+        if ref not in launch.found:  # thousands of cells may read the same finished cell
+            launch.found[ref] = resolve_reference(launch.runs_root, ref)
+        run_dir, why = launch.found[ref]
         if run_dir is None:
             problems.append((dotted, why))
             in_launch.add(dotted)  # reported once, here
@@ -403,6 +404,8 @@ class _Launch:
     """Keys of the cells built so far: a reference to one of them is a dependency within the launch."""
     counted: int = 0
     """Cells the files read so far will make (counted before they are built)."""
+    found: dict[str, tuple[Path | None, str]] = field(default_factory=dict)
+    """References outside the launch, resolved."""
 
 
 def expand(paths: list[str | Path], overrides: list[Override] = (), sweep_name: str | None = None, *,
