@@ -86,13 +86,16 @@ class Config:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
 
 
+DEFAULTS = Config()
+
+
 def check(cfg: Config) -> list[tuple[str, str]]:
     """The dataset root, options the model family does not use, and the run dir `init_from` names (the launcher
     passes references resolved to run dirs; a cell key of the same launch is checked when it has run)."""
     from nfjobs.data import check as check_data
     from nfjobs.models import foreign_options
 
-    problems = check_data(cfg.data) + foreign_options(cfg, Config())
+    problems = check_data(cfg.data) + foreign_options(cfg, DEFAULTS)
     if "/" in cfg.init_from and not (Path(cfg.init_from).expanduser() / "model.pt").is_file():
         problems.append(("init_from", f"{cfg.init_from} holds no model.pt (not a finished train run dir)"))
     return problems
