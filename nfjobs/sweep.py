@@ -26,7 +26,7 @@ SWEEP_META = {"name", "seeds", "description"}
 SEED_POLICIES = ("derived", "fixed")
 MAX_CELLS = 200_000
 """Default limit on the cells of one launch (`--max-cells` raises it); counted before any cell is built."""
-NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}")
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 """Sweep and group names: they name folders under the runs and log roots."""
 
 
@@ -439,7 +439,7 @@ def expand(paths: list[str | Path], overrides: list[Override] = (), sweep_name: 
     return list(unique.values())
 
 
-NAME_RULE = "expected letters, digits, '_', '-' and '.' (not first), at most 100 characters"
+NAME_RULE = "expected letters, digits, '_', '-' and '.' ('-' and '.' not first), at most 100 characters"
 
 
 def _valid_name(name: Any) -> bool:

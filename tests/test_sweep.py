@@ -412,3 +412,14 @@ def problems_of_at(runs: Path, *paths) -> str:
     with pytest.raises(SweepError) as info:
         expand(list(paths), runs_root=runs)
     return str(info.value)
+
+
+@pytest.mark.parametrize("name", ["../x", ".hidden", "-rf", "a/b", "x" * 101, "", "tab\tname"])
+def test_names_that_could_leave_their_roots_are_refused(name, sweep_file):
+    msg = problems_of(sweep_file(f'kind = "smoke"\n[sweep]\nname = {name!r}\n'.replace("'", '"')))
+    assert "sweep.name: sweep name: expected letters" in msg
+
+
+def test_ordinary_names_are_accepted(sweep_file):
+    cells = expand([sweep_file('[sweep]\nname = "nf_variants-v2.1"\n[[group]]\nname = "sparse.ft"\nkind = "smoke"\n')])
+    assert [(c.sweep, c.group) for c in cells] == [("nf_variants-v2.1", "sparse.ft")]
