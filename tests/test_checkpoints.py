@@ -76,3 +76,13 @@ def test_what_the_jobs_save_loads_back_as_plain_data(tmp_path):
     opt.load_state_dict(back["optim"])
     sched.load_state_dict(back["sched"])
     assert os.path.getsize(ctx.checkpoint_path) > 0
+
+
+def test_a_crafted_scorer_file_is_refused(tmp_path):
+    from nfjobs.scoring import scorers
+
+    marker = tmp_path / "payload-ran"
+    path = _crafted(tmp_path / "scorer.pt", marker)
+    with pytest.raises(UnsafeCheckpoint, match="scorer.pt"):
+        scorers.load(path)
+    assert not marker.exists()
