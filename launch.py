@@ -78,6 +78,8 @@ class Launch:
     """Most time-limit requeues per cell (default 3)."""
     cells_per_gpu: int | None = None
     """Local runs: cells that may share one GPU (default 1: each GPU cell has its GPUs to itself)."""
+    max_cells: int = 200_000
+    """Most cells one launch may have; counted before any cell is built."""
 
 
 @dataclass(frozen=True)
@@ -145,21 +147,23 @@ def fail(msg: str, code: int = 2) -> "NoReturn":  # noqa: F821
 
 def launch(argv: list[str]) -> int:
     from nfjobs import local, plan, slurm, sweep
-    from nfjobs.config import SlurmConfig
+    from nfjobs.config import SlurmConfig, SlurmParameterError
 
     flags = {f.name for f in dataclasses.fields(Launch)}
     rest, overrides = split_overrides(argv, flags)
     args = tyro.cli(Launch, args=rest, description=__doc__)
     try:
-        cells = sweep.expand(list(args.sweep), overrides, sweep_name=args.name)
+        cells = sweep.expand(list(args.sweep), overrides, sweep_name=args.name, runs_root=args.runs_root,
+                             max_cells=args.max_cells)
     except sweep.SweepError as err:
         fail(f"error: the sweep is not valid; nothing was submitted.\n{err}")
 
     typed_slurm = {SLURM_FLAGS[k]: v for k, v in dataclasses.asdict(args).items() if k in SLURM_FLAGS and v is not None}
     try:
         SlurmConfig(**typed_slurm)
-    except (TypeError, ValueError) as err:
-        fail(f"error: {err}")
+    except SlurmParameterError as err:
+        flag = {v: k for k, v in SLURM_FLAGS.items()}[err.field.split("[")[0]].replace("_", "-")
+        fail(f"error: --{flag}: {err.message}; nothing was submitted")
     from nfjobs.models.mamba_install import slow_path_warning
 
     if warning := slow_path_warning(cells, typed_slurm):
@@ -290,9 +294,20 @@ def _sweep_name(target: str) -> str:
     return path.stem if path.suffix == ".toml" else target
 
 
+def kinds(argv: list[str]) -> int:
+    """List the job kinds a sweep may name: built-in, entry points, [tool.nfjobs.kinds] of pyproject.toml."""
+    from nfjobs.jobs import UnknownKind, describe_kinds
+
+    try:
+        print(describe_kinds())
+    except UnknownKind as err:
+        fail(f"error: {err}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"status": status, "report": report}
+    commands = {"status": status, "report": report, "kinds": kinds}
     if argv and argv[0] in commands:
         return commands[argv[0]](argv[1:])
     return launch(argv)

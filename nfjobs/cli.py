@@ -45,12 +45,16 @@ def run_single(kind: str, argv: list[str] | None = None, description: str | None
     """Parse `kind`'s Config from `argv`, run it as one cell and print its result rows."""
     from nfjobs import results
     from nfjobs.runner import RESERVED_COLUMNS, CellSpec, config_columns, git_provenance, run_cell
-    from nfjobs.sweep import cell_key
+    from nfjobs.sweep import cell_key, validate_config
 
     module = load_kind(kind)
     where, rest = _split_where(sys.argv[1:] if argv is None else argv)
     epilog = "Also: --runs-root DIR (default runs), --sweep NAME (default cli), --force (run again)."
     cfg = tyro.cli(module.Config, args=rest, description=(description or module.__doc__ or "") + "\n\n" + epilog)
+    problems = validate_config(kind, cfg, where.runs_root)
+    if problems:  # the checks a sweep cell gets: references, dataset roots, options of the model family
+        print("error: the config is not valid; nothing was run.\n" + "\n".join(problems), file=sys.stderr)
+        return 2
     key = cell_key(kind, cfg)
     if not where.force and results.cell_status(where.runs_root, key) == "ok":
         print(f"{key} already has a result ({results.result_path(where.runs_root, key)}); --force runs it again")

@@ -5,6 +5,8 @@ become `--help` text through tyro. This module imports nothing heavy: the CLI an
 """
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -111,10 +113,53 @@ class SlurmConfig:
     every job GPUs of its own."""
 
     def __post_init__(self):
-        if self.cells_per_gpu < 1:
-            raise ValueError(f"cells_per_gpu must be >= 1, got {self.cells_per_gpu}")
-        if self.n_hours <= 0:
-            raise ValueError(f"n_hours must be > 0, got {self.n_hours}")
-        for item in self.extra:
-            if "=" not in item:
-                raise ValueError(f"extra sbatch parameters are `key=value`, got {item!r}")
+        problems = self.problems()
+        if problems:
+            raise SlurmParameterError(*problems[0])
+
+    def problems(self) -> list[tuple[str, str]]:
+        """`(field, message)` for every value sbatch would misread or refuse. Everything here ends up in a
+        generated job script, one `#SBATCH --name=value` line each: a newline in a value would end that line and
+        start a shell command, so names follow sbatch's option grammar and values hold no control characters."""
+        out: list[tuple[str, str]] = []
+        for name in ("account", "partition", "qos", "constraint"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or _CONTROL.search(value):
+                out.append((name, f"expected text without control characters (newlines, tabs), got {value!r}"))
+        for i, item in enumerate(self.extra):
+            name, eq, value = item.partition("=") if isinstance(item, str) else ("", "", "")
+            if not eq or not _OPTION_NAME.fullmatch(name):
+                out.append((f"extra[{i}]", f"expected `name=value` with an sbatch option name (lower-case letters, "
+                                           f"digits, '-'), got {item!r}"))
+            elif _CONTROL.search(value):
+                out.append((f"extra[{i}]", f"the value of {name!r} holds a control character (a newline would end "
+                                           f"the #SBATCH line and run the rest as shell): {item!r}"))
+            elif name in MANAGED_OPTIONS:
+                out.append((f"extra[{i}]", f"{name!r} is set by the launcher; it cannot be given as an extra"))
+        numbers = {"n_hours": (self.n_hours, "> 0", lambda v: v > 0),
+                   "gpus_per_node": (self.gpus_per_node, ">= 0", lambda v: v >= 0),
+                   "cpus_per_task": (self.cpus_per_task, ">= 1", lambda v: v >= 1),
+                   "mem_gb": (self.mem_gb, ">= 0 (0 = the cluster's default)", lambda v: v >= 0),
+                   "max_parallel": (self.max_parallel, ">= 0 (0 = no limit on Slurm, 2 locally)", lambda v: v >= 0),
+                   "signal_delay_s": (self.signal_delay_s, ">= 0", lambda v: v >= 0),
+                   "max_requeues": (self.max_requeues, ">= 0", lambda v: v >= 0),
+                   "cells_per_gpu": (self.cells_per_gpu, ">= 1", lambda v: v >= 1)}
+        for name, (value, rule, ok) in numbers.items():
+            finite = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not (finite and ok(value)):
+                out.append((name, f"must be {rule}, got {value!r}"))
+        return out
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_OPTION_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
+MANAGED_OPTIONS = frozenset({"array", "output", "error", "job-name", "wrap", "open-mode", "parsable", "dependency"})
+"""sbatch options the launcher writes itself (array indices, log paths, stage dependencies)."""
+
+
+class SlurmParameterError(ValueError):
+    """A Slurm setting sbatch would misread or refuse; `field` is the SlurmConfig field (`extra[0]`, `n_hours`)."""
+
+    def __init__(self, field: str, message: str):
+        self.field, self.message = field, message
+        super().__init__(f"{field}: {message}")

@@ -35,6 +35,25 @@ def atomic_write_with(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
+class UnsafeCheckpoint(ValueError):
+    """A checkpoint that holds more than tensors and plain containers (loading it would run arbitrary code)."""
+
+
+def load_tensors(path: Path | str, map_location: Any = "cpu") -> Any:
+    """A `torch.save` file holding only tensors and plain containers (dicts, lists, numbers, strings), read with
+    `weights_only=True`: a file that needs arbitrary unpickling is refused, never executed."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise UnsafeCheckpoint(f"{path}: not a plain checkpoint (tensors, dicts, lists, numbers and strings only); "
+                               f"it needs arbitrary unpickling, which is refused: {first}") from None
+
+
 @dataclass
 class Context:
     """Run-time services for one cell. `run(cfg, ctx)` of every job kind receives one."""
@@ -96,9 +115,7 @@ class Context:
         """The last saved state, or None on a first start. A requeued job resumes from this."""
         if not self.checkpoint_path.exists():
             return None
-        import torch
-
-        state = torch.load(self.checkpoint_path, map_location=map_location, weights_only=False)
+        state = load_tensors(self.checkpoint_path, map_location)
         at = next((f"{k} {state[k]}" for k in ("epoch", "step", "shard") if isinstance(state, dict) and k in state), "")
         self.mark_resumed(at or "checkpoint")
         return state

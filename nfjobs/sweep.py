@@ -10,6 +10,7 @@ import functools
 import hashlib
 import itertools
 import json
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,15 @@ RESERVED = {"kind", "name", "zip", "group", "slurm", "sweep"}
 """Top-level / group keys that are not config fields."""
 SWEEP_META = {"name", "seeds", "description"}
 SEED_POLICIES = ("derived", "fixed")
+MAX_CELLS = 200_000
+"""Default limit on the cells of one launch (`--max-cells` raises it); counted before any cell is built."""
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
+"""Sweep and group names: they name folders under the runs and log roots."""
+
+
+RUNTIME_AXIS = ("is a runtime field (how or where to run, not what is computed): it is not part of the cell key, "
+               "so a grid over it would collapse to one cell; set one value here, give it per launch as a typed "
+               "flag (--key value), or put each value in its own sweep file")
 
 
 class SweepError(Exception):
@@ -74,6 +84,8 @@ class _KindInfo:
     defaults: dict[str, Any]
     hashed: tuple[str, ...]
     """Sorted dotted keys that enter the cell key (all leaves but runtime fields and `seed`)."""
+    runtime: frozenset[str] = frozenset()
+    """Dotted keys of runtime fields (how or where to run; not in the cell key)."""
 
 
 def _runtime_leaves(cls: type, prefix: str = "") -> set[str]:
@@ -98,8 +110,9 @@ def kind_info(kind: str) -> _KindInfo:
         clash = RESERVED & {k.split(".")[0] for k in leaves}
         if clash:
             raise UnknownKind(f"job kind {kind!r}: config fields {sorted(clash)} clash with reserved sweep keys")
-        hashed = tuple(sorted(set(leaves) - _runtime_leaves(cls) - {"seed"}))
-        _KIND_CACHE[kind] = _KindInfo(kind, module, cls, leaves, typed.defaults_flat(cls), hashed)
+        runtime = frozenset(_runtime_leaves(cls))
+        hashed = tuple(sorted(set(leaves) - runtime - {"seed"}))
+        _KIND_CACHE[kind] = _KindInfo(kind, module, cls, leaves, typed.defaults_flat(cls), hashed, runtime)
     return _KIND_CACHE[kind]
 
 
@@ -122,7 +135,7 @@ def _identity(info: _KindInfo, flat: dict[str, Any]) -> str:
 
 def _key(info: _KindInfo, identity: str, seed: Any) -> str:
     blob = f"[{json.dumps(info.kind)},{identity},{json.dumps(seed)}]"
-    return f"{info.kind.rsplit('.', 1)[-1]}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+    return f"{info.kind}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
 def cell_key(kind: str, config: Any) -> str:
@@ -135,6 +148,70 @@ def cell_key(kind: str, config: Any) -> str:
 def _derived_seed(base: int, identity: str) -> int:
     """base + a stable offset from the rest of the config, so editing the grid does not reshuffle seeds."""
     return base + int.from_bytes(hashlib.sha256(identity.encode()).digest()[:4], "little") % 1_000_000
+
+
+# ---------------------------------------------------------------------------------------------------- references
+CELL_KEY = re.compile(r"[a-z][a-z0-9_]*-[0-9a-f]{12}")
+
+
+def resolve_reference(runs_root: Path, ref: str) -> tuple[Path | None, str]:
+    """The run directory a reference outside the launch names (a cell key, or the path of a run directory under
+    `runs_root`) if it holds a finished (`ok`) cell; else None and what was found instead."""
+    from nfjobs import results
+
+    root = runs_root.resolve()
+    if CELL_KEY.fullmatch(ref):
+        run_dir = root / ref
+    else:
+        run_dir = Path(ref).expanduser().resolve()
+        if run_dir.parent != root:
+            return None, (f"{ref!r} is neither a cell of this launch nor a run directory of the runs root {root} "
+                          "(references name a cell key, `@group`, or <runs root>/<cell key>)")
+    if not run_dir.is_dir():
+        return None, f"{ref!r}: no cell of this launch has that key and {run_dir} does not exist"
+    status = results.cell_status(root, run_dir.name)
+    if status != "ok":
+        return None, f"{ref!r}: {run_dir} is not a finished cell (its result: {status or 'none yet'})"
+    return run_dir, ""
+
+
+def _check_cell(info: _KindInfo, cfg: Any, flat: dict[str, Any], launch: "_Launch") -> tuple[tuple[str, ...], list]:
+    """The kind's own hooks, the launcher's one path for references: every reference `depends_on` names is a
+    cell of this launch or a finished run directory, and `check` then sees the references replaced by those run
+    directories. Returns the cell keys it depends on and the (dotted key, message) problems."""
+    problems: list[tuple[str, str]] = []
+    deps: list[str] = []
+    resolved: dict[str, str] = {}
+    in_launch: set[str] = set()
+    for ref in getattr(info.module, "depends_on", lambda cfg: [])(cfg):
+        dotted = next((k for k, v in flat.items() if v == ref and k not in info.runtime), "depends_on")
+        if ref in launch.keys:
+            deps.append(ref)
+            in_launch.add(dotted)
+            continue
+        if ref not in launch.found:  # thousands of cells may read the same finished cell
+            launch.found[ref] = resolve_reference(launch.runs_root, ref)
+        run_dir, why = launch.found[ref]
+        if run_dir is None:
+            problems.append((dotted, why))
+            in_launch.add(dotted)  # reported once, here
+            continue
+        deps.append(run_dir.name)
+        resolved[dotted] = str(run_dir)
+    check = getattr(info.module, "check", None)
+    if check is not None:
+        checked = typed.build(info.cls, {**flat, **resolved}) if resolved else cfg
+        problems += [(k, m) for k, m in check(checked) if k not in in_launch]  # launch cells have not run yet
+    return tuple(deps), problems
+
+
+def validate_config(kind: str, cfg: Any, runs_root: str | Path = "runs") -> list[str]:
+    """The checks a sweep cell gets, for one config built elsewhere (train.py / probe.py): references and the
+    kind's `check`. Returns problems as `key: message` lines."""
+    info = kind_info(kind)
+    flat = typed.flatten(dataclasses.asdict(cfg))
+    _, problems = _check_cell(info, cfg, flat, _Launch(Path(runs_root), MAX_CELLS))
+    return [f"--{k}: {m}" for k, m in problems]
 
 
 # ---------------------------------------------------------------------------------------------------- parsing
@@ -237,6 +314,9 @@ def _parse_group(p: _Problems, raw: dict[str, Any], common: dict[str, Any], inde
             if not value:
                 p.add(where + key, "empty list: a grid axis needs at least one value")
                 continue
+            if key in info.runtime:
+                p.add(where + key, RUNTIME_AXIS)
+                continue
             group.axes.append(((key,), [(check_point(key, v),) for v in value]))
             group.seeded_axis |= key == "seed"
         else:
@@ -257,6 +337,9 @@ def _parse_group(p: _Problems, raw: dict[str, Any], common: dict[str, Any], inde
             if not isinstance(value, list) or not value:
                 p.add(f"{where}zip[{z}].{key}", f"expected a non-empty list of values to pair, got {value!r}")
                 continue
+            if key in info.runtime:
+                p.add(f"{where}zip[{z}].{key}", RUNTIME_AXIS)
+                continue
             lengths[key] = value
         if len({len(v) for v in lengths.values()}) > 1:
             sizes = ", ".join(f"{k} has {len(v)}" for k, v in lengths.items())
@@ -274,7 +357,18 @@ def _parse_group(p: _Problems, raw: dict[str, Any], common: dict[str, Any], inde
             p.add(f"{where}slurm.{key}", f"unknown Slurm setting{_suggest(key, sorted(slurm_types))}")
         else:
             group.slurm[key] = _check_value(p, f"{where}slurm.{key}", value, slurm_types[key])
+    if None not in group.slurm.values():
+        for field_name, msg in shared.SlurmConfig.problems(_unchecked(shared.SlurmConfig, group.slurm)):
+            p.add(f"{where}slurm.{field_name}", msg)
     return group
+
+
+def _unchecked(cls: type, values: dict[str, Any]) -> Any:
+    """An instance of a frozen dataclass whose `__post_init__` is not run, so every problem can be listed."""
+    obj = object.__new__(cls)
+    for f in dataclasses.fields(cls):
+        object.__setattr__(obj, f.name, values.get(f.name, f.default))
+    return obj
 
 
 def _read(path: Path, p: _Problems) -> dict[str, Any] | None:
@@ -299,16 +393,36 @@ def _apply_overrides(p: _Problems, info: _KindInfo, flat: dict[str, Any], overri
                 p.add(f"--{o.key}", f"expected {err.expected}, got {o.text!r}")
 
 
-def expand(paths: list[str | Path], overrides: list[Override] = (), sweep_name: str | None = None) -> list[Cell]:
-    """All cells of the sweep files, validated; raises SweepError listing every problem found."""
+@dataclass
+class _Launch:
+    """What the files of one launch share while they are expanded."""
+
+    runs_root: Path
+    max_cells: int
+    kinds_seen: set[str] = field(default_factory=set)
+    keys: set[str] = field(default_factory=set)
+    """Keys of the cells built so far: a reference to one of them is a dependency within the launch."""
+    counted: int = 0
+    """Cells the files read so far will make (counted before they are built)."""
+    found: dict[str, tuple[Path | None, str]] = field(default_factory=dict)
+    """References outside the launch, resolved."""
+
+
+def expand(paths: list[str | Path], overrides: list[Override] = (), sweep_name: str | None = None, *,
+           runs_root: str | Path = "runs", max_cells: int = MAX_CELLS) -> list[Cell]:
+    """All cells of the sweep files, validated; raises SweepError listing every problem found. References to
+    cells outside the launch are looked up under `runs_root`."""
     problems: list[str] = []
     cells: list[Cell] = []
-    kinds_seen: set[str] = set()
-    for path in map(Path, paths):
+    launch = _Launch(Path(runs_root), max_cells)
+    kinds_seen = launch.kinds_seen
+    if sweep_name is not None and not _valid_name(sweep_name):
+        problems.append(f"command line: --name: {NAME_RULE}, got {sweep_name!r}")
+    for path in map(Path, paths if not problems else []):
         p = _Problems(str(path))
         data = _read(path, p)
         if data is not None:
-            cells.extend(_expand_file(path, data, list(overrides), p, sweep_name, kinds_seen))
+            cells.extend(_expand_file(path, data, list(overrides), p, sweep_name, launch))
         problems.extend(p.items)
     for o in overrides:  # a typed flag no job kind of the launch understands
         leaves = {k for kind in kinds_seen for k in kind_info(kind).leaves}
@@ -325,8 +439,16 @@ def expand(paths: list[str | Path], overrides: list[Override] = (), sweep_name: 
     return list(unique.values())
 
 
+NAME_RULE = "expected letters, digits, '_', '-' and '.' ('-' and '.' not first), at most 100 characters"
+
+
+def _valid_name(name: Any) -> bool:
+    return isinstance(name, str) and NAME.fullmatch(name) is not None
+
+
 def _expand_file(path: Path, data: dict[str, Any], overrides: list[Override], p: _Problems,
-                 sweep_name: str | None, kinds_seen: set[str]) -> list[Cell]:
+                 sweep_name: str | None, launch: _Launch) -> list[Cell]:
+    kinds_seen = launch.kinds_seen
     meta = data.get("sweep", {})
     for k in meta:
         if k not in SWEEP_META:
@@ -334,6 +456,13 @@ def _expand_file(path: Path, data: dict[str, Any], overrides: list[Override], p:
                                                       "put top-level keys above the first [table]")
             p.add(f"sweep.{k}", f"unknown sweep setting{hint}")
     name = sweep_name or meta.get("name", path.stem)
+    if not _valid_name(name):
+        where = "sweep.name" if "name" in meta and not sweep_name else ""
+        hint = "" if where else " (the sweep is named after the file; set [sweep] name = \"...\")"
+        p.add(where, f"sweep name: {NAME_RULE}, got {name!r}{hint}")
+    for i, g in enumerate(data["group"] if isinstance(data.get("group"), list) else []):
+        if isinstance(g, dict) and "name" in g and not _valid_name(g["name"]):
+            p.add(f"group[{i}].name", f"{NAME_RULE}, got {g['name']!r}")
     seeds = meta.get("seeds", "derived")
     if seeds not in SEED_POLICIES:
         p.add("sweep.seeds", f"expected one of {', '.join(map(repr, SEED_POLICIES))}, got {seeds!r}")
@@ -361,20 +490,35 @@ def _expand_file(path: Path, data: dict[str, Any], overrides: list[Override], p:
     keys_of: dict[str, list[str]] = {}
     stage_of: dict[str, int] = {}
     cells: list[Cell] = []
+    size_of: dict[str, int] = {}
     for g in groups:  # groups referenced by "@name" must come earlier in the file
         for key, ref in g.refs.items():
-            if ref not in keys_of:
+            if ref not in size_of:
                 hint = "it is defined later; move it above" if ref in by_name else \
                     f"no such group; groups: {', '.join(by_name)}"
                 p.add(f"group {g.name}: {key}", f"references @{ref}: {hint}")
         if p.items:
             return []
+        # count before building: the product of the axis lengths, stopping as soon as it passes the limit
+        size = 1
+        for n in [len(pts) for _, pts in g.axes] + [size_of[r] for r in g.refs.values()]:
+            size *= n
+            if launch.counted + size > launch.max_cells:
+                break
+        size_of[g.name] = size
+        launch.counted += size
+        if launch.counted > launch.max_cells:
+            where = f"group {g.name}" if g.name != "main" else ""
+            p.add(where, f"the launch would have more than {launch.max_cells:,} cells (the product of the grid "
+                         "axes' lengths); shrink the grid, split it into several launches, or raise the limit "
+                         "with --max-cells N")
+            return []
+    for g in groups:
         axes = list(g.axes) + [((key,), [(k,) for k in keys_of[ref]]) for key, ref in g.refs.items()]
         info = kind_info(g.kind)
         kinds_seen.add(g.kind)
         stage = 1 + max((stage_of[r] for r in g.refs.values()), default=-1)
         stage_of[g.name] = stage
-        dep_keys = {key for key in g.refs}
         keys_of[g.name] = []
         slurm = dict(g.slurm)
         for point in itertools.product(*[pts for _, pts in axes]):
@@ -395,12 +539,10 @@ def _expand_file(path: Path, data: dict[str, Any], overrides: list[Override], p:
                     return []
                 continue
             key = _key(info, identity, flat.get("seed"))
-            deps = tuple(flat[k] for k in dep_keys)
-            check = getattr(info.module, "check", None)
-            if check is not None:
-                for dotted, msg in check(cfg):
-                    if dotted not in dep_keys:  # those name cells of this launch that have not run yet
-                        p.add(dotted, msg)
+            deps, found = _check_cell(info, cfg, flat, launch)
+            for dotted, msg in found:
+                p.add(dotted, msg)
+            launch.keys.add(key)
             keys_of[g.name].append(key)
             cells.append(Cell(g.kind, cfg, key, name, g.name, stage, str(path), deps, slurm))
     # dedupe repeated check messages (one per cell otherwise)

@@ -8,6 +8,7 @@ tuple[T, ...], tuple[A, B], list[T], `T | None`, and nested dataclasses.
 import dataclasses
 import difflib
 import functools
+import math
 import pathlib
 import types
 import typing
@@ -159,6 +160,8 @@ def coerce(value: Any, tp: Any) -> Any:
         raise TypeMismatch("an integer", value)
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise TypeMismatch("a finite number (nan and inf are refused)", value)
             return float(value)
         raise TypeMismatch("a number", value)
     if tp is str:
@@ -210,7 +213,8 @@ def parse_string(text: str, tp: Any) -> Any:
             raise TypeMismatch("an integer", text) from None
     if tp is float:
         try:
-            return float(text)
+            number = float(text)
         except ValueError:
             raise TypeMismatch("a number", text) from None
+        return coerce(number, float)
     return coerce(text, tp)

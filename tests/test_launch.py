@@ -19,17 +19,17 @@ def run_launch(*args: str, runs: Path) -> int:
 
 
 def test_dry_run_counts_cells_per_kind_and_writes_nothing(sweep_file, tmp_path, capsys):
-    path = sweep_file('[[group]]\nkind = "smoke"\nsteps = [1, 2, 3]\n[[group]]\nkind = "kinds.toy"\n')
+    path = sweep_file('[[group]]\nkind = "smoke"\nsteps = [1, 2, 3]\n[[group]]\nkind = "toy"\n')
     assert run_launch("--sweep", str(path), "--dry-run", runs=tmp_path / "runs") == 0
     out = capsys.readouterr().out
     assert "4 cells" in out
-    assert "smoke" in out and "3 to run" in out and "kinds.toy" in out
+    assert "smoke" in out and "3 to run" in out and "toy" in out
     assert not (tmp_path / "runs").exists()
 
 
 def test_debug_runs_cells_then_a_relaunch_skips_them_and_force_reruns(sweep_file, tmp_path, capsys):
     runs = tmp_path / "runs"
-    path = sweep_file('kind = "kinds.toy"\nhead.width = [4, 8]\n')
+    path = sweep_file('kind = "toy"\nhead.width = [4, 8]\n')
     assert run_launch("--sweep", str(path), "--debug", runs=runs) == 0
     df = results.load(path, runs).collect()
     assert df.height == 4  # 2 cells x 2 rows
@@ -50,7 +50,7 @@ def test_debug_runs_cells_then_a_relaunch_skips_them_and_force_reruns(sweep_file
 
 def test_debug_raises_at_once_and_records_a_failed_row(sweep_file, tmp_path):
     runs = tmp_path / "runs"
-    path = sweep_file('kind = "kinds.toy"\nfail = true\n')
+    path = sweep_file('kind = "toy"\nfail = true\n')
     with pytest.raises(ValueError, match="toy job asked to fail"):
         run_launch("--sweep", str(path), "--debug", runs=runs)
     df = results.load(path, runs).collect()
@@ -60,7 +60,7 @@ def test_debug_raises_at_once_and_records_a_failed_row(sweep_file, tmp_path):
 
 def test_a_metric_clashing_with_a_config_column_fails_the_cell_but_keeps_the_numbers(sweep_file, tmp_path):
     runs = tmp_path / "runs"
-    path = sweep_file('kind = "kinds.toy"\nclash = true\n')
+    path = sweep_file('kind = "toy"\nclash = true\n')
     with pytest.raises(ValueError, match="clash with result columns"):
         run_launch("--sweep", str(path), "--debug", runs=runs)
     df = results.load(path, runs).collect()
@@ -70,14 +70,14 @@ def test_a_metric_clashing_with_a_config_column_fails_the_cell_but_keeps_the_num
 
 def test_typed_override_reaches_the_result_rows(sweep_file, tmp_path):
     runs = tmp_path / "runs"
-    path = sweep_file('kind = "kinds.toy"\n[optim]\nlr = 0.5\n')
+    path = sweep_file('kind = "toy"\n[optim]\nlr = 0.5\n')
     assert run_launch("--sweep", str(path), "--debug", "--optim.lr", "0.001", runs=runs) == 0
     assert results.load(path, runs).collect()["optim.lr"].unique().to_list() == [0.001]
 
 
 def test_local_mode_runs_cells_in_subprocesses_and_reports_failures(sweep_file, tmp_path, capsys):
     runs = tmp_path / "runs"
-    path = sweep_file('kind = "kinds.toy"\nfail = [false, true]\nhead.width = [4, 8]\n')
+    path = sweep_file('kind = "toy"\nfail = [false, true]\nhead.width = [4, 8]\n')
     assert run_launch("--sweep", str(path), "--max-parallel", "2", runs=runs) == 1
     df = results.load(path, runs).collect()
     per_cell = df.group_by("key").agg(pl.col("status").first(), pl.col("fail").first())
@@ -88,9 +88,9 @@ def test_local_mode_runs_cells_in_subprocesses_and_reports_failures(sweep_file, 
 
 def test_local_mode_starts_a_cell_when_its_upstream_ends_not_when_its_stage_does(sweep_file, tmp_path):
     runs = tmp_path / "runs"
-    path = sweep_file('[[group]]\nname = "slow"\nkind = "kinds.toy"\nsleep_s = 6.0\n'
-                      '[[group]]\nname = "up"\nkind = "kinds.toy"\nhead.width = 4\n'
-                      '[[group]]\nname = "down"\nkind = "kinds.toy"\nupstream = "@up"\n')
+    path = sweep_file('[[group]]\nname = "slow"\nkind = "toy"\nsleep_s = 6.0\n'
+                      '[[group]]\nname = "up"\nkind = "toy"\nhead.width = 4\n'
+                      '[[group]]\nname = "down"\nkind = "toy"\nupstream = "@up"\n')
     assert run_launch("--sweep", str(path), "--max-parallel", "3", runs=runs) == 0
     df = results.load(path, runs).collect().group_by("group").agg(pl.col("run.start").min(), pl.col("run.end").max())
     t = {g: (s, e) for g, s, e in df.iter_rows()}
@@ -100,8 +100,8 @@ def test_local_mode_starts_a_cell_when_its_upstream_ends_not_when_its_stage_does
 
 def test_local_mode_reports_results_blocks_dependants_and_records_pids_logs_and_configs(sweep_file, tmp_path, capsys):
     runs = tmp_path / "runs"
-    path = sweep_file('[[group]]\nname = "up"\nkind = "kinds.toy"\nfail = true\n'
-                      '[[group]]\nname = "down"\nkind = "kinds.toy"\nupstream = "@up"\n'
+    path = sweep_file('[[group]]\nname = "up"\nkind = "toy"\nfail = true\n'
+                      '[[group]]\nname = "down"\nkind = "toy"\nupstream = "@up"\n'
                       '[[group]]\nname = "other"\nkind = "smoke"\nlabel = ["a", "b", "c"]\n')
     assert run_launch("--sweep", str(path), "--cells-per-job", "4", runs=runs) == 1
     err = capsys.readouterr().err
@@ -123,9 +123,9 @@ def test_local_mode_reports_results_blocks_dependants_and_records_pids_logs_and_
 def test_local_mode_gives_each_gpu_cell_its_own_gpus_and_the_rest_none(sweep_file, tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
     runs = tmp_path / "runs"
-    path = sweep_file('[[group]]\nname = "gpu"\nkind = "kinds.toy"\nsleep_s = 2.0\nhead.width = [1, 2, 3]\n'
+    path = sweep_file('[[group]]\nname = "gpu"\nkind = "toy"\nsleep_s = 2.0\nhead.width = [1, 2, 3]\n'
                       '[group.slurm]\ngpus_per_node = 1\n'
-                      '[[group]]\nname = "cpu"\nkind = "kinds.toy"\nsleep_s = 1.0\n')
+                      '[[group]]\nname = "cpu"\nkind = "toy"\nsleep_s = 1.0\n')
     assert run_launch("--sweep", str(path), "--max-parallel", "4", runs=runs) == 0
     df = results.load(path, runs).collect().unique("key")
     cpu, gpu = df.filter(pl.col("group") == "cpu"), df.filter(pl.col("group") == "gpu").sort("run.start")
@@ -140,23 +140,25 @@ def test_local_mode_gives_each_gpu_cell_its_own_gpus_and_the_rest_none(sweep_fil
 def test_local_mode_shares_a_gpu_between_cells_only_when_asked(sweep_file, tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
     runs = tmp_path / "runs"
-    path = sweep_file('kind = "kinds.toy"\nsleep_s = 2.0\nhead.width = [1, 2]\n[slurm]\ngpus_per_node = 1\n')
+    path = sweep_file('kind = "toy"\nsleep_s = 2.0\nhead.width = [1, 2]\n[slurm]\ngpus_per_node = 1\n')
     assert run_launch("--sweep", str(path), "--max-parallel", "2", "--cells-per-gpu", "2", runs=runs) == 0
     df = results.load(path, runs).collect().unique("key").sort("run.start")
     assert df["gpus"].to_list() == ["3", "3"] and df["run.start"][1] < df["run.end"][0]
 
 
 def test_a_reference_to_a_cell_outside_the_launch_with_no_result_is_refused(sweep_file, tmp_path, capsys):
-    path = sweep_file('kind = "kinds.toy"\nupstream = "toy-000000000000"\n')
-    # a literal key is not a dependency the launcher can see, so the cell runs and fails clearly
-    with pytest.raises(FileNotFoundError, match="toy-000000000000"):
+    path = sweep_file('kind = "toy"\nupstream = "toy-000000000000"\n')
+    # references are resolved at validation: nothing runs
+    with pytest.raises(SystemExit) as info:
         run_launch("--sweep", str(path), "--debug", runs=tmp_path / "runs")
+    assert info.value.code == 2 and "upstream: 'toy-000000000000': no cell of this launch" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_two_stage_sweep_runs_upstream_first(sweep_file, tmp_path):
     runs = tmp_path / "runs"
-    path = sweep_file('[[group]]\nname = "up"\nkind = "kinds.toy"\n'
-                      '[[group]]\nkind = "kinds.toy"\nupstream = "@up"\nhead.width = [1, 2]\n')
+    path = sweep_file('[[group]]\nname = "up"\nkind = "toy"\n'
+                      '[[group]]\nkind = "toy"\nupstream = "@up"\nhead.width = [1, 2]\n')
     assert run_launch("--sweep", str(path), "--debug", runs=runs) == 0
     df = results.load(path, runs).collect().filter(pl.col("upstream") != "")
     assert df["upstream_ok"].to_list() == ["true"] * 4 or df["upstream_ok"].cast(pl.String).to_list() == ["true"] * 4
@@ -186,7 +188,7 @@ def test_the_cli_validates_a_dry_run_without_importing_torch(tmp_path):
 
 def test_status_and_report_commands(sweep_file, tmp_path, capsys):
     runs = tmp_path / "runs"
-    path = sweep_file('kind = "kinds.toy"\nhead.width = [4, 8]\nseed = [0, 1]\n')
+    path = sweep_file('kind = "toy"\nhead.width = [4, 8]\nseed = [0, 1]\n')
     assert run_launch("--sweep", str(path), "--debug", runs=runs) == 0
     capsys.readouterr()
     assert launch.main(["status", "--sweep", str(path), "--runs-root", str(runs)]) == 0

@@ -75,7 +75,7 @@ def test_reads_an_activation_cache(tmp_path):
             writer.write_shard(i, rng.normal(size=(len(writer.shard_range(i)), 5, 6)).astype(np.float32))
         writer.finish()
     cfg = score.Config(activations=str(cache), scorer="pca", n_prototypes=4, device="cpu")
-    assert score.check(cfg) == [] and score.depends_on(cfg) == []
+    assert score.check(cfg) == [] and score.depends_on(cfg) == [str(cache)]  # a run dir is a reference too
     rows = run(cfg, tmp_path)
     assert [r["trait_name"] for r in rows[:-1]] == ["a", "b", "c"]
     assert rows[-1]["n_traits_no_test_pos"] == 1 and rows[-1]["n_train_images"] == 40

@@ -116,8 +116,8 @@ def test_an_unknown_account_gives_slurms_error_and_submits_nothing(sweep_file, t
 
 
 def test_a_two_stage_sweep_waits_for_its_first_stage(sweep_file, tmp_path):
-    path = sweep_file('[[group]]\nname = "up"\nkind = "kinds.toy"\n'
-                      '[[group]]\nkind = "kinds.toy"\nupstream = "@up"\nhead.width = [1, 2]\n', "stages.toml")
+    path = sweep_file('[[group]]\nname = "up"\nkind = "toy"\n'
+                      '[[group]]\nkind = "toy"\nupstream = "@up"\nhead.width = [1, 2]\n', "stages.toml")
     proc = launch(path, tmp_path, "--wait")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     df = results.load(path, tmp_path / "runs").collect()
@@ -194,11 +194,11 @@ def rows_by_group(path: Path, tmp_path: Path) -> dict[str, dict]:
 
 def test_independent_chains_run_in_parallel_each_cell_waiting_only_for_what_it_reads(sweep_file, tmp_path):
     path = sweep_file(
-        '[[group]]\nname = "train_a"\nkind = "kinds.toy"\nhead.width = 1\nsleep_s = 20.0\n'
-        '[[group]]\nname = "train_b"\nkind = "kinds.toy"\nhead.width = 2\n'
-        '[[group]]\nname = "cache_a"\nkind = "kinds.toy"\nupstream = "@train_a"\n'
-        '[[group]]\nname = "cache_b"\nkind = "kinds.toy"\nupstream = "@train_b"\n'
-        '[[group]]\nname = "probe_b"\nkind = "kinds.toy"\nupstream = "@cache_b"\n', "chains.toml")
+        '[[group]]\nname = "train_a"\nkind = "toy"\nhead.width = 1\nsleep_s = 20.0\n'
+        '[[group]]\nname = "train_b"\nkind = "toy"\nhead.width = 2\n'
+        '[[group]]\nname = "cache_a"\nkind = "toy"\nupstream = "@train_a"\n'
+        '[[group]]\nname = "cache_b"\nkind = "toy"\nupstream = "@train_b"\n'
+        '[[group]]\nname = "probe_b"\nkind = "toy"\nupstream = "@cache_b"\n', "chains.toml")
     proc = launch(path, tmp_path, "--wait")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = rows_by_group(path, tmp_path)
@@ -215,9 +215,9 @@ def test_independent_chains_run_in_parallel_each_cell_waiting_only_for_what_it_r
 
 
 def test_an_upstream_failure_blocks_its_dependants_without_leaving_them_pending(sweep_file, tmp_path):
-    path = sweep_file('[[group]]\nname = "up"\nkind = "kinds.toy"\nfail = true\n'
-                      '[[group]]\nname = "mid"\nkind = "kinds.toy"\nupstream = "@up"\n'
-                      '[[group]]\nname = "down"\nkind = "kinds.toy"\nupstream = "@mid"\n', "blocked.toml")
+    path = sweep_file('[[group]]\nname = "up"\nkind = "toy"\nfail = true\n'
+                      '[[group]]\nname = "mid"\nkind = "toy"\nupstream = "@up"\n'
+                      '[[group]]\nname = "down"\nkind = "toy"\nupstream = "@mid"\n', "blocked.toml")
     proc = launch(path, tmp_path, "--wait")
     assert proc.returncode == 1
     rows = rows_by_group(path, tmp_path)
@@ -239,7 +239,7 @@ def wait_for(predicate, timeout: float = 60, what: str = "") -> None:
 
 
 def test_a_preempted_cell_whose_kind_cannot_resume_is_not_requeued_and_says_why(sweep_file, tmp_path):
-    path = sweep_file('kind = "kinds.toy"\nsleep_s = 40.0\n', "noresume.toml")
+    path = sweep_file('kind = "toy"\nsleep_s = 40.0\n', "noresume.toml")
     assert launch(path, tmp_path).returncode == 0
     ((key, job_id),) = manifest_jobs(tmp_path, "noresume").items()
     wait_for(lambda: (tmp_path / "runs" / key / "config.json").exists(), 60, "the cell to start")
@@ -354,3 +354,42 @@ def test_a_cache_in_four_parts_runs_four_tasks_gives_one_result_and_a_lost_part_
     again = results.load(path, tmp_path / "runs").collect().filter(pl.col("kind") == "cache")
     assert again.height == 2 and set(again["status"]) == {"ok"}
     assert json.loads((run_dir / "train" / "meta.json").read_text())["complete"]
+
+@pytest.mark.parametrize("how", ["sweep", "flag"])
+def test_an_sbatch_injection_through_extra_is_refused_and_nothing_is_submitted(sweep_file, tmp_path, how):
+    marker = tmp_path / "injected"
+    payload = f"comment=x\ntouch {marker}"
+    if how == "sweep":
+        path = sweep_file(f'kind = "smoke"\n[slurm]\nextra = ["comment=x\\ntouch {marker}"]\n', "inject.toml")
+        proc = launch(path, tmp_path, "--wait")
+    else:
+        path = sweep_file('kind = "smoke"\n', "inject.toml")
+        proc = launch(path, tmp_path, "--wait", "--sbatch", payload)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "control character" in proc.stderr and "Traceback" not in proc.stderr
+    assert ("slurm.extra[0]" if how == "sweep" else "--sbatch") in proc.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "logs").exists()
+    time.sleep(2)
+    assert not marker.exists()
+
+
+def test_every_slurm_parameter_reaches_the_job_script_intact(sweep_file, tmp_path):
+    path = sweep_file('kind = "smoke"\nlabel = ["a", "b"]\n'
+                      '[slurm]\nn_hours = 0.25\nextra = ["comment=nfjobs-i12-check", "nice=7"]\n', "params.toml")
+    proc = subprocess.run(
+        [sys.executable, "launch.py", "--sweep", str(path), "--runs-root", str(tmp_path / "runs"), "--log-root",
+         str(tmp_path / "logs"), "--slurm-acct", ACCOUNT, "--slurm-partition", "gpu", "--gpus-per-node", "1",
+         "--cpus-per-task", "1", "--max-parallel", "1", "--wait"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (script,) = [p.read_text() for p in (tmp_path / "logs" / "params").glob("*/*_submission.sh")]
+    lines = [ln for ln in script.splitlines() if ln.startswith("#SBATCH")]
+    for want in (f"--account={ACCOUNT}", "--partition=gpu", "--time=15", "--gpus-per-node=1", "--cpus-per-task=1",
+                 "--array=0-1%1", "--comment=nfjobs-i12-check", "--nice=7"):
+        assert f"#SBATCH {want}" in lines, (want, lines)
+    jobs = manifest_jobs(tmp_path, "params")
+    array = next(iter(jobs.values())).split("_")[0]
+    out = subprocess.run(["sacct", "-n", "-P", "-X", "-j", array, "-o", "Partition,Account,Timelimit"],
+                         capture_output=True, text=True, timeout=30).stdout
+    assert out.splitlines() and all(ln.split("|")[:3] == ["gpu", ACCOUNT, "00:15:00"] for ln in out.splitlines())
+    assert results.load(path, tmp_path / "runs").collect()["status"].to_list() == ["ok", "ok"]

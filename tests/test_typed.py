@@ -46,3 +46,13 @@ def test_integers_round_trip_through_the_command_line(n):
 def test_describe_is_readable():
     assert describe(tuple[int, ...]) == "a list of int"
     assert describe(Literal["a", "b"]) == "one of 'a', 'b'"
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_nan_and_inf_are_refused_from_toml_and_from_flags(value):
+    with pytest.raises(TypeMismatch, match="finite"):
+        coerce(value, float)
+    with pytest.raises(TypeMismatch, match="finite"):
+        parse_string(str(value), float)
+    with pytest.raises(TypeMismatch):
+        coerce([1.0, value], tuple[float, float])

@@ -148,8 +148,8 @@ def check(cfg: Config) -> list[tuple[str, str]]:
 
 
 def depends_on(cfg: Config) -> list[str]:
-    """The train cell whose checkpoint this cache reads, when named by key."""
-    needs = cfg.source in ("nf", "tdsm") and cfg.checkpoint and not _looks_like_path(cfg.checkpoint)
+    """The train cell whose checkpoint this cache reads (a key or a run dir)."""
+    needs = cfg.source in ("nf", "tdsm") and cfg.checkpoint
     return [cfg.checkpoint] if needs else []
 
 
@@ -194,7 +194,9 @@ def _build_backbone(cfg: Config, device):
         raise ValueError(f"{cfg.backbone} has no layer {cfg.backbone_layer!r}; valid: {', '.join(backbone_layers(cfg.backbone))}")
     model = getattr(tvm, cfg.backbone)(**kwargs)
     if cfg.backbone_weights:
-        state = torch.load(Path(cfg.backbone_weights).expanduser(), map_location="cpu", weights_only=True)
+        from nfjobs.context import load_tensors
+
+        state = load_tensors(Path(cfg.backbone_weights).expanduser())
         model.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
     return model.to(device).eval(), dict(model.named_modules())[cfg.backbone_layer]
 

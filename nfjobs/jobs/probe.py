@@ -118,9 +118,9 @@ def _check_with_field(cfg: Config) -> list[tuple[str, str]]:
 
 
 def depends_on(cfg: Config) -> list[str]:
-    """The cache cell (frozen) or train cell (finetune / two_stage) this probe reads, when named by key."""
+    """The cache cell (frozen) or train cell (finetune / two_stage) this probe reads (a key or a run dir)."""
     ref = cfg.activations if cfg.tdsm_mode == "frozen" else cfg.checkpoint
-    return [] if not ref or _looks_like_path(ref) else [ref]
+    return [ref] if ref else []
 
 
 def run(cfg: Config, ctx) -> list[dict]:

@@ -106,9 +106,9 @@ def check(cfg: Config) -> list[tuple[str, str]]:
 
 
 def depends_on(cfg: Config) -> list[str]:
-    """The cache cell this job scores and the sae cell whose autoencoder scores, when named by key."""
-    refs = [] if cfg.activations == BUILTIN_PIXELS or _looks_like_path(cfg.activations) else [cfg.activations]
-    return refs + ([cfg.sae] if cfg.sae and not _looks_like_path(cfg.sae) else [])
+    """The cache cell this job scores and the sae cell whose autoencoder scores (keys or run dirs)."""
+    refs = [] if cfg.activations in (BUILTIN_PIXELS, "") else [cfg.activations]
+    return refs + ([cfg.sae] if cfg.sae else [])
 
 
 def builtin_pixels(data: DataConfig, split: Literal["train", "val"]):

@@ -25,6 +25,10 @@ class Config:
     label: str = ""
     """Free text, so a sweep can make distinct cells."""
 
+    def __post_init__(self):
+        if self.steps < 0 or self.step_seconds < 0:
+            raise ValueError(f"steps and step_seconds must be >= 0, got {self.steps}, {self.step_seconds}")
+
 
 def run(cfg: Config, ctx) -> list[dict]:
     state = ctx.load_checkpoint() or {"step": 0, "starts": 0}

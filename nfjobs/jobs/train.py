@@ -86,11 +86,19 @@ class Config:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
 
 
-def check(cfg: Config) -> list[tuple[str, str]]:
-    """The dataset root; `init_from` is resolved at run time (it may be produced by an earlier stage)."""
-    from nfjobs.data import check as check_data
+DEFAULTS = Config()
 
-    return check_data(cfg.data)
+
+def check(cfg: Config) -> list[tuple[str, str]]:
+    """The dataset root, options the model family does not use, and the run dir `init_from` names (the launcher
+    passes references resolved to run dirs; a cell key of the same launch is checked when it has run)."""
+    from nfjobs.data import check as check_data
+    from nfjobs.models import foreign_options
+
+    problems = check_data(cfg.data) + foreign_options(cfg, DEFAULTS)
+    if "/" in cfg.init_from and not (Path(cfg.init_from).expanduser() / "model.pt").is_file():
+        problems.append(("init_from", f"{cfg.init_from} holds no model.pt (not a finished train run dir)"))
+    return problems
 
 
 def depends_on(cfg: Config) -> list[str]:
@@ -115,11 +123,10 @@ def _from_dict(cls: type, values: dict[str, Any]) -> Any:
 
 def load_trained(run_dir: str | Path, device: Any = "cpu") -> tuple[Any, Config]:
     """The trained model of a finished `train` cell (eval mode, on `device`) and its config."""
-    import torch
-
+    from nfjobs.context import load_tensors
     from nfjobs.models import load_family
 
-    blob = torch.load(Path(run_dir) / "model.pt", map_location=device, weights_only=False)
+    blob = load_tensors(Path(run_dir) / "model.pt", map_location=device)
     cfg = _from_dict(Config, blob["config"])
     model = load_family(cfg.model).build(cfg)
     model.load_state_dict(blob["model"])
@@ -158,7 +165,9 @@ def run(cfg: Config, ctx) -> list[dict]:
         ctx.log(f"resumed after epoch {state['epoch']}")
     elif cfg.init_from:
         source = ctx.resolve(cfg.init_from) / "model.pt"
-        model.load_state_dict(torch.load(source, map_location=device, weights_only=False)["model"])
+        from nfjobs.context import load_tensors
+
+        model.load_state_dict(load_tensors(source, map_location=device)["model"])
         ctx.log(f"initialised from {source}")
     start = state["epoch"] if state else 0
     history: list[float] = state["history"] if state else []

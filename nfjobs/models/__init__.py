@@ -16,6 +16,38 @@ FAMILIES: dict[str, str] = {
     "jepa": "nfjobs.models.jepa",
 }
 """Model family name → module path (the names of `nfjobs.jobs.train.Config.model`)."""
+OPTIONS: dict[str, tuple[str, ...]] = {
+    "perceiver": ("perceiver", "context_frac", "nce_weight", "nce", "jitter"),
+    "ginr": ("ginr",),
+    "jepa": ("jepa",),
+}
+"""The train-job options (top-level fields and sub-config tables) each family reads; the family-specific
+options of the others must keep their defaults (a value there would be silently ignored or rejected late)."""
+FAMILY_SPECIFIC = ("perceiver", "ginr", "jepa", "context_frac", "nce_weight", "nce", "jitter")
+
+
+def foreign_options(cfg, defaults) -> list[tuple[str, str]]:
+    """`(dotted key, message)` for every family-specific option of `cfg` (a train config) that differs from
+    `defaults` but is not one `cfg.model` reads."""
+    import dataclasses
+
+    problems = []
+    for name in FAMILY_SPECIFIC:
+        if name in OPTIONS[cfg.model]:
+            continue
+        value, default = getattr(cfg, name), getattr(defaults, name)
+        if value == default:
+            continue
+        if dataclasses.is_dataclass(value):
+            keys = [f"{name}.{f.name}" for f in dataclasses.fields(value)
+                    if getattr(value, f.name) != getattr(default, f.name)]
+        else:
+            keys = [name]
+        users = [f for f, used in OPTIONS.items() if name in used]
+        for key in keys:
+            problems.append((key, f"model {cfg.model!r} does not use this option (it is for "
+                                  f"{', '.join(users)}); leave it at its default for {cfg.model!r}"))
+    return problems
 
 
 def load_family(name: str) -> ModuleType:

@@ -13,7 +13,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from nfjobs.context import atomic_write_bytes
+from nfjobs.context import atomic_write_bytes, load_tensors
 
 
 @runtime_checkable
@@ -225,7 +225,7 @@ def save(scorer: Scorer, path: Path) -> None:
 
 def load(path: Path, device: torch.device | str = "cpu") -> Scorer:
     """A trained scorer saved by `save` (ready to score; its training options are not needed any more)."""
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    saved = load_tensors(path)
     scorer = make(saved["name"], saved["n_prototypes"])
     scorer.load_state_dict(saved["state"])
     return scorer.to(device)
