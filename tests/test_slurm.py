@@ -247,7 +247,7 @@ def test_a_preempted_cell_whose_kind_cannot_resume_is_not_requeued_and_says_why(
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
     wait_for(lambda: results.cell_status(tmp_path / "runs", key) is not None, 60, "a result")
     row = results.load(path, tmp_path / "runs").collect().row(0, named=True)
-    assert row["status"] == "failed" and "not requeued" in row["error"] and "kinds.toy" in row["error"]
+    assert row["status"] == "failed" and "not requeued" in row["error"] and "'toy'" in row["error"]
     assert row["run.slurm_restarts"] == 0 and row["run.seconds"] < 30
 
 
