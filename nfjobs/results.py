@@ -146,3 +146,27 @@ def to_markdown(df: pl.DataFrame, float_digits: int = 4) -> str:
     rule = "|" + "|".join("---" for _ in df.columns) + "|"
     body = ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.iter_rows()]
     return "\n".join([head, rule, *body])
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+def load_metrics(runs_root: Path | str, key: str, phase: str | None = None) -> pl.DataFrame:
+    """The metrics records of a cell's `metrics.jsonl` (see `nfjobs.metrics`): columns `step`, `wall_s`, `time`,
+    `phase`, `attempt`, then one per metric name (null where a record lacks it); only `phase` when given.
+    Empty (no columns) when the cell has no metrics file. Torn or foreign lines are skipped."""
+    from nfjobs.metrics import METRICS_FILE, RECORD_FIELDS
+
+    path = run_dir_for(runs_root, key) / METRICS_FILE
+    rows = []
+    if path.exists():
+        for line in path.read_bytes().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(rec, dict) or not isinstance(rec.get("metrics"), dict) or "step" not in rec:
+                continue
+            if phase is None or rec.get("phase") == phase:
+                rows.append({**{k: rec.get(k) for k in RECORD_FIELDS}, **rec["metrics"]})
+    if not rows:
+        return pl.DataFrame()
+    return pl.DataFrame(rows, infer_schema_length=None, strict=False)

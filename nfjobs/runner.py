@@ -102,6 +102,8 @@ def run_cell(spec: CellSpec) -> list[dict[str, Any]]:
         failure = err
     else:
         failure = None
+    finally:
+        ctx.close()
     timing = {"run.start": start, "run.end": dt.datetime.now(dt.timezone.utc), "run.seconds": time.monotonic() - t0}
     meta = {**spec.provenance, **_runtime_provenance(), **timing}
     fixed = {**base, **cfg_cols, **meta}

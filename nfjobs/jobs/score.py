@@ -13,6 +13,8 @@ Rows (`row_type` tells them apart):
   else), `constant_map_implausible`, `train_map`, trait and image counts, `seconds_select`, `seconds_scorer`.
   AP is undefined for traits without test positives: they are left out of mAP and counted.
 
+`metrics.jsonl` gets one record per phase: `scorer`, `image_scores`, `select` (mAP, constant mAP, train mAP).
+
 `activations` names a cache cell (key or run directory holding `train/` and `val/`, see `nfjobs.activations`),
 or `builtin-pixels`: the builtin dataset (`data`) cut into 4x4 patches, 64 tokens of 48 pixel values, so the
 whole protocol runs without downloads or a cache cell.
@@ -141,6 +143,11 @@ def scorer_key(cfg: Config, ctx) -> str:
     return f"{cfg.scorer}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
+def _n_batches(shards, n_tokens_per_batch: int) -> int:
+    """How many batches `_batches` yields."""
+    return sum(-(-len(s) // max(1, n_tokens_per_batch // s.shape[1])) for s in shards)
+
+
 def _batches(shards, n_tokens_per_batch: int):
     """(B, P, D) torch tensors in image order, about `n_tokens_per_batch` patches each."""
     import numpy as np
@@ -202,11 +209,20 @@ def run(cfg: Config, ctx) -> list[dict]:
     device = ctx.device() if cfg.device == "auto" else torch.device(cfg.device)
     (train_shards, train_traits), (val_shards, val_traits), names = _load(cfg, ctx)
     scorer, seconds_scorer = _scorer(cfg, ctx, train_shards, device)
-    train_scores = protocol.image_scores(scorer, _batches(train_shards, cfg.batch_patches), device)
-    val_scores = protocol.image_scores(scorer, _batches(val_shards, cfg.batch_patches), device)
-    result = protocol.evaluate(train_scores, torch.from_numpy(train_traits), val_scores,
+    ctx.log_metrics(0, {"seconds_scorer": seconds_scorer, "reused": seconds_scorer == 0.0}, phase="scorer")
+    start = time.perf_counter()
+    scores = {}
+    for split, shards in (("train", train_shards), ("val", val_shards)):
+        batches = ctx.progress(_batches(shards, cfg.batch_patches), total=_n_batches(shards, cfg.batch_patches),
+                               desc=f"score {split} images")
+        scores[split] = protocol.image_scores(scorer, batches, device)
+    ctx.log_metrics(0, {"train_images": len(scores["train"]), "val_images": len(scores["val"]),
+                        "seconds": time.perf_counter() - start}, phase="image_scores")
+    result = protocol.evaluate(scores["train"], torch.from_numpy(train_traits), scores["val"],
                                torch.from_numpy(val_traits), cfg.n_train, cfg.seed)
     summary = result.summary()
+    ctx.log_metrics(0, {k: summary[k] for k in ("map", "constant_map", "train_map", "seconds_select") if k in summary},
+                    phase="select")
     problem = protocol.constant_map_problem(summary["constant_map"])
     if problem:
         ctx.log(f"WARNING: {problem}")
