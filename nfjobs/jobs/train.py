@@ -6,7 +6,7 @@ trained model (the sparse → NCE finetune). The model family (`model`) is a mod
 
 Writes under the run directory: `checkpoint.pt` (every epoch; exact resume), `model.pt`
 ({"config": dict, "model": state_dict}), `train_loss.npy` (loss of every step), `reconstructions.png`
-(rows: ground truth, then reconstructions from each of `GRID_FRACS` of the pixels) and `metrics.jsonl` (phase
+(rows, labelled: ground truth, then reconstructions from each of `GRID_FRACS` of the pixels) and `metrics.jsonl` (phase
 `step`: loss, lr and the family's logs every `ctx.metrics_every_s`; `epoch`: train loss, train time, log means and
 `val_psnr@<frac>` of the curve images; `final`: `val_psnr@<frac>` of the whole validation split).
 Rows: per epoch (`split="val_curve"`, first `curve_images` validation images) and at the end
@@ -128,6 +128,18 @@ def load_trained(run_dir: str | Path, device: Any = "cpu") -> tuple[Any, Config]
     return model.to(device).eval(), cfg
 
 
+def grid_labels() -> list[str]:
+    """What each row of `reconstructions.png` is."""
+    return ["ground truth", *(f"context {f:.0%}" for f in GRID_FRACS)]
+
+
+def grid_title(cfg: Config) -> str:
+    """The field's name in the reconstruction grid (the name its caches get: `perceiver-sparse-nce-ft`)."""
+    from nfjobs.jobs.probe import _field_name
+
+    return _field_name(cfg)
+
+
 def _psnr_name(row: dict) -> str:
     """Metric name of an evaluation row's PSNR: `val_psnr@<eval_context_frac>`, or `val_psnr`."""
     frac = row.get("eval_context_frac")
@@ -245,7 +257,8 @@ def run(cfg: Config, ctx) -> list[dict]:
         reconstruct = getattr(family, "reconstruct", None)
         if reconstruct is not None:
             shown = val[:GRID_IMAGES]
-            T.save_grid(ctx.run_dir / "reconstructions.png", [shown] + [reconstruct(model, shown, f) for f in GRID_FRACS])
+            T.save_grid(ctx.run_dir / "reconstructions.png", [shown] + [reconstruct(model, shown, f) for f in GRID_FRACS],
+                        labels=grid_labels(), title=f"{grid_title(cfg)}: first {len(shown)} val images")
     for r in final:
         if "psnr" in r:
             ctx.log_metrics(int(step), {_psnr_name(r): r["psnr"]}, phase="final")
