@@ -60,17 +60,25 @@ def write_manifest(runs_root: Path | str, manifest: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- loading
+def sweep_name(target: str | Path) -> str:
+    """The sweep a target names: a sweep .toml's [sweep] name (else its stem), or the name itself."""
+    path = Path(target)
+    if path.suffix != ".toml":
+        return str(target)
+    if path.exists():
+        import tomllib
+
+        return tomllib.loads(path.read_text()).get("sweep", {}).get("name", path.stem)
+    return path.stem
+
+
 def result_files(target: str | Path, runs_root: str | Path = "runs") -> list[Path]:
     """Result files of a sweep (its name, or a sweep .toml whose name is its stem / [sweep] name), or of every
     run under a folder."""
     target_path = Path(target)
     if target_path.is_dir():
         return sorted(target_path.rglob(RESULT_FILE))
-    name = target_path.stem if target_path.suffix == ".toml" else str(target)
-    if target_path.suffix == ".toml" and target_path.exists():
-        import tomllib
-
-        name = tomllib.loads(target_path.read_text()).get("sweep", {}).get("name", name)
+    name = sweep_name(target)
     manifest = manifest_path(runs_root, name)
     if not manifest.exists():
         raise FileNotFoundError(f"no sweep named {name!r} under {runs_root} (looked for {manifest})")
