@@ -269,7 +269,10 @@ def report(argv: list[str]) -> int:
     if args.html:
         from nfjobs import html_report
 
-        print(f"wrote {html_report.write(args.sweep, args.runs_root, args.html)}")
+        try:
+            print(f"wrote {html_report.write(args.sweep, args.runs_root, args.html)}")
+        except FileNotFoundError as err:
+            fail(f"error: --html: {err}")
     return 0
 
 

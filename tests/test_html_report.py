@@ -164,3 +164,7 @@ def test_launch_report_html_flag(sweep, tmp_path, capsys):
     assert launch.main(["report", "--sweep", "demo", "--runs-root", str(sweep), "--metric", "accuracy",
                         "--html", str(tmp_path / "site")]) == 0
     assert f"wrote {tmp_path / 'site' / 'index.html'}" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:  # a folder of results has no sweep manifest to draw from
+        launch.main(["report", "--sweep", str(sweep), "--runs-root", str(sweep), "--metric", "accuracy",
+                     "--html", str(tmp_path / "x")])
+    assert exit_info.value.code == 2 and "error: --html: no launched sweep named" in capsys.readouterr().err
