@@ -104,7 +104,8 @@ class Context:
 
     # ---------------------------------------------------------------- logging
     def log(self, msg: str) -> None:
-        print(f"[{self.kind} {self.key}] {msg}", file=sys.stderr, flush=True)
+        clear = "\r\x1b[K" if sys.stderr.isatty() else ""  # over a progress bar's line, not after it
+        print(f"{clear}[{self.kind} {self.key}] {msg}", file=sys.stderr, flush=True)
 
     def log_metrics(self, step: int, metrics: dict[str, Any], phase: str = "") -> None:
         """Append a record (step, wall time since the cell started, phase, attempt, numeric metrics) to
