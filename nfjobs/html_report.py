@@ -28,7 +28,7 @@ STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.85em}
 th,td{border:1px solid #ccc;padding:.25em .5em;text-align:right}th{background:#f2f2f2}
-td.t,th.t{text-align:left}.ok{color:#1a7f37}.failed,.blocked,.cancelled{color:#c62828}.none{color:#888}
+td.t,th.t{text-align:left}.ok{color:#1a7f37}.failed,.blocked,.cancelled{color:#c62828}.noresult{color:#888}
 img{max-width:100%;border:1px solid #ddd;margin:.25em 0}figure{display:inline-block;margin:0 1em 1em 0}
 pre{background:#f6f6f6;padding:.5em;overflow:auto}code{font-size:.9em}
 """
@@ -143,7 +143,7 @@ def _with_fields(rows: pl.DataFrame) -> pl.DataFrame:
     return rows.with_columns(plots.field_labels(rows))
 
 
-def _tables_and_figures(rows: pl.DataFrame, runs_root: Path, cells: dict[str, dict], out: Path) -> tuple[str, str]:
+def _tables_and_figures(rows: pl.DataFrame, runs_root: Path, out: Path) -> tuple[str, str]:
     """HTML of the summary tables and of the figures (written to `out/plots/`) for the kinds present."""
     from nfjobs.probes.report import summary as probe_summary
     from nfjobs.scoring.report import table as score_table
@@ -263,7 +263,7 @@ def write(sweep: str, runs_root: Path | str, out_dir: Path | str) -> Path:
     states = {key: outcome(runs_root, key) if safe_key(key) else ("no result", "") for key in cells}
     rows = results.load(name, runs_root, warn=False).collect()
     out.mkdir(parents=True, exist_ok=True)
-    tables, figures = _tables_and_figures(rows, runs_root, cells, out) if not rows.is_empty() else ("", "")
+    tables, figures = _tables_and_figures(rows, runs_root, out) if not rows.is_empty() else ("", "")
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body = (f"<p>Runs root <code>{esc(runs_root)}</code>, written {esc(stamp)}.</p>"
             + _status_section(cells, states) + _failures_section(cells, states) + tables + figures
