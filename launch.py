@@ -114,6 +114,8 @@ class Report:
     """Write the table to this file instead of printing it."""
     level: float = 0.95
     """Confidence level of the bootstrap interval."""
+    html: str = ""
+    """Also write a static HTML page of the sweep (status, failures, tables, figures, cells) to this folder."""
 
 
 def split_overrides(argv: list[str], flags: set[str]) -> tuple[list[str], list["Override"]]:
@@ -282,6 +284,13 @@ def report(argv: list[str]) -> int:
         print(f"wrote {args.out}")
     else:
         print(text)
+    if args.html:
+        from nfjobs import html_report
+
+        try:
+            print(f"wrote {html_report.write(args.sweep, args.runs_root, args.html)}")
+        except FileNotFoundError as err:
+            fail(f"error: --html: {err}")
     return 0
 
 

@@ -31,7 +31,6 @@ import json
 import math
 import os
 import platform
-import re
 import shutil
 import signal
 import sys
@@ -63,15 +62,14 @@ class StopTraining(Exception):
 
 
 class SessionContext(Context):
-    """A `Context` that keeps checkpoints in memory, records per-epoch log values, and stops training gracefully
-    when the next epoch would end after `soft_deadline` (time.perf_counter() seconds)."""
+    """A `Context` that keeps checkpoints in memory and stops training gracefully when the next epoch would end
+    after `soft_deadline` (time.perf_counter() seconds)."""
 
     def __init__(self, key: str, kind: str, runs_root: Path, soft_deadline: float = math.inf, epochs: int = 0):
         super().__init__(key=key, kind=kind, runs_root=runs_root)
         self.soft_deadline = soft_deadline
         self.epochs = epochs
         self.state: dict | None = None
-        self.epoch_logs: list[dict] = []
         self._last = time.perf_counter()
         self._durations: list[float] = []
 
@@ -88,19 +86,17 @@ class SessionContext(Context):
         if now + predicted > self.soft_deadline and state["epoch"] < self.epochs:
             raise StopTraining(state)
 
-    def log(self, msg: str) -> None:
-        super().log(msg)
-        m = re.match(r"epoch (\d+)/(\d+) ", msg)
-        if m:
-            values = {k: _num(v) for k, v in re.findall(r"([\w@.]+)=([-+\w.]+)", msg)}
-            self.epoch_logs.append({"epoch": int(m.group(1)), "t": time.perf_counter(), **values})
 
 
-def _num(v: str):
-    try:
-        return float(v.rstrip("s"))
-    except ValueError:
-        return v
+def epoch_logs(ctx: Context) -> list[dict]:
+    """The `epoch` records of this run's metrics.jsonl (latest attempt): `epoch`, `loss` (mean train loss), the
+    family's log means (`psnr`, `alpha`, `jepa`, ...), `val_psnr@<frac>` of the curve images, `wall_s`."""
+    from nfjobs.results import load_metrics
+
+    table = load_metrics(ctx.runs_root, ctx.key, phase="epoch")
+    if table.is_empty():
+        return []
+    return table.filter(table["attempt"] == table["attempt"].max()).rename({"train_loss": "loss"}).to_dicts()
 
 
 @contextlib.contextmanager
@@ -275,8 +271,9 @@ def train_once(s: Session, cfg, key: str, soft_deadline: float) -> dict:
         stopped = stop.state["epoch"]
         ctx.log(f"stopped after epoch {stopped}/{cfg.epochs} for the time budget; finishing from that state")
         rows = finish_from_state(cfg, stop.state, ctx)
+    ctx.close()
     return {"rows": rows, "wall_s": time.perf_counter() - t0, "stopped_after_epoch": stopped,
-            "epoch_logs": ctx.epoch_logs, "run_dir": str(ctx.run_dir), "history": ctx.state["history"] if ctx.state else []}
+            "epoch_logs": epoch_logs(ctx), "run_dir": str(ctx.run_dir), "history": ctx.state["history"] if ctx.state else []}
 
 
 def finish_from_state(cfg, state: dict, ctx) -> list[dict]:
@@ -299,7 +296,8 @@ def finish_from_state(cfg, state: dict, ctx) -> list[dict]:
         reconstruct = getattr(family, "reconstruct", None)
         if reconstruct is not None:
             shown = val[: train.GRID_IMAGES]
-            T.save_grid(ctx.run_dir / "reconstructions.png", [shown] + [reconstruct(model, shown, f) for f in train.GRID_FRACS])
+            T.save_grid(ctx.run_dir / "reconstructions.png", [shown] + [reconstruct(model, shown, f) for f in train.GRID_FRACS],
+                        labels=train.grid_labels(), title=train.grid_title(cfg))
     torch.save({"config": dataclasses.asdict(cfg), "model": model.state_dict()}, ctx.run_dir / "model.pt")
     steps = len(state["history"]) // max(state["epoch"], 1)
     last = {"epoch": state["epoch"], "train_loss": float(np.mean(state["history"][-steps:])),
@@ -516,7 +514,7 @@ def part_ginr(s: Session, deadline: float) -> None:
             dev = next(model.parameters()).device
             shown = T.to_device(load_split(cfg.data, "val").images[:8], dev).float().div_(255)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                recon.append((shown, G.reconstruct(model, shown, 1.0)))
+                recon.append((shown, G.reconstruct(model, shown, 1.0), name))
             del model
         except Exception as err:  # noqa: BLE001
             print(f"GINR reconstruction failed: {err!r}")
@@ -528,7 +526,8 @@ def part_ginr(s: Session, deadline: float) -> None:
                                        "warmup_steps": base.optim.warmup_steps, "run_budget_s": run_budget,
                                        "precision": base.precision})
     if recon:
-        T.save_grid(s.out / "ginr_recon.png", [recon[0][0]] + [r for _, r in recon])
+        T.save_grid(s.out / "ginr_recon.png", [recon[0][0]] + [r for _, r, _ in recon],
+                    labels=["ground truth", *(f"GINR {n}" for _, _, n in recon)], title="GINR variants, full context")
     s.emit(
         f"3. Mamba-GINR ablations: depth {base.ginr.depth}, backend {cal['backend'] if cal else '?'}, batch {batch}, "
         f"{epochs} epochs x {steps_per_epoch} steps on {steps_per_epoch * batch} CIFAR-10 images "

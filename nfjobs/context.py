@@ -6,9 +6,11 @@ Jobs never talk to Slurm; this is their whole view of where and how they run.
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, TypeVar
+
+from nfjobs.metrics import MetricsLog, Progress
 
 T = TypeVar("T")
 OUTPUTS_FILE = "outputs.json"
@@ -72,6 +74,13 @@ class Context:
     """This task's part of a cell run as `parts` tasks (None: the whole cell; see `nfjobs.parts`)."""
     parts: int = 1
     """How many tasks the cell runs as."""
+    metrics_every_s: float = 10.0
+    """Minimum seconds between two records of one phase when a job asks `metrics_due` (per-step metrics)."""
+    trackers: str | None = None
+    """Metric writers besides metrics.jsonl (`tensorboard,wandb`); None = the NFJOBS_TRACKERS variable."""
+    _started: float = field(default_factory=time.monotonic, init=False, repr=False)
+    _metrics: MetricsLog | None = field(default=None, init=False, repr=False)
+    _last_record: dict = field(default_factory=dict, init=False, repr=False)
 
     @property
     def run_dir(self) -> Path:
@@ -138,18 +147,40 @@ class Context:
 
     # ---------------------------------------------------------------- logging
     def log(self, msg: str) -> None:
-        print(f"[{self.kind} {self.key}] {msg}", file=sys.stderr, flush=True)
+        clear = "\r\x1b[K" if sys.stderr.isatty() else ""  # over a progress bar's line, not after it
+        print(f"{clear}[{self.kind} {self.key}] {msg}", file=sys.stderr, flush=True)
+
+    def log_metrics(self, step: int, metrics: dict[str, Any], phase: str = "") -> None:
+        """Append a record (step, wall time since the cell started, phase, attempt, numeric metrics) to
+        `<run_dir>/metrics.jsonl` (see `nfjobs.metrics`) and to the trackers; flushed at once."""
+        if self._metrics is None:
+            self._metrics = MetricsLog(self.run_dir, self.key, self.kind, self._started, self.log, self.trackers)
+        self._last_record[phase] = time.monotonic()
+        self._metrics.write(step, metrics, phase)
+
+    def metrics_due(self, phase: str) -> bool:
+        """Whether `metrics_every_s` has passed since the last record of `phase` (ask before computing per-step
+        values that cost a device sync)."""
+        last = self._last_record.get(phase)
+        return last is None or time.monotonic() - last >= self.metrics_every_s
+
+    def close(self) -> None:
+        """Close the metrics file and trackers (the runner calls it when the cell ends)."""
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
+
+    def progress_bar(self, total: int | None, desc: str = "") -> Progress:
+        """A counter to `update()` as work gets done and `close()` at the end: a bar on a terminal, else a line
+        with count, rate and ETA at most every `log_every_s` seconds."""
+        return Progress(total, desc, self.log, self.log_every_s)
 
     def progress(self, items: Iterable[T], total: int | None = None, desc: str = "") -> Iterator[T]:
-        """Yield `items`, printing `desc i/total (rate)` at most every `log_every_s` seconds and at the end."""
+        """Yield `items`, showing progress (`progress_bar`) as they are consumed."""
         if total is None and hasattr(items, "__len__"):
             total = len(items)  # type: ignore[arg-type]
-        start = last = time.monotonic()
-        i = 0
-        for i, item in enumerate(items, 1):
+        bar = self.progress_bar(total, desc)
+        for item in items:
             yield item
-            now = time.monotonic()
-            if now - last >= self.log_every_s:
-                last = now
-                self.log(f"{desc} {i}/{total or '?'} ({i / (now - start):.2f}/s)")
-        self.log(f"{desc} done {i}/{total or i} in {time.monotonic() - start:.1f}s")
+            bar.update()
+        bar.close()

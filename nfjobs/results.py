@@ -101,17 +101,25 @@ def write_manifest(runs_root: Path | str, manifest: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- loading
+def sweep_name(target: str | Path) -> str:
+    """The sweep a target names: a sweep .toml's [sweep] name (else its stem), or the name itself."""
+    path = Path(target)
+    if path.suffix != ".toml":
+        return str(target)
+    if path.exists():
+        import tomllib
+
+        return tomllib.loads(path.read_text()).get("sweep", {}).get("name", path.stem)
+    return path.stem
+
+
 def result_files(target: str | Path, runs_root: str | Path = "runs") -> list[Path]:
     """Result files of a sweep (its name, or a sweep .toml whose name is its stem / [sweep] name), or of every
     run under a folder."""
     target_path = Path(target)
     if target_path.is_dir():
         return sorted(target_path.rglob(RESULT_FILE))
-    name = target_path.stem if target_path.suffix == ".toml" else str(target)
-    if target_path.suffix == ".toml" and target_path.exists():
-        import tomllib
-
-        name = tomllib.loads(target_path.read_text()).get("sweep", {}).get("name", name)
+    name = sweep_name(target)
     manifest = manifest_path(runs_root, name)
     if not manifest.exists():
         raise FileNotFoundError(f"no sweep named {name!r} under {runs_root} (looked for {manifest})")
@@ -187,3 +195,27 @@ def to_markdown(df: pl.DataFrame, float_digits: int = 4) -> str:
     rule = "|" + "|".join("---" for _ in df.columns) + "|"
     body = ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.iter_rows()]
     return "\n".join([head, rule, *body])
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+def load_metrics(runs_root: Path | str, key: str, phase: str | None = None) -> pl.DataFrame:
+    """The metrics records of a cell's `metrics.jsonl` (see `nfjobs.metrics`): columns `step`, `wall_s`, `time`,
+    `phase`, `attempt`, then one per metric name (null where a record lacks it); only `phase` when given.
+    Empty (no columns) when the cell has no metrics file. Torn or foreign lines are skipped."""
+    from nfjobs.metrics import METRICS_FILE, RECORD_FIELDS
+
+    path = run_dir_for(runs_root, key) / METRICS_FILE
+    rows = []
+    if path.exists():
+        for line in path.read_bytes().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(rec, dict) or not isinstance(rec.get("metrics"), dict) or "step" not in rec:
+                continue
+            if phase is None or rec.get("phase") == phase:
+                rows.append({**{k: rec.get(k) for k in RECORD_FIELDS}, **rec["metrics"]})
+    if not rows:
+        return pl.DataFrame()
+    return pl.DataFrame(rows, infer_schema_length=None, strict=False)

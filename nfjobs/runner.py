@@ -134,6 +134,8 @@ def run_cell(spec: CellSpec) -> list[dict[str, Any]]:
                 error += (f"\nInterrupted by the time limit or preemption and not requeued: kind {spec.kind!r} "
                           "does not resume from a checkpoint (or ran out of requeues); launch again to rerun it")
             failure = err
+        finally:
+            ctx.close()
     timing = {"run.start": start, "run.end": dt.datetime.now(dt.timezone.utc), "run.seconds": time.monotonic() - t0}
     attempt = {"run.resumed": ctx.resumed_from is not None, "run.resumed_from": ctx.resumed_from or ""}
     meta = {**spec.provenance, **_runtime_provenance(), **attempt, **timing}

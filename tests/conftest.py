@@ -38,6 +38,17 @@ def slurm_cluster() -> None:
     pytest.skip(f"no Slurm cluster ({problem}); start one with `bash scripts/dev-slurm.sh up`")
 
 
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Path of a headless-capable Chromium: skip without one, but fail when NFJOBS_REQUIRE_BROWSER=1 (CI)."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path:
+        return path
+    if os.environ.get("NFJOBS_REQUIRE_BROWSER") == "1":
+        pytest.fail("Chromium is required here (NFJOBS_REQUIRE_BROWSER=1) but it is not on PATH")
+    pytest.skip("no chromium on PATH (Debian: apt-get install -y chromium)")
+
+
 @pytest.fixture
 def sweep_file(tmp_path):
     """Write a sweep file from text and return its path."""

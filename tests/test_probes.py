@@ -107,7 +107,8 @@ def test_probe_job_errors(caches, tmp_path):
 def test_report_table_and_chart(tmp_path):
     import polars as pl
 
-    from nfjobs.probes.report import bar_chart, summary, wide
+    from nfjobs.plots import probe_accuracy
+    from nfjobs.probes.report import summary, wide
 
     rows = pl.DataFrame([
         {"kind": "probe", "status": "ok", "representation": r, "context": c, "probe": p, "accuracy": a, "train_s": 1.0}
@@ -116,7 +117,7 @@ def test_report_table_and_chart(tmp_path):
     table = summary(rows)
     assert table.height == 8 and table["n_seeds"].to_list() == [1] * 8
     assert wide(table).columns == ["representation", "full/knn", "full/linear", "sparse/knn", "sparse/linear"]
-    bar_chart(table, tmp_path / "acc.png")
+    probe_accuracy(table, tmp_path / "acc.png")
     from PIL import Image
 
     assert Image.open(tmp_path / "acc.png").size[0] > 100

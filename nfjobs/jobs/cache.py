@@ -10,6 +10,8 @@ observations. A requeued or re-run cell resumes at the first missing shard; a fi
 A cache too large for one job is written by `parts` tasks at once (see `nfjobs.parts`): each writes its own
 range of shards of every split (`nfjobs.activations.part_shards`) and resumes from its own shards; the last to
 end marks the caches complete and writes the cell's rows, so dependants see a cache only once all parts are done.
+`metrics.jsonl` gets a `cache_<split>` record per shard written (step = shard index) and a `split_<split>` one
+per split finished.
 
 Fields read their sparse observations in raster order (the order of a full grid), which set encoders such as the
 Perceiver ignore and sequence encoders need. How many pixels a fraction means is the field's own rule: the model's
@@ -372,10 +374,14 @@ def run(cfg: Config, ctx) -> list[dict]:
                 # cast on the device: half the bytes to move, and no slow float32 -> float16 pass in numpy
                 parts.append(encode(split, sub, data.images[sub.start : sub.stop]).to(store_dtype).cpu().numpy())
             writer.write_shard(i, np.concatenate(parts))
+            ctx.log_metrics(i, {"images": len(ids), "seconds": time.perf_counter() - start}, phase=f"cache_{split}")
         if ctx.part is None:
             writer.finish()
         elapsed = time.perf_counter() - start
         n_new = sum(len(writer.shard_range(i)) for i in missing)
+        ctx.log_metrics(writer.n_shards, {"n_images": writer.n_images, "shards_written": len(missing),
+                                          "cache_s": elapsed, "images_per_s": n_new / max(elapsed, 1e-9)},
+                        phase=f"split_{split}")
         rows.append({"cached_split": split, "n_images": writer.n_images, "n_tokens": writer.n_tokens, "d": writer.d,
                      "shards_written": len(missing), "cache_s": elapsed, "images_per_s": n_new / max(elapsed, 1e-9)})
     return rows

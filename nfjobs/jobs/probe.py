@@ -123,13 +123,27 @@ def depends_on(cfg: Config) -> list[str]:
     return [ref] if ref else []
 
 
+def _epoch_logger(ctx, epochs: int):
+    """An `on_epoch` callback: a `probe_epoch` metrics record and a progress tick per epoch; and its closer."""
+    bar = ctx.progress_bar(epochs, desc="probe epochs")
+
+    def on_epoch(m: dict) -> None:
+        ctx.log_metrics(int(m["epoch"]), m, phase="probe_epoch")
+        bar.update()
+
+    return on_epoch, bar.close
+
+
 def run(cfg: Config, ctx) -> list[dict]:
-    """Fit the probe on the train cache and score it on the val cache; one row."""
+    """Fit the probe on the train cache and score it on the val cache; one row. `metrics.jsonl` gets a
+    `probe_epoch` record per epoch of the trained probes and one `probe` record with the result."""
     problems = check(cfg)
     if problems:
         raise ValueError("; ".join(f"{k}: {m}" for k, m in problems))
     if cfg.tdsm_mode != "frozen":
-        return [_run_with_field(cfg, ctx)]
+        row = _run_with_field(cfg, ctx)
+        ctx.log_metrics(0, {k: row[k] for k in ("accuracy", "train_accuracy", "train_s")}, phase="probe")
+        return [row]
     from nfjobs.activations import open_cache
 
     root = ctx.resolve(cfg.activations)
@@ -164,8 +178,12 @@ def run(cfg: Config, ctx) -> list[dict]:
         if cfg.probe.startswith("tdsm_"):
             h, w = meta["image_shape"][:2]
             x_train, x_val = x_train.unflatten(1, (h, w)), x_val.unflatten(1, (h, w))
+        on_epoch, done = _epoch_logger(ctx, cfg.epochs)
         res = fit(model, x_train, y_train, x_val, y_val, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                  weight_decay=cfg.weight_decay, seed=cfg.seed, device=device)
+                  weight_decay=cfg.weight_decay, seed=cfg.seed, device=device, on_epoch=on_epoch)
+        done()
+    ctx.log_metrics(0, {"accuracy": res.accuracy, "train_accuracy": res.train_accuracy, "train_s": res.train_s},
+                    phase="probe")
     return [{
         "representation": meta["label"], "source": meta["source"], "context": meta["context"],
         "context_frac": meta["context_frac"], "dataset": meta["dataset"]["name"], "n_train": train.n_images,
@@ -237,9 +255,11 @@ def _run_with_field(cfg: Config, ctx) -> dict:
     channels = len(tokens) * (3 if cfg.tdsm.reduce == "rgb" else 1)
     head = _tdsm_head(cfg.probe, size, cfg.tdsm.reduce, channels, len(train.class_names))
     clf = TDSMClassifier(model, nf.grid(*size, device), size, tokens, cfg.tdsm.reduce, head, cfg.tdsm.chunk)
+    on_epoch, done = _epoch_logger(ctx, cfg.epochs + (cfg.head_epochs if cfg.tdsm_mode == "two_stage" else 0))
     res = fit_tdsm(clf.to(device), x_train, y_train, x_val, y_val, mode=cfg.tdsm_mode, epochs=cfg.epochs,
                    head_epochs=cfg.head_epochs, head_lr=cfg.lr, field_lr=cfg.field_lr, batch_size=cfg.batch_size,
-                   weight_decay=cfg.weight_decay, seed=cfg.seed)
+                   weight_decay=cfg.weight_decay, seed=cfg.seed, on_epoch=on_epoch)
+    done()
     return {
         "representation": f"{_field_name(tc)}-tdsm", "source": "tdsm", "context": "full", "context_frac": 1.0,
         "dataset": tc.data.name, "n_train": len(y_train), "n_val": len(y_val), "n_tokens": size[0] * size[1],

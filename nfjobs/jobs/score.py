@@ -13,6 +13,8 @@ Rows (`row_type` tells them apart):
   else), `constant_map_implausible`, `train_map`, trait and image counts, `seconds_select`, `seconds_scorer`.
   AP is undefined for traits without test positives: they are left out of mAP and counted.
 
+`metrics.jsonl` gets one record per phase: `scorer`, `image_scores`, `select` (mAP, constant mAP, train mAP).
+
 `activations` names a cache cell (key or run directory holding `train/` and `val/`, see `nfjobs.activations`),
 or `builtin-pixels`: the builtin dataset (`data`) cut into 4x4 patches, 64 tokens of 48 pixel values, so the
 whole protocol runs without downloads or a cache cell.
@@ -160,6 +162,11 @@ def scorer_key(cfg: Config, ctx) -> str:
     return f"{cfg.scorer}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
+def _n_batches(shards, n_tokens_per_batch: int) -> int:
+    """About how many batches `batches` yields (for progress: streamed chunks may split shards differently)."""
+    return sum(-(-len(s) // max(1, n_tokens_per_batch // s.shape[1])) for s in shards)
+
+
 def batches(source, n_tokens_per_batch: int, max_resident_bytes: int, stats=None):
     """(B, P, D) torch tensors in image order, about `n_tokens_per_batch` patches each: a cache is streamed
     (at most `max_resident_bytes` of it in memory, `stats` counts what was read), arrays are sliced."""
@@ -239,17 +246,23 @@ def run(cfg: Config, ctx) -> list[dict]:
 
     (train_src, train_traits), (val_src, val_traits), names = _load(cfg, ctx)
     scorer, seconds_scorer = _scorer(cfg, ctx, train_src, device)
+    ctx.log_metrics(0, {"seconds_scorer": seconds_scorer, "reused": seconds_scorer == 0.0}, phase="scorer")
     stats, start = StreamStats(), time.perf_counter()
     dtype = torch.bfloat16 if uses_bf16(cfg.precision, device) else torch.float32
-    train_scores = protocol.image_scores(scorer, batches(train_src, cfg.batch_patches, cfg.max_resident_bytes, stats),
-                                         device, dtype)
-    val_scores = protocol.image_scores(scorer, batches(val_src, cfg.batch_patches, cfg.max_resident_bytes, stats),
-                                       device, dtype)
+    scores = {}
+    for split, src in (("train", train_src), ("val", val_src)):
+        chunks = ctx.progress(batches(src, cfg.batch_patches, cfg.max_resident_bytes, stats),
+                              total=_n_batches(_shards(src), cfg.batch_patches), desc=f"score {split} images")
+        scores[split] = protocol.image_scores(scorer, chunks, device, dtype)
     seconds_score = time.perf_counter() - start
+    ctx.log_metrics(0, {"train_images": len(scores["train"]), "val_images": len(scores["val"]),
+                        "seconds": seconds_score}, phase="image_scores")
     n_patches = sum(len(s) * s.shape[1] for s in (*_shards(train_src), *_shards(val_src)))
-    result = protocol.evaluate(train_scores, torch.from_numpy(train_traits), val_scores,
+    result = protocol.evaluate(scores["train"], torch.from_numpy(train_traits), scores["val"],
                                torch.from_numpy(val_traits), cfg.n_train, cfg.seed)
     summary = result.summary()
+    ctx.log_metrics(0, {k: summary[k] for k in ("map", "constant_map", "train_map", "seconds_select") if k in summary},
+                    phase="select")
     problem = protocol.constant_map_problem(summary["constant_map"])
     if problem:
         ctx.log(f"WARNING: {problem}")

@@ -1,7 +1,8 @@
 """`smoke`: a tiny job for checking a cluster setup and the launcher itself (no model, no data).
 
 It steps through `steps` steps of `step_seconds` each, checkpointing after every step, and returns one row with
-the host, the visible GPU and how many times it was (re)started. `fail_at_step` makes it raise on purpose.
+the host, the visible GPU and how many times it was (re)started. Each step appends a `step` record with `starts`
+to `metrics.jsonl`. `fail_at_step` makes it raise on purpose.
 """
 
 import os
@@ -33,11 +34,12 @@ class Config:
 def run(cfg: Config, ctx) -> list[dict]:
     state = ctx.load_checkpoint() or {"step": 0, "starts": 0}
     state["starts"] += 1
-    for step in range(state["step"], cfg.steps):
+    for step in ctx.progress(range(state["step"], cfg.steps), desc="smoke steps"):
         if step == cfg.fail_at_step:
             raise RuntimeError(f"smoke job failing on purpose at step {step}")
         time.sleep(cfg.step_seconds)
         state["step"] = step + 1
         ctx.save_checkpoint(state)
+        ctx.log_metrics(step + 1, {"starts": state["starts"]}, phase="step")
     gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     return [{"steps_done": state["step"], "starts": state["starts"], "host": socket.gethostname(), "gpus": gpu}]

@@ -5,8 +5,10 @@ and `nce_weight` (> 0 adds Soft-InfoNCE between affine views). `init_from` start
 trained model (the sparse → NCE finetune). The model family (`model`) is a module in `nfjobs.models`.
 
 Writes under the run directory: `checkpoint.pt` (every epoch; exact resume), `model.pt`
-({"config": dict, "model": state_dict}), `train_loss.npy` (loss of every step) and `reconstructions.png`
-(rows: ground truth, then reconstructions from each of `GRID_FRACS` of the pixels).
+({"config": dict, "model": state_dict}), `train_loss.npy` (loss of every step), `reconstructions.png`
+(rows, labelled: ground truth, then reconstructions from each of `GRID_FRACS` of the pixels) and `metrics.jsonl` (phase
+`step`: loss, lr and the family's logs every `ctx.metrics_every_s`; `epoch`: train loss, train time, log means and
+`val_psnr@<frac>` of the curve images; `final`: `val_psnr@<frac>` of the whole validation split).
 Rows: per epoch (`split="val_curve"`, first `curve_images` validation images) and at the end
 (`split="val"`, the whole validation split): whatever the family's `evaluate` returns (perceiver: one row
 per `eval_context_frac`, with `psnr` and `mse`), plus `epoch`, `train_loss`, `train_s` and `wall_s`.
@@ -133,6 +135,24 @@ def load_trained(run_dir: str | Path, device: Any = "cpu") -> tuple[Any, Config]
     return model.to(device).eval(), cfg
 
 
+def grid_labels() -> list[str]:
+    """What each row of `reconstructions.png` is."""
+    return ["ground truth", *(f"context {f:.0%}" for f in GRID_FRACS)]
+
+
+def grid_title(cfg: Config) -> str:
+    """The field's name in the reconstruction grid (the name its caches get: `perceiver-sparse-nce-ft`)."""
+    from nfjobs.jobs.probe import _field_name
+
+    return _field_name(cfg)
+
+
+def _psnr_name(row: dict) -> str:
+    """Metric name of an evaluation row's PSNR: `val_psnr@<eval_context_frac>`, or `val_psnr`."""
+    frac = row.get("eval_context_frac")
+    return "val_psnr" if frac is None else f"val_psnr@{frac}"
+
+
 def run(cfg: Config, ctx) -> list[dict]:
     import numpy as np
     import torch
@@ -183,6 +203,7 @@ def run(cfg: Config, ctx) -> list[dict]:
     step = torch.tensor(start * steps_per_epoch, device=device)
     wall0 = time.perf_counter() - (curve[-1]["wall_s"] if curve else 0.0)
 
+    bar = ctx.progress_bar((cfg.epochs - start) * steps_per_epoch, desc="train steps")
     for epoch in range(start, cfg.epochs):
         model.train()
         order = torch.randperm(len(train_u8), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
@@ -208,6 +229,10 @@ def run(cfg: Config, ctx) -> list[dict]:
             losses[i] = loss.detach()
             for k, v in logs.items():
                 log_sums[k] = log_sums.get(k, 0) + v.float()
+            bar.update()
+            if ctx.metrics_due("step"):  # a host sync, so at a bounded rate
+                ctx.log_metrics(int(step), {"loss": loss.item(), "lr": sched.get_last_lr()[0],
+                                            **{k: v.item() for k, v in logs.items()}}, phase="step")
         epoch_losses = losses.tolist()  # the epoch's one host sync
         train_s += time.perf_counter() - t0
         history.extend(epoch_losses)
@@ -222,6 +247,11 @@ def run(cfg: Config, ctx) -> list[dict]:
         means = " ".join(f"{k}={v.item() / steps_per_epoch:.4g}" for k, v in log_sums.items())
         psnr = " ".join(f"psnr@{r.get('eval_context_frac', '')}={r.get('psnr', float('nan')):.2f}"
                         for r in curve if r["epoch"] == epoch + 1)
+        ctx.log_metrics(int(step), {
+            "epoch": epoch + 1, "train_loss": summary["train_loss"], "train_s": train_s,
+            **{k: v.item() / steps_per_epoch for k, v in log_sums.items()},
+            **{_psnr_name(r): r["psnr"] for r in curve if r["epoch"] == epoch + 1 and "psnr" in r},
+        }, phase="epoch")
         ctx.log(f"epoch {epoch + 1}/{cfg.epochs} loss={summary['train_loss']:.4g} {means} {psnr} "
                 f"wall={summary['wall_s']:.0f}s ({steps_per_epoch * batch / (time.perf_counter() - t0):.0f} img/s incl. eval)")
         ctx.save_checkpoint({
@@ -229,13 +259,18 @@ def run(cfg: Config, ctx) -> list[dict]:
             "rng": T.rng_state(), "epoch": epoch + 1, "history": history, "curve": curve, "train_s": train_s,
         })
 
+    bar.close()
     model.eval()
     with autocast:
         final = family.evaluate(model, val, cfg)
         reconstruct = getattr(family, "reconstruct", None)
         if reconstruct is not None:
             shown = val[:GRID_IMAGES]
-            T.save_grid(ctx.run_dir / "reconstructions.png", [shown] + [reconstruct(model, shown, f) for f in GRID_FRACS])
+            T.save_grid(ctx.run_dir / "reconstructions.png", [shown] + [reconstruct(model, shown, f) for f in GRID_FRACS],
+                        labels=grid_labels(), title=f"{grid_title(cfg)}: first {len(shown)} val images")
+    for r in final:
+        if "psnr" in r:
+            ctx.log_metrics(int(step), {_psnr_name(r): r["psnr"]}, phase="final")
     np.save(ctx.run_dir / "train_loss.npy", np.asarray(history, dtype=np.float32))
     torch.save({"config": dataclasses.asdict(cfg), "model": model.state_dict()}, ctx.run_dir / "model.pt")
     last = {"epoch": cfg.epochs, "train_loss": float(np.mean(history[-steps_per_epoch:])), "train_s": train_s,

@@ -64,11 +64,28 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_grid(path: Path, rows: list[Float[Tensor, "B 3 H W"]], scale: int = 4) -> None:
-    """A PNG with one row of images per tensor (values in [0, 1]), each pixel `scale`× enlarged."""
-    from PIL import Image
+def save_grid(path: Path, rows: list[Float[Tensor, "B 3 H W"]], scale: int = 4, labels: list[str] | None = None,
+              title: str = "") -> None:
+    """A PNG with one row of images per tensor (values in [0, 1]), each pixel `scale`× enlarged; `labels` name the
+    rows in a left margin and `title` goes above them."""
+    from PIL import Image, ImageDraw, ImageFont
 
     grid = torch.stack(rows).clamp(0, 1)  # (R, B, 3, H, W)
     r, b, _, h, w = grid.shape
     img = (grid.permute(0, 3, 1, 4, 2).reshape(r * h, b * w, 3) * 255).round().to(torch.uint8).cpu().numpy()
-    Image.fromarray(img).resize((b * w * scale, r * h * scale), Image.NEAREST).save(path)
+    pictures = Image.fromarray(img).resize((b * w * scale, r * h * scale), Image.NEAREST)
+    if not labels and not title:
+        pictures.save(path)
+        return
+    font = ImageFont.load_default()
+    measure = ImageDraw.Draw(pictures)
+    margin = 8 + max((measure.textlength(t, font=font) for t in labels or []), default=0)
+    top = 20 if title else 0
+    out = Image.new("RGB", (int(margin) + pictures.width, top + pictures.height), "white")
+    out.paste(pictures, (int(margin), top))
+    draw = ImageDraw.Draw(out)
+    if title:
+        draw.text((4, 4), title, fill="black", font=font)
+    for i, text in enumerate(labels or []):
+        draw.text((4, top + (i + 0.5) * h * scale - 6), text, fill="black", font=font)
+    out.save(path)

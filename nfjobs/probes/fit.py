@@ -2,6 +2,7 @@
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -32,8 +33,10 @@ def accuracy(model: nn.Module, x: Float[Tensor, "N ..."], y: Int[Tensor, " N"], 
 def fit(
     model: nn.Module, x_train: Float[Tensor, "N ..."], y_train: Int[Tensor, " N"], x_val: Float[Tensor, "M ..."],
     y_val: Int[Tensor, " M"], *, epochs: int, lr: float, batch_size: int, weight_decay: float, seed: int, device,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> FitResult:
-    """Train `model` with AdamW and cross-entropy (features stay where they are, batches go to `device`)."""
+    """Train `model` with AdamW and cross-entropy (features stay where they are, batches go to `device`);
+    `on_epoch` gets `epoch`, mean `loss`, `train_accuracy` and `train_s` after every epoch."""
     gen = torch.Generator().manual_seed(seed)
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -41,9 +44,10 @@ def fit(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     start = time.perf_counter()
     correct = seen = 0
-    for _ in range(epochs):
+    for epoch in range(epochs):
         model.train()
         correct = seen = 0
+        loss_sum = torch.zeros((), device=device)
         for idx in torch.randperm(len(x_train), generator=gen).split(batch_size):
             xb = x_train[idx].to(device, torch.float32, non_blocking=True)
             yb = y_train[idx].to(device, non_blocking=True)
@@ -55,6 +59,10 @@ def fit(
             sched.step()
             correct += (logits.argmax(1) == yb).sum().item()
             seen += len(yb)
+            loss_sum += loss.detach() * len(yb)
+        if on_epoch is not None:
+            on_epoch({"epoch": epoch + 1, "loss": loss_sum.item() / max(seen, 1),
+                      "train_accuracy": correct / max(seen, 1), "train_s": time.perf_counter() - start})
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     train_s = time.perf_counter() - start

@@ -3,7 +3,7 @@
     uv run python -m nfjobs.probes.report --sweep representations --runs-root runs --out runs/representations
 
 writes `<out>/summary.md` (accuracy per representation × context × probe, mean over seeds) and
-`<out>/accuracy.png` (grouped bars, drawn with PIL: matplotlib is not a dependency). A TDSM head trained with its
+`<out>/accuracy.png` (grouped bars with std over seeds, `nfjobs.plots.probe_accuracy`). A TDSM head trained with its
 field is its own probe, `tdsm_gap+finetune` or `tdsm_gap+two_stage`, beside the frozen `tdsm_gap`.
 """
 
@@ -11,10 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
-from PIL import Image, ImageDraw, ImageFont
-
-PALETTE = [(66, 110, 180), (221, 132, 82), (85, 168, 104), (196, 78, 82), (129, 114, 179), (147, 120, 96),
-           (218, 139, 195), (140, 140, 140)]
 
 
 def summary(rows: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
@@ -42,40 +38,6 @@ def wide(table: pl.DataFrame) -> pl.DataFrame:
             .sort("representation"))
 
 
-def bar_chart(table: pl.DataFrame, path: Path, title: str = "val accuracy") -> None:
-    """Grouped bars: one group per (context, probe), one bar per representation, accuracy on [0, 1]."""
-    reps = sorted(table["representation"].unique())
-    groups = table.select("context", "probe").unique().sort("context", "probe").rows()
-    acc = {(r, c, p): a for r, c, p, a in table.select("representation", "context", "probe", "accuracy").rows()}
-    bar, gap, left, top, plot_h = 14, 18, 50, 40, 300
-    width = left + len(groups) * (len(reps) * bar + gap) + 20
-    legend_h = 16 * len(reps) + 10
-    img = Image.new("RGB", (max(width, 360), top + plot_h + 70 + legend_h), "white")
-    d = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
-    d.text((left, 10), title, fill="black", font=font)
-    for tick in range(0, 11, 2):
-        y = top + plot_h - tick / 10 * plot_h
-        d.line([(left - 4, y), (width - 20, y)], fill=(225, 225, 225))
-        d.text((8, y - 6), f"{tick / 10:.1f}", fill="black", font=font)
-    x = left + gap // 2
-    for context, probe in groups:
-        for i, rep in enumerate(reps):
-            a = acc.get((rep, context, probe))
-            if a is not None:
-                d.rectangle([x, top + plot_h - a * plot_h, x + bar - 2, top + plot_h], fill=PALETTE[i % len(PALETTE)])
-            x += bar
-        d.text((x - len(reps) * bar, top + plot_h + 6), f"{probe}", fill="black", font=font)
-        d.text((x - len(reps) * bar, top + plot_h + 20), f"{context}", fill=(90, 90, 90), font=font)
-        x += gap
-    for i, rep in enumerate(reps):
-        y = top + plot_h + 50 + 16 * i
-        d.rectangle([left, y, left + 10, y + 10], fill=PALETTE[i % len(PALETTE)])
-        d.text((left + 16, y - 1), rep, fill="black", font=font)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
-
-
 @dataclass(frozen=True)
 class Args:
     sweep: str
@@ -86,6 +48,7 @@ class Args:
 
 
 def main(args: Args) -> None:
+    from nfjobs.plots import probe_accuracy
     from nfjobs.results import load, to_markdown
 
     table = summary(load(args.sweep, args.runs_root))
@@ -93,7 +56,7 @@ def main(args: Args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     text = f"{to_markdown(wide(table))}\n\n{to_markdown(table)}\n"
     (out / "summary.md").write_text(text)
-    bar_chart(table, out / "accuracy.png")
+    probe_accuracy(table, out / "accuracy.png")
     print(text)
     print(f"wrote {out / 'summary.md'} and {out / 'accuracy.png'}")
 

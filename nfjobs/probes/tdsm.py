@@ -182,13 +182,15 @@ def fit_tdsm(
     clf: TDSMClassifier, train: tuple[Tensor, ...], y_train: Int[Tensor, " N"], val: tuple[Tensor, ...],
     y_val: Int[Tensor, " M"], *, mode: Mode, epochs: int, head_lr: float, field_lr: float, batch_size: int,
     head_epochs: int = 0, weight_decay: float = 0.0, seed: int = 0,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> FitResult:
     """Train a TDSM classifier on contexts (tensors indexed by image on the labels' device, e.g. coords and
     RGB), then score it on `val`.
 
     `frozen`: the head alone for `epochs` (the field stays in eval mode). `finetune`: the field (AdamW at
     `field_lr`) and the head (at `head_lr`) together for `epochs`. `two_stage`: the head alone for
-    `head_epochs`, then both together for `epochs`.
+    `head_epochs`, then both together for `epochs`. `on_epoch` gets `epoch` (counted over the stages),
+    `field_trained` (0 / 1), mean `loss`, `train_accuracy` and `train_s` after every epoch.
     """
     stages = {"frozen": [(epochs, False)], "finetune": [(epochs, True)],
               "two_stage": [(head_epochs, False), (epochs, True)]}
@@ -196,7 +198,7 @@ def fit_tdsm(
         raise ValueError(f"unknown mode {mode!r}; use frozen, finetune or two_stage")
     gen = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
-    correct = seen = 0
+    correct = seen = done = 0
     for n_epochs, train_field in stages[mode]:
         clf.field.requires_grad_(train_field)
         groups = [{"params": list(clf.head.parameters()), "lr": head_lr}]
@@ -207,6 +209,7 @@ def fit_tdsm(
             clf.train()
             clf.field.train(train_field)
             correct = seen = 0
+            loss_sum = torch.zeros((), device=y_train.device)
             for idx in torch.randperm(len(y_train), generator=gen).split(batch_size):
                 idx = idx.to(y_train.device)
                 logits = clf(*(c[idx] for c in train))
@@ -216,6 +219,11 @@ def fit_tdsm(
                 opt.step()
                 correct += (logits.argmax(1) == y_train[idx]).sum().item()
                 seen += len(idx)
+                loss_sum += loss.detach() * len(idx)
+            done += 1
+            if on_epoch is not None:
+                on_epoch({"epoch": done, "field_trained": int(train_field), "loss": loss_sum.item() / max(seen, 1),
+                          "train_accuracy": correct / max(seen, 1), "train_s": time.perf_counter() - start})
     clf.field.requires_grad_(True)
     if y_train.device.type == "cuda":
         torch.cuda.synchronize(y_train.device)

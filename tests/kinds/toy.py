@@ -55,6 +55,7 @@ def run(cfg: Config, ctx) -> list[dict]:
     if cfg.upstream:
         upstream = (ctx.resolve(cfg.upstream) / "result.parquet").exists()
     score = cfg.optim.lr * cfg.head.width + cfg.seed % 7
+    ctx.log_metrics(0, {"metric": score}, phase="toy")
     extra = {"head.width": -1} if cfg.clash else {}
     # echoing a config value under its own name is harmless
     gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")

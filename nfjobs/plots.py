@@ -1,0 +1,141 @@
+"""Every figure of the reports, drawn with matplotlib (no pyplot state: each call makes and saves its own figure).
+
+- `probe_accuracy`: val accuracy per representation × probe × context (grouped bars, std over seeds as error bars);
+- `psnr_vs_context`: final val PSNR against the evaluation context fraction, one line per trained field;
+- `psnr_vs_wall`: val PSNR of the curve images against wall-clock seconds, from metrics.jsonl `epoch` records;
+- `map_vs_train_images`: seed 004's mAP against training images, one line per scorer × prototypes, 5–95 % AP band.
+
+Each takes a polars table (see its docstring), writes a PNG to `path` and returns the matplotlib Figure.
+"""
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import polars as pl
+
+COLORS = ["#426eb4", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c"]
+
+
+def _figure(width: float = 7.0, height: float = 4.0):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _save(fig, path: Path | str):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return fig
+
+
+def probe_accuracy(table: pl.DataFrame, path: Path | str, title: str = "Probe accuracy (val)"):
+    """Grouped bars from `nfjobs.probes.report.summary`: one group per (context, probe), one bar per representation;
+    error bars (std over seeds) where a bar has more than one seed."""
+    reps = sorted(table["representation"].unique().to_list())
+    groups = table.select("context", "probe").unique().sort("context", "probe").rows()
+    has_std = "accuracy_std" in table.columns
+    by = {(r["representation"], r["context"], r["probe"]): r for r in table.iter_rows(named=True)}
+    width = 0.8 / max(len(reps), 1)
+    fig, ax = _figure(max(6.0, 1.2 + 0.3 * len(groups) * max(len(reps), 1)), 4.5)
+    for i, rep in enumerate(reps):
+        xs, ys, errs = [], [], []
+        for g, (context, probe) in enumerate(groups):
+            row = by.get((rep, context, probe))
+            if row is None:
+                continue
+            xs.append(g - 0.4 + width * (i + 0.5))
+            ys.append(row["accuracy"])
+            seeds = row.get("n_seeds", 1) or 1
+            errs.append(row["accuracy_std"] if has_std and seeds > 1 and row["accuracy_std"] is not None else 0.0)
+        ax.bar(xs, ys, width * 0.95, yerr=errs if any(errs) else None, capsize=3, label=rep,
+               color=COLORS[i % len(COLORS)])
+    ax.set_xticks(range(len(groups)), [f"{p}\n{c}" for c, p in groups], fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(title="representation", fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _save(fig, path)
+
+
+def field_labels(rows: pl.DataFrame) -> pl.Series:
+    """A trained field's name per train result row, by the rule of the caches (`perceiver-sparse-nce-ft`)."""
+    from nfjobs.jobs.probe import _field_name
+
+    def name(r: dict) -> str:
+        return _field_name(SimpleNamespace(model=r.get("model") or "field", context_frac=r.get("context_frac") or 1.0,
+                                           nce_weight=r.get("nce_weight") or 0.0, init_from=r.get("init_from") or ""))
+
+    return pl.Series("field", [name(r) for r in rows.iter_rows(named=True)], dtype=pl.String)
+
+
+def psnr_vs_context(rows: pl.DataFrame, path: Path | str, title: str = "Reconstruction PSNR (val)"):
+    """Train result rows (`split = "val"`, `eval_context_frac`, `psnr`, config columns): mean PSNR per field and
+    evaluation context fraction, std over seeds as error bars."""
+    val = rows.filter(pl.col("split") == "val", pl.col("psnr").is_not_null())
+    if "status" in val.columns:
+        val = val.filter(pl.col("status") == "ok")
+    val = val.with_columns(field_labels(val))
+    table = (val.group_by("field", "eval_context_frac")
+             .agg(pl.col("psnr").mean().alias("mean"), pl.col("psnr").std().alias("std"), pl.len().alias("n"))
+             .sort("field", "eval_context_frac"))
+    fig, ax = _figure()
+    for i, (field,) in enumerate(table.select("field").unique(maintain_order=True).rows()):
+        t = table.filter(pl.col("field") == field)
+        err = t["std"].fill_null(0.0).to_list() if (t["n"] > 1).any() else None
+        ax.errorbar(t["eval_context_frac"].to_list(), t["mean"].to_list(), yerr=err, marker="o", capsize=3,
+                    label=field, color=COLORS[i % len(COLORS)])
+    ax.set_xscale("log")
+    ax.set_xlabel("context fraction of the pixels (evaluation)")
+    ax.set_ylabel("PSNR (dB)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def psnr_vs_wall(curves: dict[str, pl.DataFrame], path: Path | str, metric: str = "val_psnr@1.0",
+                 title: str = "Val PSNR while training"):
+    """One line per run: `metric` of its metrics.jsonl `epoch` records (`results.load_metrics(..., phase="epoch")`)
+    against `wall_s`; runs without that metric are left out."""
+    fig, ax = _figure()
+    for i, (label, frame) in enumerate(sorted(curves.items())):
+        if frame.is_empty() or metric not in frame.columns:
+            continue
+        f = frame.filter(pl.col(metric).is_not_null()).sort("wall_s")
+        ax.plot(f["wall_s"].to_list(), f[metric].to_list(), marker=".", label=label, color=COLORS[i % len(COLORS)])
+    ax.set_xlabel("wall-clock seconds since the cell started")
+    ax.set_ylabel(f"{metric} (dB)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def map_vs_train_images(table: pl.DataFrame, path: Path | str, title: str = "Trait discovery (seed 004)"):
+    """`nfjobs.scoring.report.table` output: mAP against training images, one line per scorer × prototype count,
+    the band between the 5 % and 95 % per-trait AP quantiles, and the constant predictor's mAP dashed."""
+    fig, ax = _figure()
+    keys = table.select("Scorer", "Prototypes").unique().sort("Scorer", "Prototypes").rows()
+    for i, (scorer, k) in enumerate(keys):
+        t = table.filter(pl.col("Scorer") == scorer, pl.col("Prototypes") == k).sort("Train")
+        color = COLORS[i % len(COLORS)]
+        x = t["Train"].to_list()
+        ax.plot(x, t["mAP"].to_list(), marker="o", color=color, label=f"{scorer}, {k} prototypes")
+        ax.fill_between(x, t["5%"].to_list(), t["95%"].to_list(), color=color, alpha=0.15)
+    if keys:
+        const = table.group_by("Train").agg(pl.col("Constant mAP").mean()).sort("Train")
+        ax.plot(const["Train"].to_list(), const["Constant mAP"].to_list(), "k--", lw=1, label="constant predictor")
+    train = table["Train"].drop_nulls()
+    if len(train) and train.min() > 0 and train.max() / train.min() >= 10:
+        ax.set_xscale("log")
+    ax.set_xlabel("training images (prototype choice)")
+    ax.set_ylabel("AP (band: 5–95 % of traits)")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
