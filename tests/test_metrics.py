@@ -50,7 +50,7 @@ def test_smoke_records_every_step_and_a_requeue_appends_a_new_attempt(tmp_path):
 def test_toy_kind_through_the_runner(tmp_path):
     from kinds import toy
 
-    spec = CellSpec(kind="kinds.toy", config=toy.Config(seed=3), key="t", sweep="s", group="g",
+    spec = CellSpec(kind="toy", config=toy.Config(seed=3), key="t", sweep="s", group="g",
                     runs_root=str(tmp_path), provenance={})
     run_cell(spec)
     assert without_times(lines(tmp_path, "t")) == [
