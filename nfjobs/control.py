@@ -46,8 +46,9 @@ def log_files(key: str, runs_root: str | Path, sweep: str | None = None, log_roo
     return [Path(paths[s]) for s in ("stdout", "stderr") if s in paths]
 
 
-def print_logs(files: list[Path], out: TextIO = sys.stdout) -> dict[Path, int]:
+def print_logs(files: list[Path], out: TextIO | None = None) -> dict[Path, int]:
     """Each file's text under a header line; returns how far each was read."""
+    out = out or sys.stdout
     offsets = {}
     for path in files:
         text = path.read_text(errors="replace") if path.exists() else ""
@@ -59,8 +60,9 @@ def print_logs(files: list[Path], out: TextIO = sys.stdout) -> dict[Path, int]:
 
 
 def follow(files: list[Path], offsets: dict[Path, int], still_live, poll_s: float = 1.0,
-           out: TextIO = sys.stdout) -> None:
+           out: TextIO | None = None) -> None:
     """Print what is appended to `files` until `still_live()` is false (then print the rest and return)."""
+    out = out or sys.stdout
     last = None
     while True:
         live = still_live()
