@@ -378,7 +378,10 @@ def report(args: Report) -> int:
         col, _, text = cond.partition("=")
         if col not in schema:
             fail(f"error: --where {cond}: no column {col!r}")
-        lf = lf.filter(pl.col(col).cast(pl.String) == text)
+        keep = pl.col(col).cast(pl.String) == text
+        if "status" in schema:  # a cell that ended without rows of its own (failed) has no value here: keep it
+            keep = keep | (pl.col(col).is_null() & (pl.col("status") != "ok"))  # so it is counted as excluded
+        lf = lf.filter(keep)
     try:
         table = results.report(lf, args.by, args.metric, level=args.level)
     except KeyError as err:
