@@ -237,10 +237,13 @@ def launch(args: Launch, overrides: list) -> int:
     log_dir = Path(args.log_root) / "+".join(sweeps)
     if mode == "debug":
         dispatch.run_debug(p.to_run, runs_root)
+        _next_steps(cells, args)
         return 0
     if mode == "local":
         dispatch.run_local(p.to_run, runs_root, log_dir, typed_slurm)
-        return _summarise(p.to_run, runs_root, log_dir)
+        rc = _summarise(p.to_run, runs_root, log_dir)
+        _next_steps(cells, args)
+        return rc
     try:
         jobs = dispatch.submit_slurm(p.to_run, runs_root, log_dir, typed_slurm)
     except dispatch.SubmissionError as err:
@@ -253,7 +256,38 @@ def launch(args: Launch, overrides: list) -> int:
         print(f"watch with: {status_cmd}   (or: squeue --me)")
         return 0
     dispatch.wait(jobs)
-    return _summarise(p.to_run, runs_root, log_dir)
+    rc = _summarise(p.to_run, runs_root, log_dir)
+    _next_steps(cells, args)
+    return rc
+
+
+def _next_steps(cells: list, args: Launch) -> None:
+    """Where the rows and pictures of a finished launch are, and the commands to look at them."""
+    import polars as pl
+
+    from nfjobs import results
+
+    runs_root = Path(args.runs_root)
+    files = [results.result_path(runs_root, c.key) for c in cells]
+    files = [f for f in files if f.exists()]
+    pictures = sorted(p for f in files for p in f.parent.glob("*.png"))
+    columns = set()
+    for f in files[:50]:
+        columns |= set(pl.read_parquet_schema(f))
+    metric = next((m for m in ("psnr", "accuracy", "map") if m in columns), "METRIC")
+    sweep = args.sweep[0]
+    root = f" --runs-root {args.runs_root}" if args.runs_root != "runs" else ""
+    split = " --where split=val" if "split" in columns else ""
+    by = " ".join(b for b in ("group", "eval_context_frac") if b in columns) or "group"
+    print(f"\nrows: {len(files)} result file(s), runs/<key>/result.parquet under {runs_root}/ "
+          f"(in Python: from nfjobs import results; results.load({results.sweep_name(sweep)!r}).collect())")
+    if pictures:
+        print("pictures: " + "\n          ".join(str(p) for p in pictures[:6])
+              + (f"\n          ... and {len(pictures) - 6} more" if len(pictures) > 6 else ""))
+    if "html" in {f.name for f in dataclasses.fields(Report)}:
+        print(f"report page: uv run launch.py report --sweep {sweep}{root} --metric {metric} --html reports/")
+    print(f"next: uv run launch.py report --sweep {sweep}{root} --by {by} --metric {metric}{split}\n"
+          f"      uv run launch.py status --sweep {sweep}{root}")
 
 
 def _summarise(cells: list, runs_root: Path, log_dir: Path) -> int:
