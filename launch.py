@@ -278,7 +278,7 @@ def _next_steps(cells: list, args: Launch) -> None:
     sweep = args.sweep[0]
     root = f" --runs-root {args.runs_root}" if args.runs_root != "runs" else ""
     split = " --where split=val" if "split" in columns else ""
-    by = " ".join(b for b in ("group", "eval_context_frac") if b in columns) or "group"
+    by = " ".join([*_axes(cells), *(["eval_context_frac"] if "eval_context_frac" in columns else [])]) or "group"
     print(f"\nrows: {len(files)} result file(s), runs/<key>/result.parquet under {runs_root}/ "
           f"(in Python: from nfjobs import results; results.load({results.sweep_name(sweep)!r}).collect())")
     if pictures:
@@ -288,6 +288,14 @@ def _next_steps(cells: list, args: Launch) -> None:
         print(f"report page: uv run launch.py report --sweep {sweep}{root} --metric {metric} --html reports/")
     print(f"next: uv run launch.py report --sweep {sweep}{root} --by {by} --metric {metric}{split}\n"
           f"      uv run launch.py status --sweep {sweep}{root}")
+
+
+def _axes(cells: list) -> list[str]:
+    """Config fields (dotted) whose value differs between cells of one kind: what the sweep varied."""
+    from nfjobs import typed
+
+    flats = [typed.flatten(dataclasses.asdict(c.config)) for c in cells if c.kind == cells[0].kind]
+    return [k for k in flats[0] if k != "seed" and len({repr(f.get(k)) for f in flats}) > 1] if flats else []
 
 
 def _summarise(cells: list, runs_root: Path, log_dir: Path) -> int:

@@ -236,3 +236,13 @@ def test_report_says_what_it_excluded_and_fails_cleanly_on_bad_input(sweep_file,
         launch.main(["report", "--sweep", "unknown", "--runs-root", str(runs), "--metric", "m"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "no sweep named 'unknown'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_finished_launch_says_where_its_results_are_and_what_to_run_next(sweep_file, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    path = sweep_file('kind = "kinds.toy"\nhead.width = [4, 8]\n')
+    assert run_launch("--sweep", str(path), "--debug", runs=runs) == 0
+    out = capsys.readouterr().out
+    assert f"rows: 2 result file(s), runs/<key>/result.parquet under {runs}/" in out
+    assert f"next: uv run launch.py report --sweep {path} --runs-root {runs} --by head.width" in out
+    assert f"uv run launch.py status --sweep {path} --runs-root {runs}" in out
