@@ -338,19 +338,20 @@ def status(args: Status) -> int:
             print(json.dumps(row))
         return 0
     print(f"{name}: {states.height} cells | " + ", ".join(f"{s} {n}" for s, n in counts))
+    limit = 200 if filtered else 10
     if not filtered:  # counts first; the failures are what needs reading
         listed = listed.filter(pl.col("state").is_in(["failed", "blocked"]))
         if listed.height:
-            print(f"failed cells (all listed with --failed; --running, --cell KEY, --all, --json):")
-    for row in listed.head(200 if filtered else 10).iter_rows(named=True):
+            print("failed cells (all of them: --failed; also --running, --cell KEY, --all, --json):")
+    for row in listed.head(limit).iter_rows(named=True):
         job = f"  job {row['job_id']}" if row["job_id"] else ""
         print(f"  {row['key']}  {row['group']:<12} {row['state']:<9}{job}")
         if row["error"]:
             print(f"      {row['error']}")
         if row["log"] and row["state"] != "ok":
             print(f"      log: {row['log']}")
-    if listed.height > (200 if filtered else 10):
-        print(f"  ... and {listed.height - (200 if filtered else 10)} more (--json lists them all)")
+    if listed.height > limit:
+        print(f"  ... and {listed.height - limit} more (--json lists them all)")
     return 0
 
 

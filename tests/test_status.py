@@ -6,7 +6,6 @@ tests/test_slurm.py runs the same commands against the real Slurm."""
 import json
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
