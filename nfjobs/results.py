@@ -1,6 +1,6 @@
 """Result files: one parquet per cell, written atomically; loading them as one polars LazyFrame; reports.
 
-Columns of a result file: `sweep`, `key`, `kind`, `status` (`ok` | `failed`), `error`, every config field as a
+Columns of a result file: `sweep`, `key`, `kind`, `status` (`ok` | `failed` | `blocked` | `cancelled`), `error`, every config field as a
 dotted column (`optim.lr`), the job's metric columns, and provenance under `run.` (`run.git_commit`,
 `run.host`, `run.slurm_job_id`, `run.gpu`, `run.start`, `run.end`, ...).
 """
