@@ -1,14 +1,18 @@
-"""Launch sweeps, and watch and summarise them.
+"""Launch sweeps, and watch, cancel and summarise them. `run` is the default command.
 
     uv run launch.py --sweep configs/sweeps/quickstart.toml --debug          # in this process
     uv run launch.py --sweep configs/sweeps/x.toml                           # local subprocesses
     uv run launch.py --sweep configs/sweeps/x.toml --slurm-acct ACCT         # Slurm job arrays
     uv run launch.py --sweep configs/sweeps/x.toml --dry-run --optim.lr 3e-4 # typed config flags win
-    uv run launch.py status --sweep configs/sweeps/x.toml
+    uv run launch.py status --sweep configs/sweeps/x.toml [--failed | --running | --cell KEY | --json]
+    uv run launch.py logs KEY [-f]                                           # a cell's stdout + stderr
+    uv run launch.py cancel --sweep configs/sweeps/x.toml [--failed-only] [--cell KEY ...]
     uv run launch.py report --sweep configs/sweeps/x.toml --by model --metric psnr
+    uv run launch.py kinds                                                   # the job kinds a sweep may name
 
-Any `--dotted.key value` that is not a launcher flag sets that config field in every cell whose job kind has
-it, over the sweep file. See docs/sweeps.md.
+Any `--dotted.key value` that `run` does not know sets that config field in every cell whose job kind has it,
+over the sweep file, written as train.py / probe.py take it: lists space-separated (`--optim.betas 0.9 0.95`),
+booleans as `--x.flag` / `--x.no-flag`. See docs/sweeps.md. `launch.py run --help` lists run's own flags.
 """
 
 import dataclasses
@@ -84,14 +88,62 @@ class Launch:
 
 @dataclass(frozen=True)
 class Status:
-    """Show done / queued / running / failed per cell, from result files and Slurm."""
+    """Counts of cells per state (ok, failed, blocked, cancelled, running, pending, requeued, not run), from the
+    result files and the scheduler; then the failed cells with their error line and log, or what you ask for."""
 
     sweep: str
     """Sweep file or sweep name."""
     runs_root: str = "runs"
     """Folder of run directories and sweep manifests."""
+    log_root: str = "logs"
+    """Where the launch put its logs (only for manifests that do not record log paths)."""
+    failed: bool = False
+    """List only the failed, blocked and cancelled cells (error line and log path)."""
+    running: bool = False
+    """List only the running, pending and requeued cells."""
+    cell: tuple[str, ...] = ()
+    """List only these cells (keys or unique key prefixes)."""
     all: bool = False
-    """List every cell, not only the counts and unfinished cells."""
+    """List every cell."""
+    json: bool = False
+    """Print the listed cells as JSON lines (every cell without a filter flag) instead of text."""
+
+
+@dataclass(frozen=True)
+class Logs:
+    """Print a cell's log (stdout, then stderr); -f follows it while the cell runs."""
+
+    key: tyro.conf.Positional[str]
+    """Cell key (or a unique prefix of one)."""
+    follow: Annotated[bool, tyro.conf.arg(aliases=("-f",))] = False
+    """Keep printing what the cell writes until it ends."""
+    sweep: str | None = None
+    """Sweep file or name to look in (default: every sweep under --runs-root)."""
+    runs_root: str = "runs"
+    """Folder of run directories and sweep manifests."""
+    log_root: str = "logs"
+    """Where the launch put its logs (only for manifests that do not record log paths)."""
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """Cancel a sweep's queued and running cells (scancel on Slurm, a signal locally); each cancelled cell
+    without a result gets a `cancelled` result row, and a later launch runs it again."""
+
+    sweep: str
+    """Sweep file or sweep name."""
+    cell: tuple[str, ...] = ()
+    """Only these cells (keys or unique key prefixes)."""
+    failed_only: bool = False
+    """Only cells whose result already says failed or blocked but whose job is still queued or running (retries
+    that will fail again)."""
+    runs_root: str = "runs"
+    """Folder of run directories and sweep manifests."""
+
+
+@dataclass(frozen=True)
+class Kinds:
+    """List the job kinds a sweep may name, with their modules."""
 
 
 @dataclass(frozen=True)
@@ -119,7 +171,8 @@ class Report:
 
 
 def split_overrides(argv: list[str], flags: set[str]) -> tuple[list[str], list["Override"]]:
-    """Separate config overrides (`--a.b v`, `--a.b=v`) from launcher flags."""
+    """Separate config overrides from launcher flags, reading them as tyro reads train.py's flags: `--a.b v`,
+    `--a.b=v`, `--a.b v1 v2` (a list: every value up to the next flag), `--a.flag` / `--a.no-flag` (booleans)."""
     from nfjobs.sweep import Override
 
     rest, overrides = [], []
@@ -128,14 +181,21 @@ def split_overrides(argv: list[str], flags: set[str]) -> tuple[list[str], list["
         tok = argv[i]
         name = tok[2:].split("=", 1)[0] if tok.startswith("--") else ""
         if name and name.replace("-", "_") not in flags and name not in ("help",):
+            key = name.replace("-", "_")
             if "=" in tok:
-                overrides.append(Override(name.replace("-", "_"), tok.split("=", 1)[1]))
+                overrides.append(Override(key, (tok.split("=", 1)[1],)))
                 i += 1
-            elif i + 1 < len(argv):
-                overrides.append(Override(name.replace("-", "_"), argv[i + 1]))
-                i += 2
+                continue
+            j = i + 1
+            while j < len(argv) and not argv[j].startswith("--"):
+                j += 1
+            values = tuple(argv[i + 1:j])
+            head, _, last = key.rpartition(".")
+            if not values and last.startswith("no_"):  # `--a.no-flag`: tyro's way to say false
+                overrides.append(Override(f"{head}.{last[3:]}" if head else last[3:], ("false",)))
             else:
-                raise SystemExit(f"error: {tok} needs a value")
+                overrides.append(Override(key, values))
+            i = j
             continue
         rest.append(tok)
         i += 1
@@ -147,13 +207,10 @@ def fail(msg: str, code: int = 2) -> "NoReturn":  # noqa: F821
     raise SystemExit(code)
 
 
-def launch(argv: list[str]) -> int:
+def launch(args: Launch, overrides: list) -> int:
     from nfjobs import local, plan, slurm, sweep
     from nfjobs.config import SlurmConfig, SlurmParameterError
 
-    flags = {f.name for f in dataclasses.fields(Launch)}
-    rest, overrides = split_overrides(argv, flags)
-    args = tyro.cli(Launch, args=rest, description=__doc__)
     try:
         cells = sweep.expand(list(args.sweep), overrides, sweep_name=args.name, runs_root=args.runs_root,
                              max_cells=args.max_cells)
@@ -196,13 +253,16 @@ def launch(argv: list[str]) -> int:
     log_dir = Path(args.log_root) / "+".join(sweeps)
     if mode == "debug":
         local.run_debug(p.to_run, runs_root)
+        _next_steps(cells, args)
         return 0
     from nfjobs import snapshot
 
     code_dir, code_hash = snapshot.freeze(runs_root)  # what every job imports, whatever the tree becomes
     if mode == "local":
         local.run_local(p.to_run, runs_root, log_dir, typed_slurm, args.cells_per_job, code_dir, code_hash)
-        return _summarise(p.to_run, runs_root, log_dir)
+        rc = _summarise(p.to_run, runs_root, log_dir)
+        _next_steps(cells, args)
+        return rc
     try:
         jobs = slurm.submit_slurm(p.to_run, runs_root, log_dir, typed_slurm, args.cells_per_job, code_dir, code_hash)
     except slurm.SubmissionError as err:
@@ -216,7 +276,45 @@ def launch(argv: list[str]) -> int:
         print(f"watch with: {status_cmd}   (or: squeue --me)")
         return 0
     slurm.wait(jobs, runs_root)
-    return _summarise(p.to_run, runs_root, log_dir)
+    rc = _summarise(p.to_run, runs_root, log_dir)
+    _next_steps(cells, args)
+    return rc
+
+
+def _next_steps(cells: list, args: Launch) -> None:
+    """Where the rows and pictures of a finished launch are, and the commands to look at them."""
+    import polars as pl
+
+    from nfjobs import results
+
+    runs_root = Path(args.runs_root)
+    files = [results.result_path(runs_root, c.key) for c in cells]
+    files = [f for f in files if f.exists()]
+    pictures = sorted(p for f in files for p in f.parent.glob("*.png"))
+    columns = set()
+    for f in files[:50]:
+        columns |= set(pl.read_parquet_schema(f))
+    metric = next((m for m in ("psnr", "accuracy", "map") if m in columns), "METRIC")
+    sweep = args.sweep[0]
+    root = f" --runs-root {args.runs_root}" if args.runs_root != "runs" else ""
+    split = " --where split=val" if "split" in columns else ""
+    by = " ".join([*_axes(cells), *(["eval_context_frac"] if "eval_context_frac" in columns else [])]) or "group"
+    print(f"\nrows: {len(files)} result file(s), runs/<key>/result.parquet under {runs_root}/ "
+          f"(in Python: from nfjobs import results; results.load({results.sweep_name(sweep)!r}).collect())")
+    if pictures:
+        print("pictures: " + "\n          ".join(str(p) for p in pictures[:6])
+              + (f"\n          ... and {len(pictures) - 6} more" if len(pictures) > 6 else ""))
+    print(f"report page: uv run launch.py report --sweep {sweep}{root} --metric {metric} --html reports/")
+    print(f"next: uv run launch.py report --sweep {sweep}{root} --by {by} --metric {metric}{split}\n"
+          f"      uv run launch.py status --sweep {sweep}{root}")
+
+
+def _axes(cells: list) -> list[str]:
+    """Config fields (dotted) whose value differs between cells of one kind: what the sweep varied."""
+    from nfjobs import typed
+
+    flats = [typed.flatten(dataclasses.asdict(c.config)) for c in cells if c.kind == cells[0].kind]
+    return [k for k in flats[0] if k != "seed" and len({repr(f.get(k)) for f in flats}) > 1] if flats else []
 
 
 def _summarise(cells: list, runs_root: Path, log_dir: Path) -> int:
@@ -231,54 +329,131 @@ def _summarise(cells: list, runs_root: Path, log_dir: Path) -> int:
     return 1 if bad else 0
 
 
-def status(argv: list[str]) -> int:
-    from nfjobs import results, slurm
+def status(args: Status) -> int:
+    import json
 
-    args = tyro.cli(Status, args=argv)
-    name = _sweep_name(args.sweep)
-    manifest = results.read_manifest(args.runs_root, name)
-    if not manifest["cells"]:
-        fail(f"error: no launched sweep named {name!r} under {args.runs_root}")
-    live = slurm.slurm_states(list(manifest["jobs"].values()))
-    rows = []
-    for key, info in manifest["cells"].items():
-        state = results.cell_status(args.runs_root, key)
-        job = manifest["jobs"].get(key, "")
-        slurm_state = live.get(job, "")
-        if state is None or (state == "failed" and slurm_state in slurm.LIVE_STATES):  # requeued after a failed try
-            state = (slurm_state or "not run").lower() if job else "not run"
-        rows.append((key, info["group"], state, job))
-    counts: dict[str, int] = {}
-    for _, _, s, _ in rows:
-        counts[s] = counts.get(s, 0) + 1
-    print(f"{name}: {len(rows)} cells | " + ", ".join(f"{s} {n}" for s, n in sorted(counts.items())))
-    for key, group, state, job in rows:
-        if args.all or state != "ok":
-            print(f"  {key}  {group:<12} {state:<12} {job}")
-    return 0
-
-
-def report(argv: list[str]) -> int:
     import polars as pl
 
     from nfjobs import results
 
-    args = tyro.cli(Report, args=argv)
-    lf = results.load(args.sweep, args.runs_root)
+    try:
+        states = results.cell_states(args.sweep, args.runs_root, args.log_root)
+    except FileNotFoundError as err:
+        fail(f"error: {err}")
+    counts = states.group_by("state").len()
+    order = {s: i for i, s in enumerate(results.CELL_STATES)}
+    counts = sorted(zip(counts["state"], counts["len"]), key=lambda sn: order.get(sn[0], 99))
+    name = results.sweep_name(args.sweep)
+    listed = states
+    if args.failed:
+        listed = listed.filter(pl.col("state").is_in(["failed", "blocked", "cancelled"]))
+    if args.running:
+        listed = listed.filter(pl.col("state").is_in(["running", "pending", "requeued"]))
+    if args.cell:
+        listed = listed.filter(pl.any_horizontal(pl.col("key").str.starts_with(k) for k in args.cell))
+    filtered = args.failed or args.running or args.cell or args.all
+    if args.json:
+        for row in listed.iter_rows(named=True):
+            print(json.dumps(row))
+        return 0
+    print(f"{name}: {states.height} cells | " + ", ".join(f"{s} {n}" for s, n in counts))
+    limit = 200 if filtered else 10
+    if not filtered:  # counts first; the failures are what needs reading
+        listed = listed.filter(pl.col("state").is_in(["failed", "blocked"]))
+        if listed.height:
+            print("failed cells (all of them: --failed; also --running, --cell KEY, --all, --json):")
+    for row in listed.head(limit).iter_rows(named=True):
+        job = f"  job {row['job_id']}" if row["job_id"] else ""
+        print(f"  {row['key']}  {row['group']:<12} {row['state']:<9}{job}")
+        if row["error"]:
+            print(f"      {row['error']}")
+        if row["log"] and row["state"] != "ok":
+            print(f"      log: {row['log']}")
+    if listed.height > limit:
+        print(f"  ... and {listed.height - limit} more (--json lists them all)")
+    return 0
+
+
+def logs(args: Logs) -> int:
+    from nfjobs import control, results
+
+    try:
+        files = control.log_files(args.key, args.runs_root, args.sweep, args.log_root)
+        sweep, key = control.find_cell(args.key, args.runs_root, args.sweep)
+    except control.NotFound as err:
+        fail(f"error: {err}")
+    if not files:
+        fail(f"error: cell {key} has no job and no log (never launched outside --debug?); "
+             f"its run directory is {Path(args.runs_root) / key}")
+    offsets = control.print_logs(files)
+    if args.follow:
+        def still_live() -> bool:
+            states = results.cell_states(sweep, args.runs_root, args.log_root)
+            row = states.filter(states["key"] == key)
+            return row.height == 1 and row["state"][0] in control.LIVE
+
+        try:
+            control.follow(files, offsets, still_live)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def cancel(args: Cancel) -> int:
+    from nfjobs import control, results
+
+    try:
+        states = results.cell_states(args.sweep, args.runs_root)
+        keys = [control.find_cell(k, args.runs_root, args.sweep)[1] for k in args.cell]
+    except (FileNotFoundError, control.NotFound) as err:
+        fail(f"error: {err}")
+    done = control.cancel(states, args.runs_root, results.sweep_name(args.sweep), keys, args.failed_only)
+    print(f"cancelled {done.height} cell(s)" + (": " + ", ".join(done["key"].to_list()[:10]) if done.height else
+                                                 " (none was queued or running)"))
+    return 0
+
+
+def kinds(args: Kinds) -> int:
+    from nfjobs.jobs import UnknownKind, describe_kinds
+
+    try:
+        print(describe_kinds())
+    except UnknownKind as err:
+        fail(f"error: {err}")
+    return 0
+
+
+def report(args: Report) -> int:
+    import polars as pl
+
+    from nfjobs import results
+
+    try:
+        lf = results.load(args.sweep, args.runs_root)
+    except FileNotFoundError as err:
+        fail(f"error: {err}")
     schema = lf.collect_schema()
+    if not schema:
+        fail(f"error: sweep {results.sweep_name(args.sweep)!r} has no result rows yet (launch.py status shows why)")
     for cond in args.where:
         col, _, text = cond.partition("=")
         if col not in schema:
             fail(f"error: --where {cond}: no column {col!r}")
-        lf = lf.filter(pl.col(col).cast(pl.String) == text)
+        keep = pl.col(col).cast(pl.String) == text
+        if "status" in schema:  # a cell that ended without rows of its own (failed) has no value here: keep it
+            keep = keep | (pl.col(col).is_null() & (pl.col("status") != "ok"))  # so it is counted as excluded
+        lf = lf.filter(keep)
     try:
         table = results.report(lf, args.by, args.metric, level=args.level)
     except KeyError as err:
         fail(f"error: {err.args[0]}")
+    excluded = results.exclusions(lf, args.metric)
     text = {"markdown": results.to_markdown, "csv": lambda t: t.write_csv()}.get(args.format, str)(table)
     if args.format == "table":
         with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_hide_dataframe_shape=True):
             text = str(table)
+    if excluded:  # said on stderr, so --format csv / markdown output stays a clean table
+        print("excluded: " + ", ".join(f"{n} cell(s) {why}" for why, n in excluded.items()), file=sys.stderr)
     if args.out:
         Path(args.out).write_text(text + "\n")
         print(f"wrote {args.out}")
@@ -294,32 +469,22 @@ def report(argv: list[str]) -> int:
     return 0
 
 
-def _sweep_name(target: str) -> str:
-    path = Path(target)
-    if path.suffix == ".toml" and path.exists():
-        import tomllib
-
-        return tomllib.loads(path.read_text()).get("sweep", {}).get("name", path.stem)
-    return path.stem if path.suffix == ".toml" else target
-
-
-def kinds(argv: list[str]) -> int:
-    """List the job kinds a sweep may name: built-in, entry points, [tool.nfjobs.kinds] of pyproject.toml."""
-    from nfjobs.jobs import UnknownKind, describe_kinds
-
-    try:
-        print(describe_kinds())
-    except UnknownKind as err:
-        fail(f"error: {err}")
-    return 0
+COMMANDS = {"run": Launch, "status": Status, "report": Report, "logs": Logs, "cancel": Cancel, "kinds": Kinds}
+HANDLERS = {Status: status, Report: report, Logs: logs, Cancel: cancel, Kinds: kinds}
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    commands = {"status": status, "report": report, "kinds": kinds}
-    if argv and argv[0] in commands:
-        return commands[argv[0]](argv[1:])
-    return launch(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
+        argv = ["run", *argv]  # `launch.py --sweep x.toml` is `launch.py run --sweep x.toml`
+    overrides = []
+    if argv[0] == "run":
+        rest, overrides = split_overrides(argv[1:], {f.name for f in dataclasses.fields(Launch)})
+        argv = ["run", *rest]
+    args = tyro.extras.subcommand_cli_from_dict(COMMANDS, args=argv, prog="launch.py", description=__doc__)
+    if isinstance(args, Launch):
+        return launch(args, overrides)
+    return HANDLERS[type(args)](args)
 
 
 if __name__ == "__main__":

@@ -63,7 +63,8 @@ class Override:
     """A `--dotted.key value` the user typed: it beats the sweep for every cell whose kind has that key."""
 
     key: str
-    text: str
+    text: str | tuple[str, ...]
+    """The value as typed: one token, or the tokens after the flag (`--optim.betas 0.9 0.95`)."""
 
 
 # ---------------------------------------------------------------------------------------------------- keys
@@ -388,9 +389,9 @@ def _apply_overrides(p: _Problems, info: _KindInfo, flat: dict[str, Any], overri
     for o in overrides:
         if o.key in info.leaves:
             try:
-                flat[o.key] = typed.parse_string(o.text, info.leaves[o.key])
+                flat[o.key] = typed.parse_tokens(o.text, info.leaves[o.key])
             except typed.TypeMismatch as err:
-                p.add(f"--{o.key}", f"expected {err.expected}, got {o.text!r}")
+                p.add(f"--{o.key}", f"expected {err.expected}, got {err.got!r}")
 
 
 @dataclass

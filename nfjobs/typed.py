@@ -218,3 +218,32 @@ def parse_string(text: str, tp: Any) -> Any:
             raise TypeMismatch("a number", text) from None
         return coerce(number, float)
     return coerce(text, tp)
+
+
+def parse_tokens(tokens: str | tuple[str, ...] | list[str], tp: Any) -> Any:
+    """Command-line tokens converted to `tp` as tyro reads them (train.py, probe.py): a list takes one token per
+    item (`--optim.betas 0.9 0.95`), a boolean flag alone means true, `None` means none. A str is one token."""
+    tokens = (tokens,) if isinstance(tokens, str) else tuple(tokens)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        if type(None) in args and tokens == ("None",):
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return parse_tokens(tokens, a)
+            except TypeMismatch:
+                continue
+        raise TypeMismatch(describe(tp), " ".join(tokens))
+    if origin in (tuple, list):
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(tokens) != len(args):
+                raise TypeMismatch(describe(tp), " ".join(tokens))
+            return coerce([parse_string(t, a) for t, a in zip(tokens, args)], tp)
+        return coerce([parse_string(t, args[0]) for t in tokens], tp)
+    if tp is bool and not tokens:
+        return True
+    if len(tokens) != 1:
+        raise TypeMismatch(describe(tp) if tp is not bool else "true or false", " ".join(tokens))
+    return parse_string(tokens[0], tp)

@@ -233,3 +233,40 @@ def test_no_job_kind_imports_torch_at_import_time():
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_report_says_what_it_excluded_and_fails_cleanly_on_bad_input(sweep_file, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    path = sweep_file('kind = "toy"\nhead.width = [4, 8]\nseed = [0, 1]\n')
+    assert run_launch("--sweep", str(path), "--debug", runs=runs) == 0
+    failing = sweep_file('kind = "toy"\nhead.width = 8\nseed = 2\nfail = true\n[sweep]\nname = "s"\n', "s2.toml")
+    with pytest.raises(ValueError):
+        run_launch("--sweep", str(failing), "--debug", runs=runs)  # same sweep name: one more cell, failed
+    capsys.readouterr()
+    base = ["report", "--sweep", str(path), "--runs-root", str(runs)]
+    assert launch.main([*base, "--by", "head.width", "seed", "--metric", "metric", "--where", "split=val",
+                        "--format", "csv"]) == 0
+    out, err = capsys.readouterr()
+    assert "excluded: 1 cell(s) failed" in err
+    rows = out.strip().splitlines()[1:]
+    assert len(rows) == 4 and all(r.endswith(",,") for r in rows)  # one value per group: no std, no interval
+    for bad, says in [(["--metric", "nope"], "nope"), (["--metric", "metric", "--by", "nocol"], "nocol"),
+                      (["--metric", "metric", "--where", "nocol=1"], "nocol")]:
+        with pytest.raises(SystemExit) as exc:
+            launch.main([*base, *bad])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and says in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as exc:
+        launch.main(["report", "--sweep", "unknown", "--runs-root", str(runs), "--metric", "m"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "no sweep named 'unknown'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_finished_launch_says_where_its_results_are_and_what_to_run_next(sweep_file, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    path = sweep_file('kind = "toy"\nhead.width = [4, 8]\n')
+    assert run_launch("--sweep", str(path), "--debug", runs=runs) == 0
+    out = capsys.readouterr().out
+    assert f"rows: 2 result file(s), runs/<key>/result.parquet under {runs}/" in out
+    assert f"next: uv run launch.py report --sweep {path} --runs-root {runs} --by head.width" in out
+    assert f"uv run launch.py status --sweep {path} --runs-root {runs}" in out

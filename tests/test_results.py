@@ -92,7 +92,8 @@ def test_report_groups_and_summarises():
     assert table["n"].to_list() == [3, 1]
     assert table["mean"].to_list() == pytest.approx([0.6, 0.9])
     assert table["std"][0] == pytest.approx(0.1)
-    assert table["ci95_low"][1] == table["ci95_high"][1] == 0.9
+    assert table["ci95_low"][1] is None and table["ci95_high"][1] is None  # one value: no interval
+    assert table["std"][1] is None
 
 
 def test_report_excludes_failed_rows_and_names_missing_columns():
@@ -103,7 +104,7 @@ def test_report_excludes_failed_rows_and_names_missing_columns():
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=1, max_size=40),
+@given(st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=2, max_size=40),
        st.floats(0.5, 0.99))
 def test_bootstrap_ci_is_ordered_and_within_the_data_range(values, level):
     low, high = results.bootstrap_ci(np.asarray(values), level=level)
@@ -111,10 +112,37 @@ def test_bootstrap_ci_is_ordered_and_within_the_data_range(values, level):
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.floats(-1e3, 1e3, allow_nan=False), st.integers(1, 30))
+@given(st.floats(-1e3, 1e3, allow_nan=False), st.integers(2, 30))
 def test_bootstrap_ci_of_a_constant_is_that_constant(value, n):
     low, high = results.bootstrap_ci(np.full(n, value))
     assert low == pytest.approx(value) and high == pytest.approx(value)
+
+
+def test_bootstrap_ci_of_fewer_than_two_values_is_no_interval():
+    assert all(np.isnan(results.bootstrap_ci(np.asarray(v))).all() for v in ([], [3.0], [np.nan, 2.0]))
+
+
+def test_exclusions_count_cells_by_reason():
+    df = pl.DataFrame({
+        "key": ["a", "a", "b", "c", "d", "e", "e"],
+        "status": ["ok", "ok", "failed", "blocked", "ok", "ok", "ok"],
+        "m": [1.0, None, None, None, None, 2.0, 3.0],
+    })  # a: one split without the metric is still reported; d: finished without it
+    assert results.exclusions(df, "m") == {"blocked": 1, "failed": 1, "missing m": 1}
+    assert results.exclusions(df.filter(pl.col("key") == "e"), "m") == {}
+
+
+def test_cell_outcome_gives_the_status_and_the_last_error_line(tmp_path):
+    assert results.cell_outcome(tmp_path, "k") is None
+    path = results.result_path(tmp_path, "k")
+    results.write_rows(path, [{"status": "ok", "error": ""}, {"status": "ok", "error": ""}])
+    assert results.cell_outcome(tmp_path, "k") == ("ok", "")
+    results.write_rows(path, [{"status": "failed", "error": "Traceback:\n  File x\nValueError: bad lr\n\n"}])
+    assert results.cell_outcome(tmp_path, "k") == ("failed", "ValueError: bad lr")
+    results.write_rows(path, [{"status": "blocked", "error": "upstream u failed"}])
+    assert results.cell_outcome(tmp_path, "k") == ("blocked", "upstream u failed")
+    path.write_bytes(b"torn")
+    assert results.cell_outcome(tmp_path, "k") is None
 
 
 def test_bootstrap_ci_covers_the_true_mean_about_as_often_as_it_says():

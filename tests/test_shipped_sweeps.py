@@ -50,6 +50,11 @@ def test_cpu_sized_sweeps_run_end_to_end(name, tmp_path):
     if name in ("quickstart.toml", "nf_variants_tiny.toml"):
         val = df.filter(pl.col("split") == "val")
         assert val["psnr"].is_finite().all() and (val["psnr"] > 5).all()
+    if name == "quickstart.toml":  # the README's first command shows a field that learns, not a flat line
+        curve = df.filter((pl.col("split") == "val_curve") & (pl.col("eval_context_frac") == 1.0))
+        for key in curve["key"].unique():
+            psnr = curve.filter(pl.col("key") == key).sort("epoch")["psnr"]
+            assert psnr[-1] > psnr[0] + 2.0, psnr.to_list()
 
 
 

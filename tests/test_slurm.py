@@ -393,3 +393,54 @@ def test_every_slurm_parameter_reaches_the_job_script_intact(sweep_file, tmp_pat
                          capture_output=True, text=True, timeout=30).stdout
     assert out.splitlines() and all(ln.split("|")[:3] == ["gpu", ACCOUNT, "00:15:00"] for ln in out.splitlines())
     assert results.load(path, tmp_path / "runs").collect()["status"].to_list() == ["ok", "ok"]
+
+def launch_cmd(tmp_path: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """A launch.py subcommand (status, logs, cancel) on this test's runs and logs."""
+    cmd = [sys.executable, "launch.py", *args, "--runs-root", str(tmp_path / "runs")]
+    if args[0] != "cancel":
+        cmd += ["--log-root", str(tmp_path / "logs")]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def test_status_logs_and_cancel_on_slurm(sweep_file, tmp_path):
+    path = sweep_file('kind = "smoke"\n[[group]]\nname = "bad"\nsteps = 1\nfail_at_step = 0\n'
+                      '[[group]]\nname = "long"\nsteps = 600\nstep_seconds = 1.0\n', "watch.toml")
+    assert launch(path, tmp_path, "--max-parallel", "2").returncode == 0
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        states = dict(results.cell_states(path, tmp_path / "runs", tmp_path / "logs").select("group", "state").iter_rows())
+        if states == {"bad": "failed", "long": "running"}:
+            break
+        time.sleep(1)
+    assert states == {"bad": "failed", "long": "running"}
+    df = results.cell_states(path, tmp_path / "runs", tmp_path / "logs")
+    bad, long = (df.filter(pl.col("group") == g).row(0, named=True) for g in ("bad", "long"))
+
+    status = launch_cmd(tmp_path, "status", "--sweep", str(path))
+    lines = status.stdout.splitlines()
+    assert lines[0] == "watch: 2 cells | failed 1, running 1", status.stdout + status.stderr
+    assert "RuntimeError: smoke job failing on purpose at step 0" in status.stdout
+    assert f"log: {bad['log']}" in status.stdout and Path(bad["log"]).exists()  # submitit's stderr of that task
+    running = launch_cmd(tmp_path, "status", "--sweep", str(path), "--running").stdout
+    assert long["key"] in running and bad["key"] not in running
+
+    logs = launch_cmd(tmp_path, "logs", bad["key"])
+    assert logs.returncode == 0 and "smoke job failing on purpose" in logs.stdout  # the traceback, from the log
+
+    follower = subprocess.Popen([sys.executable, "launch.py", "logs", long["key"], "-f", "--runs-root",
+                                 str(tmp_path / "runs"), "--log-root", str(tmp_path / "logs")],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    assert follower.poll() is None  # following while the cell runs
+    cancel = launch_cmd(tmp_path, "cancel", "--sweep", str(path))
+    assert cancel.returncode == 0 and f"cancelled 1 cell(s): {long['key']}" in cancel.stdout, cancel.stderr
+    out, _ = follower.communicate(timeout=120)  # ... and returns once the job has ended
+    assert f"==> {long['log']} <==" in out
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and long["job_id"] in subprocess.run(
+            ["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True).stdout.split():
+        time.sleep(1)
+    rows = pl.read_parquet(results.result_path(tmp_path / "runs", long["key"]))
+    assert rows["status"].to_list() == ["cancelled"]  # one result, saying what happened
+    final = launch_cmd(tmp_path, "status", "--sweep", str(path)).stdout
+    assert final.splitlines()[0] == "watch: 2 cells | failed 1, cancelled 1"
