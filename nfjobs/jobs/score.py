@@ -63,6 +63,8 @@ class Config:
     """`auto` (GPU when visible), `cpu`, `cuda`, `cuda:1`, ..."""
     batch_patches: int = runtime_field(16384)
     """Patches scored at once (bounds the (patches, K) score matrix in memory)."""
+    eval_split: Literal["val", "test"] = "val"
+    """Split the chosen prototypes are tested on: the cache's `val/` or `test/` (a cache with split = 'all')."""
 
     def __post_init__(self):
         for name in ("n_prototypes", "train_patches", "kmeans_iters", "sae_steps", "sae_batch"):
@@ -81,12 +83,15 @@ def check(cfg: Config) -> list[tuple[str, str]]:
     if cfg.activations == BUILTIN_PIXELS:
         if cfg.data.name != "builtin":
             return [("data.name", f"{BUILTIN_PIXELS} cuts the builtin images into patches; got {cfg.data.name!r}")]
+        if cfg.eval_split == "test":
+            return [("eval_split", f"{BUILTIN_PIXELS} has train and val splits only")]
         return []
     if not cfg.activations:
         return [("activations", f"name the cell key or run directory of a cache cell, or {BUILTIN_PIXELS!r}")]
     if _looks_like_path(cfg.activations):
         root = Path(cfg.activations).expanduser()
-        missing = [f"{s}/{f}" for s in ("train", "val") for f in ("meta.json", "traits.npy") if not (root / s / f).is_file()]
+        missing = [f"{s}/{f}" for s in ("train", cfg.eval_split) for f in ("meta.json", "traits.npy")
+                   if not (root / s / f).is_file()]
         if missing:
             return [("activations", f"{root} lacks {', '.join(missing)} (a cache cell of a dataset with traits "
                                     "and split = 'both' writes them)")]
@@ -121,7 +126,7 @@ def _load(cfg: Config, ctx):
     from nfjobs.activations import open_cache
 
     root = ctx.resolve(cfg.activations)
-    train, val = open_cache(root / "train"), open_cache(root / "val")
+    train, val = open_cache(root / "train"), open_cache(root / cfg.eval_split)
     if train.traits is None or val.traits is None:
         raise ValueError(f"{cfg.activations}: the cache has no traits.npy; trait scoring needs a dataset with traits")
     names = train.meta.get("trait_names", ())

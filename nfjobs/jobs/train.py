@@ -8,7 +8,7 @@ Writes under the run directory: `checkpoint.pt` (every epoch; exact resume), `mo
 ({"config": dict, "model": state_dict}), `train_loss.npy` (loss of every step) and `reconstructions.png`
 (rows: ground truth, then reconstructions from each of `GRID_FRACS` of the pixels).
 Rows: per epoch (`split="val_curve"`, first `curve_images` validation images) and at the end
-(`split="val"`, the whole validation split): whatever the family's `evaluate` returns (perceiver: one row
+(`split` = `eval_split`: the whole validation or test split): whatever the family's `evaluate` returns (perceiver: one row
 per `eval_context_frac`, with `psnr` and `mse`), plus `epoch`, `train_loss`, `train_s` and `wall_s`.
 """
 
@@ -76,6 +76,9 @@ class Config:
     """`torch.compile` the training step (CUDA only)."""
     compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = runtime_field("default")
     """`torch.compile` mode (`bench/train_throughput.py --modes` compares them)."""
+    eval_split: Literal["val", "test"] = "val"
+    """Split of the final evaluation: `val` (held out of the training images) or `test` (e.g. CIFAR-10's
+    `test_batch`); the per-epoch curve always uses `val`."""
 
     def __post_init__(self):
         if not 0 < self.context_frac <= 1:
@@ -90,7 +93,8 @@ def check(cfg: Config) -> list[tuple[str, str]]:
     """The dataset root; `init_from` is resolved at run time (it may be produced by an earlier stage)."""
     from nfjobs.data import check as check_data
 
-    return check_data(cfg.data)
+    splits = ("train", "val") if cfg.eval_split == "val" else ("train", "val", "test")
+    return check_data(cfg.data, splits=splits)
 
 
 def depends_on(cfg: Config) -> list[str]:
@@ -139,6 +143,10 @@ def run(cfg: Config, ctx) -> list[dict]:
     family = load_family(cfg.model)
     train_u8 = T.to_device(load_split(cfg.data, "train").images, device)
     val = T.to_device(load_split(cfg.data, "val").images, device).float().div_(255)
+    if cfg.eval_split == "test":
+        held_out = T.to_device(load_split(cfg.data, "test").images, device).float().div_(255)
+    else:
+        held_out = val
     model = family.build(cfg).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(
@@ -222,7 +230,7 @@ def run(cfg: Config, ctx) -> list[dict]:
 
     model.eval()
     with autocast:
-        final = family.evaluate(model, val, cfg)
+        final = family.evaluate(model, held_out, cfg)
         reconstruct = getattr(family, "reconstruct", None)
         if reconstruct is not None:
             shown = val[:GRID_IMAGES]
@@ -231,4 +239,4 @@ def run(cfg: Config, ctx) -> list[dict]:
     torch.save({"config": dataclasses.asdict(cfg), "model": model.state_dict()}, ctx.run_dir / "model.pt")
     last = {"epoch": cfg.epochs, "train_loss": float(np.mean(history[-steps_per_epoch:])), "train_s": train_s,
             "wall_s": time.perf_counter() - wall0}
-    return curve + [{**r, "split": "val", **last} for r in final]
+    return curve + [{**r, "split": cfg.eval_split, **last} for r in final]
