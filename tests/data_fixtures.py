@@ -30,13 +30,13 @@ def write_cifar(root: Path, n_per_batch: int = 6, n_test: int = 8, seed: int = 0
     return Path(root)
 
 
-def write_png_folder(root: Path, images: np.ndarray, labels: np.ndarray, class_names) -> list[str]:
-    """uint8 images (N, H, W, 3) as `root/<class>/<i:05d>.png`; returns their paths relative to `root` in index
-    order (zero-padded names keep folder order = index order within a class)."""
+def write_png_folder(root: Path, images: np.ndarray, labels: np.ndarray, class_names, start: int = 0) -> list[str]:
+    """uint8 images (N, H, W, 3) as `root/<class>/<start + i:05d>.png`; returns their paths relative to `root` in
+    index order (zero-padded names keep folder order = index order within a class)."""
     from PIL import Image
 
     paths = []
-    for i, (image, label) in enumerate(zip(images, labels)):
+    for i, (image, label) in enumerate(zip(images, labels), start):
         rel = f"{class_names[label]}/{i:05d}.png"
         (Path(root) / rel).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(Path(root) / rel)
