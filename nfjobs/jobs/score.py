@@ -13,6 +13,9 @@ Rows (`row_type` tells them apart):
   else), `constant_map_implausible`, `train_map`, trait and image counts, `seconds_select`, `seconds_scorer`.
   AP is undefined for traits without test positives: they are left out of mAP and counted.
 
+Pictures (`nfjobs.scoring.pictures`): per trait, the chosen prototype's top test images with the best patch
+outlined, under `<run_dir>/pictures/` (`index.html` links them).
+
 `activations` names a cache cell (key or run directory holding `train/` and `val/`, see `nfjobs.activations`),
 or `builtin-pixels`: the builtin dataset (`data`) cut into 4x4 patches, 64 tokens of 48 pixel values, so the
 whole protocol runs without downloads or a cache cell.
@@ -202,7 +205,7 @@ def run(cfg: Config, ctx) -> list[dict]:
         raise ValueError("; ".join(f"{k}: {m}" for k, m in problems))
     import torch
 
-    from nfjobs.scoring import protocol
+    from nfjobs.scoring import pictures, protocol
 
     device = ctx.device() if cfg.device == "auto" else torch.device(cfg.device)
     (train_shards, train_traits), (val_shards, val_traits), names = _load(cfg, ctx)
@@ -224,4 +227,5 @@ def run(cfg: Config, ctx) -> list[dict]:
         "test_pos": int(result.test_pos[t]), "prevalence": float(result.prevalence[t]),
     } for t in range(len(result.prototype))]
     rows.append({"row_type": "summary", **summary, "seconds_scorer": seconds_scorer})
+    pictures.write_for_score(cfg, ctx, scorer, result, val_scores, val_shards, val_traits, names, device)
     return rows
