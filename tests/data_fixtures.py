@@ -42,3 +42,23 @@ def write_png_folder(root: Path, images: np.ndarray, labels: np.ndarray, class_n
         Image.fromarray(image).save(Path(root) / rel)
         paths.append(rel)
     return paths
+
+
+def write_trait_folder(root: Path, n: int = 48, size: int = 32, seed: int = 0) -> Path:
+    """An image folder with learnable traits: three classes of noisy images whose traits (`red`, `bright`,
+    `striped`) are drawn into the pixels, plus `traits.csv` and `splits.csv` (train / val / test by position)."""
+    import polars as pl
+
+    rng = np.random.default_rng(seed)
+    red, bright, striped = rng.random(n) < 0.4, rng.random(n) < 0.5, rng.random(n) < 0.3
+    images = rng.integers(0, 60, (n, size, size, 3)).astype(np.int64)
+    images[red, :, :, 0] += 150
+    images[bright] += 60
+    images[striped, ::4] = 255
+    labels = np.arange(n) % 3
+    paths = write_png_folder(root, np.clip(images, 0, 255).astype(np.uint8), labels, ("a", "b", "c"))
+    pl.DataFrame({"path": paths, "red": red, "bright": bright.astype(int), "striped": striped.astype(int)}).write_csv(
+        Path(root) / "traits.csv")
+    split = ["test" if i % 4 == 0 else "val" if i % 4 == 1 else "train" for i in range(n)]
+    pl.DataFrame({"path": paths, "split": split}).write_csv(Path(root) / "splits.csv")
+    return Path(root)
