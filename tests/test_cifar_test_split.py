@@ -75,3 +75,45 @@ def test_a_batch_of_the_wrong_shape_is_refused(tmp_path):
     (root / cifar10.FOLDER / "data_batch_3").write_bytes(pickle.dumps(bad, protocol=2))
     with pytest.raises(ValueError, match="data_batch_3.*3072"):
         load_split(replace(DataConfig(name="cifar10", root=str(root))), "train")
+
+
+# ---------------------------------------------------------------- the split in every job that chooses one
+def test_train_evaluates_on_test_and_checks_for_it(tmp_path, monkeypatch):
+    from test_train import TINY
+
+    from nfjobs.context import Context
+    from nfjobs.jobs import train
+    from nfjobs.models import perceiver
+
+    data = DataConfig(name="cifar10", root=str(write_cifar(tmp_path / "c", n_per_batch=6, n_test=8)), val_frac=0.2)
+    cfg = replace(TINY, data=data, epochs=1, batch_size=8, curve_images=0, eval_split="test")
+    assert train.check(cfg) == []
+    seen = []
+    evaluate = perceiver.evaluate
+    monkeypatch.setattr(perceiver, "evaluate", lambda model, images, c: seen.append(len(images)) or evaluate(model, images, c))
+    rows = train.run(cfg, Context("t", "train", tmp_path / "runs"))
+    assert {r["split"] for r in rows} == {"test"} and seen == [8]
+    no_test = replace(data, root=str(write_cifar(tmp_path / "d", test=False)))
+    [(key, message)] = train.check(replace(cfg, data=no_test))
+    assert key == "data.root" and "test_batch" in message
+
+
+def test_cache_all_then_probe_and_score_on_test(tmp_path):
+    from nfjobs.context import Context
+    from nfjobs.jobs import cache, probe, score
+
+    data = DataConfig(name="cifar10", root=str(write_cifar(tmp_path / "c", n_per_batch=6, n_test=8)), val_frac=0.2)
+    runs = tmp_path / "runs"
+    rows = cache.run(cache.Config(data=data, split="all", shard_size=8), Context("k", "cache", runs))
+    assert [(r["cached_split"], r["n_images"]) for r in rows] == [("train", 24), ("val", 6), ("test", 8)]
+    cfg = probe.Config(activations="k", probe="knn", knn_k=3, eval_split="test")
+    (row,) = probe.run(cfg, Context("p", "probe", runs))
+    assert row["n_val"] == 8
+    both = tmp_path / "both"  # what a cache cell with split = 'both' leaves
+    for split in ("train", "val"):
+        (both / split).mkdir(parents=True)
+        (both / split / "meta.json").write_text("{}")
+    assert "no cached test split" in probe.check(probe.Config(activations=str(both), eval_split="test"))[0][1]
+    assert "test/meta.json" in score.check(score.Config(activations=str(both), eval_split="test"))[0][1]
+    assert score.check(score.Config(eval_split="test"))[0][0] == "eval_split"
+    assert cache.check(cache.Config(data=DataConfig(), split="test"))[0][0] == "data.name"
