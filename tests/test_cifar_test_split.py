@@ -90,7 +90,8 @@ def test_train_evaluates_on_test_and_checks_for_it(tmp_path, monkeypatch):
     assert train.check(cfg) == []
     seen = []
     evaluate = perceiver.evaluate
-    monkeypatch.setattr(perceiver, "evaluate", lambda model, images, c: seen.append(len(images)) or evaluate(model, images, c))
+    monkeypatch.setattr(perceiver, "evaluate",
+                        lambda model, images, c: seen.append(len(images)) or evaluate(model, images, c))
     rows = train.run(cfg, Context("t", "train", tmp_path / "runs"))
     assert {r["split"] for r in rows} == {"test"} and seen == [8]
     no_test = replace(data, root=str(write_cifar(tmp_path / "d", test=False)))

@@ -8,8 +8,8 @@ Writes under the run directory: `checkpoint.pt` (every epoch; exact resume), `mo
 ({"config": dict, "model": state_dict}), `train_loss.npy` (loss of every step) and `reconstructions.png`
 (rows: ground truth, then reconstructions from each of `GRID_FRACS` of the pixels).
 Rows: per epoch (`split="val_curve"`, first `curve_images` validation images) and at the end
-(`split` = `eval_split`: the whole validation or test split): whatever the family's `evaluate` returns (perceiver: one row
-per `eval_context_frac`, with `psnr` and `mse`), plus `epoch`, `train_loss`, `train_s` and `wall_s`.
+(`split` = `eval_split`: the whole validation or test split): whatever the family's `evaluate` returns
+(perceiver: one row per `eval_context_frac`, with `psnr` and `mse`), plus `epoch`, `train_loss`, `train_s` and `wall_s`.
 """
 
 import dataclasses

@@ -96,7 +96,8 @@ def patch_box(patch: int, n_tokens: int, height: int, width: int) -> tuple[int, 
     return (col * width // g, row * height // g, (col + 1) * width // g - 1, (row + 1) * height // g - 1)
 
 
-def grid(images: UInt8[np.ndarray, "k H W 3"], boxes: Sequence, has_trait: Sequence[bool]) -> UInt8[np.ndarray, "h w 3"]:
+def grid(images: UInt8[np.ndarray, "k H W 3"], boxes: Sequence, has_trait: Sequence[bool]
+         ) -> UInt8[np.ndarray, "h w 3"]:
     """The images in a row, each with its box outlined (green: has the trait, red: does not)."""
     from torchvision.utils import draw_bounding_boxes, make_grid
 
@@ -106,7 +107,8 @@ def grid(images: UInt8[np.ndarray, "k H W 3"], boxes: Sequence, has_trait: Seque
         tile = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)  # (3, H, W)
         tile = tile.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
         if box is not None:
-            scaled = torch.tensor([[box[0] * scale, box[1] * scale, (box[2] + 1) * scale - 1, (box[3] + 1) * scale - 1]])
+            x0, y0, x1, y1 = box
+            scaled = torch.tensor([[x0 * scale, y0 * scale, (x1 + 1) * scale - 1, (y1 + 1) * scale - 1]])
             tile = draw_bounding_boxes(tile, scaled, colors="lime" if yes else "red", width=max(2, scale))
         tiles.append(tile)
     return make_grid(tiles, nrow=len(tiles), padding=4, pad_value=255).permute(1, 2, 0).numpy()
