@@ -118,3 +118,12 @@ def test_cache_all_then_probe_and_score_on_test(tmp_path):
     assert "test/meta.json" in score.check(score.Config(activations=str(both), eval_split="test"))[0][1]
     assert score.check(score.Config(eval_split="test"))[0][0] == "eval_split"
     assert cache.check(cache.Config(data=DataConfig(), split="test"))[0][0] == "data.name"
+
+
+def test_batches_written_by_numpy_1_name_numpy_core_and_still_load(tmp_path):
+    root = write_cifar(tmp_path)
+    path = root / cifar10.FOLDER / "test_batch"
+    blob = path.read_bytes()
+    assert b"numpy._core.multiarray" in blob  # this numpy writes the new name; the official files the old one
+    path.write_bytes(blob.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    assert len(load_split(DataConfig(name="cifar10", root=str(root)), "test").images) == 8
