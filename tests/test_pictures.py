@@ -74,3 +74,27 @@ def test_the_score_job_writes_a_grid_per_trait_and_an_index(tmp_path):
     page = (out / "index.html").read_text()
     assert all(r["trait_name"] in page for r in traits)
     assert Image.open(out / "trait_0000.png").size[0] > pictures.TOP_K * 32
+    assert rows[-1]["pictures"] == "pictures/index.html"
+
+
+def test_pictures_are_skipped_with_a_log_line_when_the_images_are_gone(tmp_path):
+    import json
+
+    from data_fixtures import write_trait_folder
+
+    from nfjobs.jobs import cache
+
+    runs = tmp_path / "runs"
+    data = DataConfig(name="imagefolder", root=str(write_trait_folder(tmp_path / "folder", n=12, size=8)),
+                      traits_file="traits.csv", image_size=8, val_frac=0.5, workers=0)
+    cache.run(cache.Config(data=data, shard_size=8), Context("c", "cache", runs))
+    meta = runs / "c" / "val" / "meta.json"
+    moved = json.loads(meta.read_text())
+    moved["dataset"]["root"] = str(tmp_path / "elsewhere")  # as if the cache were copied to another machine
+    meta.write_text(json.dumps(moved))
+    logs = []
+    ctx = Context("s", "score", runs)
+    ctx.log = logs.append
+    rows = score.run(score.Config(activations="c", n_prototypes=4, train_patches=100, device="cpu"), ctx)
+    assert rows[-1]["pictures"] == "" and any("pictures skipped" in line for line in logs)
+    assert not (ctx.run_dir / "pictures").exists()

@@ -107,10 +107,10 @@ def _rows(root: Path, table, file: Path, key: str, index: dict[str, int]) -> np.
     return rows
 
 
-def _traits(root: Path, cfg: DataConfig, index: dict[str, int]) -> tuple[np.ndarray, tuple[str, ...]]:
+def _traits(root: Path, traits_file: str, index: dict[str, int]) -> tuple[np.ndarray, tuple[str, ...]]:
     import polars as pl
 
-    file, table = _read_table(root, cfg.traits_file, "traits_file")
+    file, table = _read_table(root, traits_file, "traits_file")
     rows = _rows(root, table, file, "traits_file", index)
     names = tuple(c for c in table.columns if c != "path")
     if not names:
@@ -153,18 +153,33 @@ def _split(root: Path, cfg: DataConfig, index: dict[str, int]) -> tuple[str, ...
     return tuple(split)
 
 
+@functools.lru_cache(maxsize=8)
+def _scanned(root: str) -> tuple[tuple[str, ...], Int[np.ndarray, " N"], tuple[str, ...]]:
+    path = Path(root).expanduser()
+    if not root or not path.is_dir():
+        raise FolderError("root", f"{root!r} is not a directory (expected class sub-folders of images)")
+    paths, labels, classes = _scan(path)
+    if not paths:
+        raise FolderError("root", f"{path} has no images in class sub-folders (suffixes {', '.join(SUFFIXES)})")
+    return tuple(paths), np.asarray(labels, np.int64), classes
+
+
+@functools.lru_cache(maxsize=8)
+def _traits_of(root: str, traits_file: str) -> tuple[np.ndarray | None, tuple[str, ...]]:
+    paths = _scanned(root)[0]
+    if not traits_file:
+        return None, ()
+    return _traits(Path(root).expanduser(), traits_file, {p: i for i, p in enumerate(paths)})
+
+
 @functools.lru_cache(maxsize=64)
 def listing(cfg: DataConfig) -> Listing:
-    """The folder's images, classes, traits and splits (memoised: checks and jobs ask more than once)."""
-    root = Path(cfg.root).expanduser()
-    if not cfg.root or not root.is_dir():
-        raise FolderError("root", f"{cfg.root!r} is not a directory (expected class sub-folders of images)")
-    paths, labels, classes = _scan(root)
-    if not paths:
-        raise FolderError("root", f"{root} has no images in class sub-folders (suffixes {', '.join(SUFFIXES)})")
-    index = {p: i for i, p in enumerate(paths)}
-    traits, names = _traits(root, cfg, index) if cfg.traits_file else (None, ())
-    return Listing(tuple(paths), np.asarray(labels, np.int64), traits, _split(root, cfg, index), classes, names)
+    """The folder's images, classes, traits and splits (memoised by what each depends on: a sweep over
+    `n_train` or `image_size` scans the folder and reads its tables once)."""
+    paths, labels, classes = _scanned(cfg.root)
+    traits, names = _traits_of(cfg.root, cfg.traits_file)
+    split = _split(Path(cfg.root).expanduser(), cfg, {p: i for i, p in enumerate(paths)})
+    return Listing(paths, labels, traits, split, classes, names)
 
 
 def split_ids(cfg: DataConfig, split: str) -> Int[np.ndarray, " M"]:

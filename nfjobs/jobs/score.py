@@ -10,7 +10,8 @@ Rows (`row_type` tells them apart):
 - `trait`: one per trait: `trait`, `trait_name`, `prototype`, `train_ap`, `test_ap`, `train_pos`, `test_pos`,
   `prevalence` (test; also the constant predictor's AP);
 - `summary`: one: `map`, `ap_q05`, `ap_q95`, `constant_map` (mean test prevalence; check it before anything
-  else), `constant_map_implausible`, `train_map`, trait and image counts, `seconds_select`, `seconds_scorer`.
+  else), `constant_map_implausible`, `train_map`, trait and image counts, `seconds_select`, `seconds_scorer`,
+  `pictures` (the pictures' index page relative to the run dir; empty when they could not be drawn).
   AP is undefined for traits without test positives: they are left out of mAP and counted.
 
 Pictures (`nfjobs.scoring.pictures`): per trait, the chosen prototype's top test images with the best patch
@@ -226,6 +227,6 @@ def run(cfg: Config, ctx) -> list[dict]:
         "test_ap": float(result.test_ap[t]), "train_pos": int(result.train_pos[t]),
         "test_pos": int(result.test_pos[t]), "prevalence": float(result.prevalence[t]),
     } for t in range(len(result.prototype))]
-    rows.append({"row_type": "summary", **summary, "seconds_scorer": seconds_scorer})
-    pictures.write_for_score(cfg, ctx, scorer, result, val_scores, val_shards, val_traits, names, device)
+    page = pictures.write_for_score(cfg, ctx, scorer, result, val_scores, val_shards, val_traits, names, device)
+    rows.append({"row_type": "summary", **summary, "seconds_scorer": seconds_scorer, "pictures": page})
     return rows

@@ -151,9 +151,10 @@ def data_config(dataset: dict) -> DataConfig:
 
 
 def write_for_score(cfg, ctx, scorer: Scorer, result, test_scores: Float[Tensor, "N K"], test_shards,
-                    test_traits: Bool[np.ndarray, "N T"], names: Sequence[str], device) -> Path | None:
-    """The score job's pictures of its test split under `<run_dir>/pictures/`; None (and a log line) when the
-    images cannot be read (a cache whose dataset root is gone)."""
+                    test_traits: Bool[np.ndarray, "N T"], names: Sequence[str], device) -> str:
+    """The score job's pictures of its test split under `<run_dir>/pictures/`; returns the index page's path
+    relative to the run dir, or "" (and a log line) when the images cannot be read (a cache whose dataset root
+    is gone)."""
     import json
 
     from nfjobs.data import check, open_split
@@ -166,7 +167,7 @@ def write_for_score(cfg, ctx, scorer: Scorer, result, test_scores: Float[Tensor,
     problems = check(data, splits=(split,))
     if problems:
         ctx.log(f"pictures skipped: {'; '.join(m for _, m in problems)}")
-        return None
+        return ""
     pictures = top_patches(scorer, test_shards, test_scores, result.prototype, test_traits, names, result.test_ap,
                            device=device)
     ids = sorted({int(i) for pic in pictures for i in pic.image_ids})
@@ -175,4 +176,4 @@ def write_for_score(cfg, ctx, scorer: Scorer, result, test_scores: Float[Tensor,
     title = f"{cfg.scorer}, {cfg.n_prototypes} prototypes, n_train {cfg.n_train}: {cfg.activations} ({split})"
     index = write(Path(ctx.run_dir) / FOLDER, pictures, images, test_shards[0].shape[1], title)
     ctx.log(f"pictures of {len(pictures)} traits: {index}")
-    return index
+    return index.relative_to(ctx.run_dir).as_posix()
