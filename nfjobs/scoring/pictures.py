@@ -163,7 +163,10 @@ def write_for_score(cfg, ctx, scorer: Scorer, result, test_scores: Float[Tensor,
         data, split = cfg.data, cfg.eval_split
     else:
         meta = json.loads((ctx.resolve(cfg.activations) / cfg.eval_split / "meta.json").read_text())
-        data, split = data_config(meta["dataset"]), meta["split"]
+        if "dataset" not in meta:
+            ctx.log("pictures skipped: the cache's meta.json does not say which images it holds")
+            return ""
+        data, split = data_config(meta["dataset"]), meta.get("split", cfg.eval_split)
     problems = check(data, splits=(split,))
     if problems:
         ctx.log(f"pictures skipped: {'; '.join(m for _, m in problems)}")
