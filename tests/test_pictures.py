@@ -75,6 +75,9 @@ def test_the_score_job_writes_a_grid_per_trait_and_an_index(tmp_path):
     assert all(r["trait_name"] in page for r in traits)
     assert Image.open(out / "trait_0000.png").size[0] > pictures.TOP_K * 32
     assert rows[-1]["pictures"] == "pictures/index.html"
+    rows = score.run(score.Config(data=DataConfig(builtin_n=96), n_prototypes=8, train_patches=500, device="cpu",
+                                  pictures_top_k=0), Context(key="t", kind="score", runs_root=tmp_path))
+    assert rows[-1]["pictures"] == "" and not (tmp_path / "t" / "pictures").exists()
 
 
 def test_pictures_are_skipped_with_a_log_line_when_the_images_are_gone(tmp_path):

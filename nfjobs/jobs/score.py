@@ -69,6 +69,8 @@ class Config:
     """Patches scored at once (bounds the (patches, K) score matrix in memory)."""
     eval_split: Literal["val", "test"] = "val"
     """Split the chosen prototypes are tested on: the cache's `val/` or `test/` (a cache with split = 'all')."""
+    pictures_top_k: int = runtime_field(8)
+    """Top test images drawn per trait under `pictures/` (0 = no pictures)."""
 
     def __post_init__(self):
         for name in ("n_prototypes", "train_patches", "kmeans_iters", "sae_steps", "sae_batch"):
@@ -76,6 +78,8 @@ class Config:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.n_train < 0:
             raise ValueError(f"n_train must be >= 0 (0 = all), got {self.n_train}")
+        if self.pictures_top_k < 0:
+            raise ValueError(f"pictures_top_k must be >= 0 (0 = no pictures), got {self.pictures_top_k}")
 
 
 def _looks_like_path(ref: str) -> bool:

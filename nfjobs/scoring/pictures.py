@@ -23,7 +23,7 @@ from nfjobs.config import DataConfig
 from nfjobs.scoring.scorers import Scorer
 
 TOP_K = 8
-"""Test images shown per trait."""
+"""Test images shown per trait unless the caller says otherwise."""
 MIN_SIDE = 96
 """Images smaller than this are enlarged (nearest neighbour) so that outlines and pixels stay visible."""
 FOLDER = "pictures"
@@ -135,7 +135,7 @@ def write(out_dir: Path, pictures: Sequence[TraitPicture], images: dict[int, np.
                     f'<td><img src="{file}" alt="{html.escape(pic.name, quote=True)}"></td></tr>')
     page = (f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             "<style>body{font-family:sans-serif}td{padding:4px;vertical-align:middle}</style></head><body>"
-            f"<h1>{html.escape(title)}</h1><p>Per trait: its prototype's top {TOP_K} test images, best patch "
+            f"<h1>{html.escape(title)}</h1><p>Per trait: its prototype's top test images, best patch "
             "outlined (green: the image has the trait, red: it does not).</p><table>"
             "<tr><th>#</th><th>trait</th><th>prototype</th><th>test AP</th><th>top images with trait</th>"
             "<th>images</th></tr>\n" + "\n".join(rows) + "\n</table></body></html>\n")
@@ -159,6 +159,8 @@ def write_for_score(cfg, ctx, scorer: Scorer, result, test_scores: Float[Tensor,
 
     from nfjobs.data import check, open_split
 
+    if cfg.pictures_top_k == 0:
+        return ""
     if cfg.activations == "builtin-pixels":
         data, split = cfg.data, cfg.eval_split
     else:
@@ -172,7 +174,7 @@ def write_for_score(cfg, ctx, scorer: Scorer, result, test_scores: Float[Tensor,
         ctx.log(f"pictures skipped: {'; '.join(m for _, m in problems)}")
         return ""
     pictures = top_patches(scorer, test_shards, test_scores, result.prototype, test_traits, names, result.test_ap,
-                           device=device)
+                           k=cfg.pictures_top_k, device=device)
     ids = sorted({int(i) for pic in pictures for i in pic.image_ids})
     reader = open_split(data, split)
     images = dict(zip(ids, (im for batch in reader.batches(ids, 64) for im in batch)))
