@@ -159,3 +159,14 @@ def test_the_cache_job_streams_an_image_folder(tmp_path):
     np.testing.assert_allclose(test.load_all(), expected, atol=1e-6)
     np.testing.assert_array_equal(test.traits[:, 0], reader.traits[:, 0])
     assert test.meta["dataset"]["name"] == "imagefolder" and "workers" not in test.meta["dataset"]
+
+
+def test_links_leading_out_of_the_root_are_not_images_of_the_folder(tmp_path):
+    root = tmp_path / "root"
+    paths = _folder(root)
+    outside = tmp_path / "secret.png"
+    (root / paths[0]).rename(outside)
+    (root / paths[0]).symlink_to(outside)
+    (root / "dog" / "inside.png").symlink_to(root / paths[1])
+    lst = imagefolder.listing(DataConfig(name="imagefolder", root=str(root)))
+    assert paths[0] not in lst.paths and "dog/inside.png" in lst.paths and len(lst.paths) == 12
