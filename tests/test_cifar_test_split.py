@@ -127,3 +127,18 @@ def test_batches_written_by_numpy_1_name_numpy_core_and_still_load(tmp_path):
     assert b"numpy._core.multiarray" in blob  # this numpy writes the new name; the official files the old one
     path.write_bytes(blob.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
     assert len(load_split(DataConfig(name="cifar10", root=str(root)), "test").images) == 8
+
+
+def test_a_sweep_asking_for_test_without_test_batch_stops_before_anything_runs(tmp_path, capsys):
+    import launch
+
+    root = write_cifar(tmp_path / "c", test=False)
+    sweep = tmp_path / "s.toml"
+    sweep.write_text(f'kind = "cache"\nsplit = "all"\n[data]\nname = "cifar10"\nroot = "{root}"\n')
+    runs = tmp_path / "runs"
+    with pytest.raises(SystemExit) as exit_info:
+        launch.main(["--sweep", str(sweep), "--debug", "--runs-root", str(runs)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert str(sweep) in err and "data.root" in err and "test_batch" in err
+    assert not runs.exists() or not any(runs.iterdir())
