@@ -28,9 +28,11 @@ def is_runtime(f: dataclasses.Field) -> bool:
 class DataConfig:
     """Which images a job reads."""
 
-    name: Literal["builtin", "cifar10", "cub"] = "builtin"
-    """Dataset: `builtin` (generated in code, no files), `cifar10` (official python batches) or `cub`
-    (CUB-200-2011 official layout)."""
+    name: Literal["builtin", "cifar10", "cub", "imagefolder"] = "builtin"
+    """Dataset: `builtin` (generated in code, no files), `cifar10` (official python batches), `cub`
+    (CUB-200-2011 official layout) or `imagefolder` (class sub-folders of images, see `nfjobs.data.imagefolder`).
+    Splits: `train`, `val` (held out of the training images; CUB: the official test split) and `test` (CIFAR-10's
+    `test_batch`, CUB's official test split, an image folder's `test` images; not for builtin)."""
     root: str = ""
     """Directory holding the official layout: `cifar-10-batches-py/` for cifar10, `CUB_200_2011/` for cub.
     Unused for builtin."""
@@ -44,6 +46,20 @@ class DataConfig:
     """Seed of the builtin generator; the same seed gives the same images on every machine."""
     augment: bool = False
     """Random flips and crops on the device during training."""
+    image_size: int = 224
+    """`imagefolder`: side of the square every image is resized to when it is read."""
+    traits_file: str = ""
+    """`imagefolder`: CSV or parquet inside `root` with a `path` column (image path relative to `root`) and one
+    0/1 column per trait; empty = no traits."""
+    split_file: str = ""
+    """`imagefolder`: CSV or parquet inside `root` with `path` and `split` (`train`, `val` or `test`) columns;
+    images it does not list are not used. Empty = a seeded random split by `val_frac` and `test_frac`."""
+    test_frac: float = 0.0
+    """`imagefolder` without a split file: fraction of the images (seeded by `split_seed`) in `test`."""
+    split_seed: int = 0
+    """`imagefolder`: seed of the random split (without a split file) and of the `n_train` subset."""
+    workers: int = runtime_field(2)
+    """`imagefolder`: DataLoader worker processes that decode and resize images (0 = in the calling process)."""
 
     def __post_init__(self):
         if not 0.0 <= self.val_frac < 1.0:
@@ -52,6 +68,10 @@ class DataConfig:
             raise ValueError(f"n_train must be >= 0 (0 = all), got {self.n_train}")
         if self.builtin_n < 2:
             raise ValueError(f"builtin_n must be >= 2, got {self.builtin_n}")
+        if not 0.0 <= self.test_frac < 1.0 or self.val_frac + self.test_frac >= 1.0:
+            raise ValueError(f"test_frac must be in [0, 1) with val_frac + test_frac < 1, got {self.test_frac}")
+        if self.image_size < 1 or self.workers < 0:
+            raise ValueError(f"image_size must be >= 1 and workers >= 0, got {self.image_size}, {self.workers}")
 
 
 @dataclass(frozen=True)

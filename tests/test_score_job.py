@@ -79,6 +79,7 @@ def test_reads_an_activation_cache(tmp_path):
     rows = run(cfg, tmp_path)
     assert [r["trait_name"] for r in rows[:-1]] == ["a", "b", "c"]
     assert rows[-1]["n_traits_no_test_pos"] == 1 and rows[-1]["n_train_images"] == 40
+    assert rows[-1]["pictures"] == ""  # the cache does not say which images it holds
 
 
 def test_check_and_depends_on():

@@ -6,12 +6,13 @@ import polars as pl
 import pytest
 
 import launch
+from data_fixtures import write_trait_folder
 from nfjobs import results, sweep
 
 ROOT = Path(__file__).parent.parent
 SWEEPS = sorted((ROOT / "configs" / "sweeps").glob("*.toml"))
 CPU_SIZED = ["quickstart.toml", "nf_variants_tiny.toml", "ginr_tiny.toml", "jepa_tiny.toml",
-             "representations_tiny.toml", "prototypes_tiny.toml"]
+             "representations_tiny.toml", "prototypes_tiny.toml", "prototypes_folder_tiny.toml"]
 
 
 def _cifar_stand_in(tmp_path: Path) -> list[sweep.Override]:
@@ -22,18 +23,30 @@ def _cifar_stand_in(tmp_path: Path) -> list[sweep.Override]:
     return [sweep.Override("data.root", str(tmp_path / "data"))]
 
 
+def _folder_stand_in(tmp_path: Path, monkeypatch) -> None:
+    """The image-folder sweeps read data/images/ (and weights/) under the working directory: write them there."""
+    monkeypatch.chdir(tmp_path)
+    write_trait_folder(tmp_path / "data" / "images")
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "vit_b_16.pth").touch()
+
+
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
-def test_every_shipped_sweep_validates(path, tmp_path):
+def test_every_shipped_sweep_validates(path, tmp_path, monkeypatch):
     # the CIFAR-10 / CUB sweeps name a dataset root; point it at a fixture-free stand-in that passes the check
     overrides = _cifar_stand_in(tmp_path) if "cifar10" in path.read_text() else []
+    if "imagefolder" in path.read_text():
+        _folder_stand_in(tmp_path, monkeypatch)
     cells = sweep.expand([path], overrides)
     assert cells
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", CPU_SIZED)
-def test_cpu_sized_sweeps_run_end_to_end(name, tmp_path):
+def test_cpu_sized_sweeps_run_end_to_end(name, tmp_path, monkeypatch):
     path = ROOT / "configs" / "sweeps" / name
+    if "imagefolder" in path.read_text():
+        _folder_stand_in(tmp_path, monkeypatch)
     runs = tmp_path / "runs"
     assert launch.main(["--sweep", str(path), "--debug", "--runs-root", str(runs), "--log-root",
                         str(tmp_path / "logs")]) == 0
@@ -55,6 +68,12 @@ def test_cpu_sized_sweeps_run_end_to_end(name, tmp_path):
         for key in curve["key"].unique():
             psnr = curve.filter(pl.col("key") == key).sort("epoch")["psnr"]
             assert psnr[-1] > psnr[0] + 2.0, psnr.to_list()
+    if name == "prototypes_folder_tiny.toml":
+        summary = df.filter(pl.col("row_type") == "summary")
+        assert set(summary["scorer"]) == {"random", "kmeans", "pca", "sae"} and len(summary) == 32
+        assert (summary["n_test_images"] == 12).all() and summary["map"].is_finite().all()
+        for key in summary["key"]:
+            assert (runs / key / "pictures" / "index.html").is_file()
 
 
 

@@ -28,7 +28,7 @@ probe reads the tokens. GINR encodes whole images only (`encode(images)`), so it
 import hashlib
 import inspect
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
@@ -71,8 +71,8 @@ class Config:
     seed: int = 0
     """Seed of the sparse-context pixel subsets (the same for every source)."""
     data: DataConfig = field(default_factory=DataConfig)
-    split: Literal["train", "val", "both"] = "both"
-    """Which split(s) to cache; `both` writes `train/` and `val/` (what a probe needs)."""
+    split: Literal["train", "val", "test", "both", "all"] = "both"
+    """Which split(s) to cache; `both` writes `train/` and `val/` (what a probe needs), `all` also `test/`."""
     source: Source = "original"
     """What to cache: pixels, a trained field's last latent, its TDSM, or a vision backbone's layer."""
     checkpoint: str = ""
@@ -130,7 +130,7 @@ def check(cfg: Config) -> list[tuple[str, str]]:
     """Problems visible without torch: missing checkpoint path or weights file, unknown layer, bad combos."""
     from nfjobs.data import check as check_data
 
-    problems = check_data(cfg.data)
+    problems = check_data(cfg.data, splits=_splits(cfg))
     if cfg.source in ("nf", "tdsm"):
         if not cfg.checkpoint:
             problems.append(("checkpoint", f"source {cfg.source!r} needs the cell key or run dir of a train cell"))
@@ -147,6 +147,10 @@ def check(cfg: Config) -> list[tuple[str, str]]:
         if cfg.context == "sparse":
             problems.append(("context", "a backbone sees whole images; use context = 'full'"))
     return problems
+
+
+def _splits(cfg: Config) -> tuple[str, ...]:
+    return {"both": ("train", "val"), "all": ("train", "val", "test")}.get(cfg.split, (cfg.split,))
 
 
 def depends_on(cfg: Config) -> list[str]:
@@ -328,10 +332,10 @@ def run(cfg: Config, ctx) -> list[dict]:
     import numpy as np
 
     from nfjobs.activations import LABELS, META, CacheWriter, part_shards
-    from nfjobs.data import load_split
+    from nfjobs.data import open_split
 
     rows, todo = [], []
-    for split in ("train", "val") if cfg.split == "both" else (cfg.split,):
+    for split in _splits(cfg):
         meta_file = cache_dir(ctx.run_dir, split) / META
         if meta_file.exists() and (meta := json.loads(meta_file.read_text())).get("complete"):
             ctx.log(f"{split}: cache complete, reused")
@@ -346,18 +350,18 @@ def run(cfg: Config, ctx) -> list[dict]:
     encode, provenance = _make_encoder(cfg, ctx)
     store_dtype = getattr(torch, cfg.dtype)
     for split in todo:
-        data = load_split(cfg.data, split)
+        data = open_split(cfg.data, split)
         start = time.perf_counter()
-        first = encode(split, range(1), data.images[:1])
+        first = encode(split, range(1), next(data.batches(range(1), 1)))
         meta = {
             "source": cfg.source, "context": cfg.context,
             "label": cfg.label or _default_label(cfg.source, provenance.get("field")),
             "context_frac": cfg.context_frac if cfg.context == "sparse" else 1.0, "seed": cfg.seed,
-            "dataset": asdict(cfg.data), "split": split, "image_shape": list(data.images.shape[1:]),
+            "dataset": _content(cfg.data), "split": split, "image_shape": list(data.image_shape),
             "class_names": list(data.class_names), "trait_names": list(data.trait_names),
             "config": _content(cfg), **provenance,
         }
-        writer = CacheWriter(cache_dir(ctx.run_dir, split), json.loads(json.dumps(meta)), len(data.images),
+        writer = CacheWriter(cache_dir(ctx.run_dir, split), json.loads(json.dumps(meta)), data.n,
                              first.shape[1], first.shape[2], cfg.shard_size, cfg.dtype)
         if ctx.part is None or not (writer.root / LABELS).exists():
             writer.write_labels(data.labels, data.traits)
@@ -368,11 +372,11 @@ def run(cfg: Config, ctx) -> list[dict]:
             ctx.mark_resumed(f"{split} shard {missing[0]}")
         for i in ctx.progress(missing, total=len(missing), desc=f"cache {split}"):
             ids = writer.shard_range(i)
-            parts = []
-            for s in range(ids.start, ids.stop, cfg.batch_size):
-                sub = range(s, min(s + cfg.batch_size, ids.stop))
+            parts, s = [], ids.start
+            for images in data.batches(ids, cfg.batch_size):
+                sub, s = range(s, s + len(images)), s + len(images)
                 # cast on the device: half the bytes to move, and no slow float32 -> float16 pass in numpy
-                parts.append(encode(split, sub, data.images[sub.start : sub.stop]).to(store_dtype).cpu().numpy())
+                parts.append(encode(split, sub, images).to(store_dtype).cpu().numpy())
             writer.write_shard(i, np.concatenate(parts))
             ctx.log_metrics(i, {"images": len(ids), "seconds": time.perf_counter() - start}, phase=f"cache_{split}")
         if ctx.part is None:

@@ -69,6 +69,9 @@ class Config:
     """Neighbours of the k-NN probe (seed 000: 20)."""
     max_resident_gb: float = runtime_field(8.0)
     """Training features larger than this stay in host memory and go to the device batch by batch."""
+    eval_split: Literal["val", "test"] = "val"
+    """Split the probe is scored on: `val` (held out of the training images) or `test` (a cache with split =
+    'all' writes `test/`; `finetune` / `two_stage` read the field's dataset's test split)."""
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.knn_k < 1 or self.head_epochs < 1:
@@ -95,10 +98,10 @@ def check(cfg: Config) -> list[tuple[str, str]]:
         return [("activations", "name the cell key or run directory of a cache cell")]
     if _looks_like_path(cfg.activations):
         root = Path(cfg.activations).expanduser()
-        missing = [s for s in ("train", "val") if not (root / s / "meta.json").is_file()]
+        missing = [s for s in ("train", cfg.eval_split) if not (root / s / "meta.json").is_file()]
         if missing:
             return [("activations", f"{root} has no cached {' or '.join(missing)} split (a cache cell with "
-                                    "split = 'both' writes train/ and val/)")]
+                                    "split = 'both' writes train/ and val/, 'all' also test/)")]
     return []
 
 
@@ -147,7 +150,7 @@ def run(cfg: Config, ctx) -> list[dict]:
     from nfjobs.activations import open_cache
 
     root = ctx.resolve(cfg.activations)
-    train, val = open_cache(root / "train"), open_cache(root / "val")
+    train, val = open_cache(root / "train"), open_cache(root / cfg.eval_split)
     meta = train.meta
     if cfg.probe.startswith("tdsm_") and meta["source"] != "tdsm":
         raise ValueError(f"probe {cfg.probe!r} needs a tdsm cache; {cfg.activations} caches {meta['source']!r}")
@@ -235,7 +238,7 @@ def _run_with_field(cfg: Config, ctx) -> dict:
     device = ctx.device()
     model, tc = load_trained(run_dir, device)
     data = dataclasses.replace(tc.data, n_train=cfg.train_images) if cfg.train_images else tc.data
-    train, val = load_split(data, "train"), load_split(data, "val")
+    train, val = load_split(data, "train"), load_split(data, cfg.eval_split)
     takes_points = len(inspect.signature(model.encode).parameters) == 2
 
     def contexts(images_u8) -> tuple[torch.Tensor, ...]:

@@ -10,10 +10,14 @@ Rows (`row_type` tells them apart):
 - `trait`: one per trait: `trait`, `trait_name`, `prototype`, `train_ap`, `test_ap`, `train_pos`, `test_pos`,
   `prevalence` (test; also the constant predictor's AP);
 - `summary`: one: `map`, `ap_q05`, `ap_q95`, `constant_map` (mean test prevalence; check it before anything
-  else), `constant_map_implausible`, `train_map`, trait and image counts, `seconds_select`, `seconds_scorer`.
+  else), `constant_map_implausible`, `train_map`, trait and image counts, `seconds_select`, `seconds_scorer`,
+  `pictures` (the pictures' index page relative to the run dir; empty when they could not be drawn).
   AP is undefined for traits without test positives: they are left out of mAP and counted.
 
 `metrics.jsonl` gets one record per phase: `scorer`, `image_scores`, `select` (mAP, constant mAP, train mAP).
+
+Pictures (`nfjobs.scoring.pictures`): per trait, the chosen prototype's top test images with the best patch
+outlined, under `<run_dir>/pictures/` (`index.html` links them).
 
 `activations` names a cache cell (key or run directory holding `train/` and `val/`, see `nfjobs.activations`),
 or `builtin-pixels`: the builtin dataset (`data`) cut into 4x4 patches, 64 tokens of 48 pixel values, so the
@@ -73,6 +77,10 @@ class Config:
     precision: Literal["auto", "bf16", "fp32"] = runtime_field("auto")
     """Patch x prototype products of the random scorer: `auto` = bf16 on CUDA (as every job), fp32 on CPU; the
     other scorers compute in fp32. Image scores and APs are float32 either way."""
+    eval_split: Literal["val", "test"] = "val"
+    """Split the chosen prototypes are tested on: the cache's `val/` or `test/` (a cache with split = 'all')."""
+    pictures_top_k: int = runtime_field(8)
+    """Top test images drawn per trait under `pictures/` (0 = no pictures)."""
 
     def __post_init__(self):
         for name in ("n_prototypes", "train_patches", "kmeans_iters", "sae_steps", "sae_batch"):
@@ -80,6 +88,8 @@ class Config:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.n_train < 0:
             raise ValueError(f"n_train must be >= 0 (0 = all), got {self.n_train}")
+        if self.pictures_top_k < 0:
+            raise ValueError(f"pictures_top_k must be >= 0 (0 = no pictures), got {self.pictures_top_k}")
 
 
 def _looks_like_path(ref: str) -> bool:
@@ -95,12 +105,15 @@ def check(cfg: Config) -> list[tuple[str, str]]:
     if cfg.activations == BUILTIN_PIXELS:
         if cfg.data.name != "builtin":
             return [("data.name", f"{BUILTIN_PIXELS} cuts the builtin images into patches; got {cfg.data.name!r}")]
+        if cfg.eval_split == "test":
+            return [("eval_split", f"{BUILTIN_PIXELS} has train and val splits only")]
         return []
     if not cfg.activations:
         return [("activations", f"name the cell key or run directory of a cache cell, or {BUILTIN_PIXELS!r}")]
     if _looks_like_path(cfg.activations):
         root = Path(cfg.activations).expanduser()
-        missing = [f"{s}/{f}" for s in ("train", "val") for f in ("meta.json", "traits.npy") if not (root / s / f).is_file()]
+        missing = [f"{s}/{f}" for s in ("train", cfg.eval_split) for f in ("meta.json", "traits.npy")
+                   if not (root / s / f).is_file()]
         if missing:
             return [("activations", f"{root} lacks {', '.join(missing)} (a cache cell of a dataset with traits "
                                     "and split = 'both' writes them)")]
@@ -135,7 +148,7 @@ def _load(cfg: Config, ctx):
     from nfjobs.activations import open_cache
 
     root = ctx.resolve(cfg.activations)
-    train, val = open_cache(root / "train"), open_cache(root / "val")
+    train, val = open_cache(root / "train"), open_cache(root / cfg.eval_split)
     if train.traits is None or val.traits is None:
         raise ValueError(f"{cfg.activations}: the cache has no traits.npy; trait scoring needs a dataset with traits")
     names = train.meta.get("trait_names", ())
@@ -238,7 +251,7 @@ def run(cfg: Config, ctx) -> list[dict]:
         raise ValueError("; ".join(f"{k}: {m}" for k, m in problems))
     import torch
 
-    from nfjobs.scoring import protocol
+    from nfjobs.scoring import pictures, protocol
 
     device = ctx.device() if cfg.device == "auto" else torch.device(cfg.device)
     from nfjobs.activations import StreamStats
@@ -274,7 +287,9 @@ def run(cfg: Config, ctx) -> list[dict]:
         "test_ap": float(result.test_ap[t]), "train_pos": int(result.train_pos[t]),
         "test_pos": int(result.test_pos[t]), "prevalence": float(result.prevalence[t]),
     } for t in range(len(result.prototype))]
+    page = pictures.write_for_score(cfg, ctx, scorer, result, scores["val"], _shards(val_src), val_traits, names,
+                                    device)
     rows.append({"row_type": "summary", **summary, "seconds_scorer": seconds_scorer, "seconds_score": seconds_score,
                  "patches_per_s": n_patches / max(seconds_score, 1e-9), "cache_gb_read": stats.bytes_read / 1e9,
-                 "peak_resident_bytes": stats.peak_resident_bytes})
+                 "peak_resident_bytes": stats.peak_resident_bytes, "pictures": page})
     return rows

@@ -10,8 +10,8 @@ Writes under the run directory: `checkpoint.pt` (every epoch; exact resume), `mo
 `step`: loss, lr and the family's logs every `ctx.metrics_every_s`; `epoch`: train loss, train time, log means and
 `val_psnr@<frac>` of the curve images; `final`: `val_psnr@<frac>` of the whole validation split).
 Rows: per epoch (`split="val_curve"`, first `curve_images` validation images) and at the end
-(`split="val"`, the whole validation split): whatever the family's `evaluate` returns (perceiver: one row
-per `eval_context_frac`, with `psnr` and `mse`), plus `epoch`, `train_loss`, `train_s` and `wall_s`.
+(`split` = `eval_split`: the whole validation or test split): whatever the family's `evaluate` returns
+(perceiver: one row per `eval_context_frac`, with `psnr` and `mse`), plus `epoch`, `train_loss`, `train_s` and `wall_s`.
 """
 
 import dataclasses
@@ -78,6 +78,9 @@ class Config:
     """`torch.compile` the training step (CUDA only)."""
     compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = runtime_field("default")
     """`torch.compile` mode (`bench/train_throughput.py --modes` compares them)."""
+    eval_split: Literal["val", "test"] = "val"
+    """Split of the final evaluation: `val` (held out of the training images) or `test` (e.g. CIFAR-10's
+    `test_batch`); the per-epoch curve always uses `val`."""
 
     def __post_init__(self):
         if not 0 < self.context_frac <= 1:
@@ -97,7 +100,8 @@ def check(cfg: Config) -> list[tuple[str, str]]:
     from nfjobs.data import check as check_data
     from nfjobs.models import foreign_options
 
-    problems = check_data(cfg.data) + foreign_options(cfg, DEFAULTS)
+    splits = ("train", "val") if cfg.eval_split == "val" else ("train", "val", "test")
+    problems = check_data(cfg.data, splits=splits) + foreign_options(cfg, DEFAULTS)
     if "/" in cfg.init_from and not (Path(cfg.init_from).expanduser() / "model.pt").is_file():
         problems.append(("init_from", f"{cfg.init_from} holds no model.pt (not a finished train run dir)"))
     return problems
@@ -166,6 +170,10 @@ def run(cfg: Config, ctx) -> list[dict]:
     family = load_family(cfg.model)
     train_u8 = T.to_device(load_split(cfg.data, "train").images, device)
     val = T.to_device(load_split(cfg.data, "val").images, device).float().div_(255)
+    if cfg.eval_split == "test":
+        held_out = T.to_device(load_split(cfg.data, "test").images, device).float().div_(255)
+    else:
+        held_out = val
     model = family.build(cfg).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(
@@ -262,7 +270,7 @@ def run(cfg: Config, ctx) -> list[dict]:
     bar.close()
     model.eval()
     with autocast:
-        final = family.evaluate(model, val, cfg)
+        final = family.evaluate(model, held_out, cfg)
         reconstruct = getattr(family, "reconstruct", None)
         if reconstruct is not None:
             shown = val[:GRID_IMAGES]
@@ -275,4 +283,4 @@ def run(cfg: Config, ctx) -> list[dict]:
     torch.save({"config": dataclasses.asdict(cfg), "model": model.state_dict()}, ctx.run_dir / "model.pt")
     last = {"epoch": cfg.epochs, "train_loss": float(np.mean(history[-steps_per_epoch:])), "train_s": train_s,
             "wall_s": time.perf_counter() - wall0}
-    return curve + [{**r, "split": "val", **last} for r in final]
+    return curve + [{**r, "split": cfg.eval_split, **last} for r in final]

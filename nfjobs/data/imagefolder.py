@@ -1,0 +1,237 @@
+"""Any directory of images in torchvision's ImageFolder layout: `<root>/<class>/**/<image>`.
+
+Classes are the sub-folders of `root` in sorted order; images are the files below them with an image suffix,
+in sorted path order (symbolic links leading out of `root` are skipped). Optional tables inside `root` (CSV or
+parquet, read with polars) refer to images by their path relative to `root`:
+
+- `traits_file`: a `path` column and one 0/1 (or boolean) column per trait; it must list every image used;
+- `split_file`: `path` and `split` (`train`, `val`, `test`) columns; images it does not list are not used.
+
+A table row naming an absolute path, a `..` component or a file that is not an image of the folder is refused:
+the tables are inputs and may not point outside `root`. Without a split file the images are split at random
+(seed `split_seed`): `test_frac` of them in `test`, `val_frac` in `val`, the rest in `train`. `n_train` keeps a
+seeded subset of the training images. All indices are in folder order.
+
+Images are decoded and resized (bilinear, to `image_size` squared) as they are read, in batches, by a torch
+DataLoader with `workers` processes: a split is never held in memory whole unless a job asks for it.
+"""
+
+import functools
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from jaxtyping import Bool, Int, UInt8
+
+from nfjobs.config import DataConfig
+
+SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
+SPLITS = ("train", "val", "test")
+
+
+class FolderError(ValueError):
+    """A problem with the folder or one of its tables; `key` is the DataConfig field to blame."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+@dataclass(frozen=True)
+class Listing:
+    """Every image of the folder with its class, traits and split (no pixels)."""
+
+    paths: tuple[str, ...]
+    """POSIX paths relative to the root."""
+    labels: Int[np.ndarray, " N"]
+    traits: Bool[np.ndarray, "N T"] | None
+    split: tuple[str, ...]
+    """`train`, `val`, `test` or `` (not used) per image."""
+    class_names: tuple[str, ...]
+    trait_names: tuple[str, ...]
+
+
+def _scan(root: Path) -> tuple[list[str], list[int], tuple[str, ...]]:
+    real_root = root.resolve()
+    classes = tuple(sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")))
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        for p in sorted((root / name).rglob("*")):
+            if p.suffix.lower() in SUFFIXES and p.is_file() and p.resolve().is_relative_to(real_root):
+                paths.append(p.relative_to(root).as_posix())
+                labels.append(label)
+    return paths, labels, classes
+
+
+def inside(root: Path, relative: str, key: str) -> Path:
+    """`root / relative`, refusing absolute paths and `..` components."""
+    pure = PurePosixPath(relative)
+    if not relative or pure.is_absolute() or ".." in pure.parts or "\\" in relative or ":" in pure.parts[0]:
+        raise FolderError(key, f"{relative!r} must be a path relative to root {root} without '..'")
+    return root / pure
+
+
+def _read_table(root: Path, name: str, key: str):
+    import polars as pl
+
+    path = inside(root, name, key)
+    if not path.is_file():
+        raise FolderError(key, f"{path} does not exist (a CSV or parquet file inside root)")
+    try:
+        if path.suffix.lower() == ".parquet":
+            return path, pl.read_parquet(path)
+        if path.suffix.lower() == ".csv":
+            return path, pl.read_csv(path)
+    except Exception as err:  # polars raises several error types for unreadable files
+        raise FolderError(key, f"{path} cannot be read: {err}") from None
+    raise FolderError(key, f"{path}: expected a .csv or .parquet file")
+
+
+def _rows(root: Path, table, file: Path, key: str, index: dict[str, int]) -> np.ndarray:
+    """Image index of every row of `table`'s `path` column; refuses paths outside root and unknown images."""
+    if "path" not in table.columns:
+        raise FolderError(key, f"{file} has no 'path' column (columns: {', '.join(table.columns)})")
+    rows = []
+    for value in table["path"].cast(str).to_list():
+        if value is None:
+            raise FolderError(key, f"{file}: a row has an empty path")
+        inside(root, value, key)
+        norm = PurePosixPath(value).as_posix()
+        if norm not in index:
+            raise FolderError(key, f"{file}: {value!r} is not an image in a class folder of {root}")
+        rows.append(index[norm])
+    rows = np.asarray(rows, np.int64)
+    if len(np.unique(rows)) != len(rows):
+        raise FolderError(key, f"{file} lists an image more than once")
+    return rows
+
+
+def _traits(root: Path, traits_file: str, index: dict[str, int]) -> tuple[np.ndarray, tuple[str, ...]]:
+    import polars as pl
+
+    file, table = _read_table(root, traits_file, "traits_file")
+    rows = _rows(root, table, file, "traits_file", index)
+    names = tuple(c for c in table.columns if c != "path")
+    if not names:
+        raise FolderError("traits_file", f"{file} has no trait columns beside 'path'")
+    traits = np.zeros((len(index), len(names)), bool)
+    for j, name in enumerate(names):
+        col = table[name]
+        ok = col.dtype == pl.Boolean or (col.dtype.is_integer() and col.is_in([0, 1]).all())
+        if not ok or col.null_count():
+            raise FolderError("traits_file", f"{file}: column {name!r} must hold only 0/1 or true/false")
+        traits[rows, j] = col.cast(pl.Boolean).to_numpy()
+    listed = np.zeros(len(index), bool)
+    listed[rows] = True
+    if not listed.all():
+        missing = [p for p, i in index.items() if not listed[i]]
+        raise FolderError("traits_file", f"{file} does not list {len(missing)} image(s), e.g. {missing[0]!r}")
+    return traits, names
+
+
+def _split(root: Path, cfg: DataConfig, index: dict[str, int]) -> tuple[str, ...]:
+    n = len(index)
+    if not cfg.split_file:
+        order = np.random.default_rng(cfg.split_seed).permutation(n)
+        n_test, n_val = int(round(n * cfg.test_frac)), int(round(n * cfg.val_frac))
+        split = np.full(n, "train", dtype=object)
+        split[order[:n_test]] = "test"
+        split[order[n_test : n_test + n_val]] = "val"
+        return tuple(split)
+    file, table = _read_table(root, cfg.split_file, "split_file")
+    rows = _rows(root, table, file, "split_file", index)
+    if "split" not in table.columns:
+        raise FolderError("split_file", f"{file} has no 'split' column (columns: {', '.join(table.columns)})")
+    values = table["split"].cast(str).to_list()
+    bad = sorted({str(v) for v in values if v not in SPLITS})
+    if bad:
+        raise FolderError("split_file", f"{file}: split values must be train, val or test; got {', '.join(bad)}")
+    split = [""] * n
+    for i, v in zip(rows, values):
+        split[i] = v
+    return tuple(split)
+
+
+@functools.lru_cache(maxsize=8)
+def _scanned(root: str) -> tuple[tuple[str, ...], Int[np.ndarray, " N"], tuple[str, ...]]:
+    path = Path(root).expanduser()
+    if not root or not path.is_dir():
+        raise FolderError("root", f"{root!r} is not a directory (expected class sub-folders of images)")
+    paths, labels, classes = _scan(path)
+    if not paths:
+        raise FolderError("root", f"{path} has no images in class sub-folders (suffixes {', '.join(SUFFIXES)})")
+    return tuple(paths), np.asarray(labels, np.int64), classes
+
+
+@functools.lru_cache(maxsize=8)
+def _traits_of(root: str, traits_file: str) -> tuple[np.ndarray | None, tuple[str, ...]]:
+    paths = _scanned(root)[0]
+    if not traits_file:
+        return None, ()
+    return _traits(Path(root).expanduser(), traits_file, {p: i for i, p in enumerate(paths)})
+
+
+@functools.lru_cache(maxsize=64)
+def listing(cfg: DataConfig) -> Listing:
+    """The folder's images, classes, traits and splits (memoised by what each depends on: a sweep over
+    `n_train` or `image_size` scans the folder and reads its tables once)."""
+    paths, labels, classes = _scanned(cfg.root)
+    traits, names = _traits_of(cfg.root, cfg.traits_file)
+    split = _split(Path(cfg.root).expanduser(), cfg, {p: i for i, p in enumerate(paths)})
+    return Listing(paths, labels, traits, split, classes, names)
+
+
+def split_ids(cfg: DataConfig, split: str) -> Int[np.ndarray, " M"]:
+    """Folder indices of `split`'s images, in folder order (`train`: a seeded `n_train` subset if set)."""
+    ids = np.flatnonzero(np.asarray(listing(cfg).split, dtype=object) == split)
+    if split == "train" and 0 < cfg.n_train < len(ids):
+        ids = np.sort(np.random.default_rng(cfg.split_seed).choice(ids, cfg.n_train, replace=False))
+    return ids
+
+
+def check(cfg: DataConfig, splits: Sequence[str]) -> tuple[str, str] | None:
+    """(field, message) of the first problem with the folder, its tables or the requested splits, else None."""
+    try:
+        listing(cfg)
+        for split in splits:
+            if not len(split_ids(cfg, split)):
+                key = "split_file" if cfg.split_file else ("test_frac" if split == "test" else "val_frac")
+                return key, f"the {split!r} split of {cfg.root} has no images"
+    except FolderError as err:
+        return err.key, str(err)
+    return None
+
+
+class _Images:
+    """Map-style dataset: decoded, resized uint8 images (H, W, 3) of the given relative paths."""
+
+    def __init__(self, root: Path, paths: Sequence[str], size: int):
+        self.root, self.paths, self.size = root, paths, size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> UInt8[np.ndarray, "S S 3"]:
+        from PIL import Image
+
+        with Image.open(self.root / self.paths[i]) as im:
+            rgb = im.convert("RGB")
+            if rgb.size != (self.size, self.size):
+                rgb = rgb.resize((self.size, self.size), Image.Resampling.BILINEAR)
+            return np.asarray(rgb)
+
+
+def _stack(images: list[np.ndarray]) -> np.ndarray:
+    return np.stack(images)
+
+
+def iter_images(cfg: DataConfig, ids: Sequence[int], batch_size: int) -> Iterator[UInt8[np.ndarray, "B S S 3"]]:
+    """The images with folder indices `ids`, in that order, `batch_size` at a time, decoded by DataLoader
+    workers."""
+    from torch.utils.data import DataLoader
+
+    lst = listing(cfg)
+    dataset = _Images(Path(cfg.root).expanduser(), [lst.paths[i] for i in ids], cfg.image_size)
+    workers = min(cfg.workers, max(1, -(-len(dataset) // batch_size)))
+    yield from DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_stack)

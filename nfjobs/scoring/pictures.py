@@ -1,0 +1,184 @@
+"""Pictures of what each trait's prototype finds: per trait, the chosen prototype's top-k test images with the
+best-scoring patch outlined, as one PNG grid, and `index.html` linking them all.
+
+An outline is green when the image has the trait and red when it does not. Patches are located on a square
+token grid (ViT patches, ResNet cells, 4x4 pixel patches); activations that are not one (sparse (x, y, r, g, b)
+points) get pictures without outlines. Drawing uses PIL and torchvision (`draw_bounding_boxes`, `make_grid`).
+File names are trait indices, never trait names (those come from input tables); every text in the page is
+escaped.
+"""
+
+import html
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from jaxtyping import Bool, Float, Int, UInt8
+from torch import Tensor
+
+from nfjobs.config import DataConfig
+from nfjobs.scoring.scorers import Scorer
+
+TOP_K = 8
+"""Test images shown per trait unless the caller says otherwise."""
+MIN_SIDE = 96
+"""Images smaller than this are enlarged (nearest neighbour) so that outlines and pixels stay visible."""
+FOLDER = "pictures"
+
+
+@dataclass(frozen=True)
+class TraitPicture:
+    """What one trait's grid shows."""
+
+    trait: int
+    name: str
+    prototype: int
+    test_ap: float
+    image_ids: Int[np.ndarray, " k"]
+    """Test-split indices of the top-scoring images, best first."""
+    scores: Float[np.ndarray, " k"]
+    patch: Int[np.ndarray, " k"]
+    """Token index of each image's best patch."""
+    has_trait: Bool[np.ndarray, " k"]
+
+
+def _gather(shards: Sequence[np.ndarray], ids: np.ndarray) -> np.ndarray:
+    """Activations (len(ids), P, D) of test images `ids` from the shards (in image order)."""
+    starts = np.cumsum([0, *(len(s) for s in shards)])
+    out = []
+    for i in ids:
+        s = int(np.searchsorted(starts, i, side="right") - 1)
+        out.append(np.asarray(shards[s][i - starts[s]], np.float32))
+    return np.stack(out)
+
+
+@torch.no_grad()
+def top_patches(
+    scorer: Scorer,
+    shards: Sequence[np.ndarray],
+    image_scores: Float[Tensor, "N K"],
+    prototypes: Int[np.ndarray, " T"],
+    traits: Bool[np.ndarray, "N T"],
+    names: Sequence[str],
+    test_ap: Float[np.ndarray, " T"],
+    k: int = TOP_K,
+    device: torch.device | str = "cpu",
+) -> list[TraitPicture]:
+    """Per trait: the `k` test images its prototype scores highest and the patch where it does (each image's
+    patches are scored once, however many traits show it)."""
+    k = min(k, len(image_scores))
+    chosen = image_scores[:, torch.as_tensor(prototypes, device=image_scores.device)]  # (N, T)
+    scores, top = chosen.topk(k, dim=0)  # (k, T)
+    top, scores = top.T.cpu().numpy(), scores.T.float().cpu().numpy()
+    unique = np.unique(top)
+    where = {int(i): j for j, i in enumerate(unique)}
+    best = np.zeros((len(unique), len(prototypes)), np.int64)  # best patch of each shown image per trait
+    needed = torch.as_tensor(prototypes, device=device)
+    for s in range(0, len(unique), 16):
+        acts = torch.from_numpy(_gather(shards, unique[s : s + 16])).to(device)  # (b, P, D)
+        b, p, d = acts.shape
+        patch_scores = scorer(acts.reshape(b * p, d)).view(b, p, -1)[:, :, needed]  # (b, P, T)
+        best[s : s + b] = patch_scores.argmax(1).cpu().numpy()
+    return [TraitPicture(t, str(names[t]) if t < len(names) else str(t), int(prototypes[t]), float(test_ap[t]),
+                         top[t], scores[t], best[[where[int(i)] for i in top[t]], t], traits[top[t], t])
+            for t in range(len(prototypes))]
+
+
+def patch_box(patch: int, n_tokens: int, height: int, width: int) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1) in pixels of token `patch` on a square grid of `n_tokens`, or None if not a grid."""
+    g = math.isqrt(n_tokens)
+    if g * g != n_tokens:
+        return None
+    row, col = divmod(int(patch), g)
+    return (col * width // g, row * height // g, (col + 1) * width // g - 1, (row + 1) * height // g - 1)
+
+
+def grid(images: UInt8[np.ndarray, "k H W 3"], boxes: Sequence, has_trait: Sequence[bool]
+         ) -> UInt8[np.ndarray, "h w 3"]:
+    """The images in a row, each with its box outlined (green: has the trait, red: does not)."""
+    from torchvision.utils import draw_bounding_boxes, make_grid
+
+    scale = max(1, -(-MIN_SIDE // min(images.shape[1:3])))
+    tiles = []
+    for image, box, yes in zip(images, boxes, has_trait):
+        tile = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)  # (3, H, W)
+        tile = tile.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+        if box is not None:
+            x0, y0, x1, y1 = box
+            scaled = torch.tensor([[x0 * scale, y0 * scale, (x1 + 1) * scale - 1, (y1 + 1) * scale - 1]])
+            tile = draw_bounding_boxes(tile, scaled, colors="lime" if yes else "red", width=max(2, scale))
+        tiles.append(tile)
+    return make_grid(tiles, nrow=len(tiles), padding=4, pad_value=255).permute(1, 2, 0).numpy()
+
+
+def write(out_dir: Path, pictures: Sequence[TraitPicture], images: dict[int, np.ndarray], n_tokens: int,
+          title: str) -> Path:
+    """One `trait_<index>.png` per trait and `index.html` under `out_dir`; returns the index page's path.
+    `images` maps test-split index -> uint8 (H, W, 3) image."""
+    from PIL import Image
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for pic in pictures:
+        shown = np.stack([images[int(i)] for i in pic.image_ids])
+        h, w = shown.shape[1:3]
+        boxes = [patch_box(p, n_tokens, h, w) for p in pic.patch]
+        file = f"trait_{pic.trait:04d}.png"
+        Image.fromarray(grid(shown, boxes, pic.has_trait)).save(out_dir / file)
+        hits = int(pic.has_trait.sum())
+        rows.append(f"<tr><td>{pic.trait}</td><td>{html.escape(pic.name)}</td><td>{pic.prototype}</td>"
+                    f"<td>{pic.test_ap:.3f}</td><td>{hits}/{len(pic.has_trait)}</td>"
+                    f'<td><img src="{file}" alt="{html.escape(pic.name, quote=True)}"></td></tr>')
+    page = (f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            "<style>body{font-family:sans-serif}td{padding:4px;vertical-align:middle}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1><p>Per trait: its prototype's top test images, best patch "
+            "outlined (green: the image has the trait, red: it does not).</p><table>"
+            "<tr><th>#</th><th>trait</th><th>prototype</th><th>test AP</th><th>top images with trait</th>"
+            "<th>images</th></tr>\n" + "\n".join(rows) + "\n</table></body></html>\n")
+    index = out_dir / "index.html"
+    index.write_text(page)
+    return index
+
+
+def data_config(dataset: dict) -> DataConfig:
+    """The DataConfig a cache recorded in its meta (fields this version does not know are dropped)."""
+    known = {f.name for f in fields(DataConfig)}
+    return DataConfig(**{k: v for k, v in dataset.items() if k in known})
+
+
+def write_for_score(cfg, ctx, scorer: Scorer, result, test_scores: Float[Tensor, "N K"], test_shards,
+                    test_traits: Bool[np.ndarray, "N T"], names: Sequence[str], device) -> str:
+    """The score job's pictures of its test split under `<run_dir>/pictures/`; returns the index page's path
+    relative to the run dir, or "" (and a log line) when the images cannot be read (a cache whose dataset root
+    is gone)."""
+    import json
+
+    from nfjobs.data import check, open_split
+
+    if cfg.pictures_top_k == 0:
+        return ""
+    if cfg.activations == "builtin-pixels":
+        data, split = cfg.data, cfg.eval_split
+    else:
+        meta = json.loads((ctx.resolve(cfg.activations) / cfg.eval_split / "meta.json").read_text())
+        if "dataset" not in meta:
+            ctx.log("pictures skipped: the cache's meta.json does not say which images it holds")
+            return ""
+        data, split = data_config(meta["dataset"]), meta.get("split", cfg.eval_split)
+    problems = check(data, splits=(split,))
+    if problems:
+        ctx.log(f"pictures skipped: {'; '.join(m for _, m in problems)}")
+        return ""
+    pictures = top_patches(scorer, test_shards, test_scores, result.prototype, test_traits, names, result.test_ap,
+                           k=cfg.pictures_top_k, device=device)
+    ids = sorted({int(i) for pic in pictures for i in pic.image_ids})
+    reader = open_split(data, split)
+    images = dict(zip(ids, (im for batch in reader.batches(ids, 64) for im in batch)))
+    title = f"{cfg.scorer}, {cfg.n_prototypes} prototypes, n_train {cfg.n_train}: {cfg.activations} ({split})"
+    index = write(Path(ctx.run_dir) / FOLDER, pictures, images, test_shards[0].shape[1], title)
+    ctx.log(f"pictures of {len(pictures)} traits: {index}")
+    return index.relative_to(ctx.run_dir).as_posix()
