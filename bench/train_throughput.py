@@ -365,6 +365,13 @@ def set_sdpa(only: str | None) -> None:
         getattr(torch.backends.cuda, f"enable_{b}_sdp")(only is None or b == only)
 
 
+def print_table(rows) -> None:
+    print("\n| implementation | images/s | achieved TFLOP/s | peak memory (GiB) | vs seed style bf16, same objective |")
+    print("|---|---:|---:|---:|---:|")
+    for name, ips, tf, peak, b in rows:
+        print(f"| {name} | {ips:,.0f} | {tf:.1f} | {peak:.1f} | {ips / b:.2f}× |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="tiny model, batch 16, few steps (CPU smoke run)")
@@ -387,6 +394,7 @@ def main():
     ap.add_argument("--cudagraphs", action="store_true", help="a full-context row compiled with reduce-overhead")
     ap.add_argument("--skip-sparse", action="store_true", help="no sparse-context row")
     ap.add_argument("--nce-before", action="store_true", help="a Soft-InfoNCE row for the --before version too")
+    ap.add_argument("--psnr-only", action="store_true", help="only the same-steps PSNR comparison")
     ap.add_argument("--psnr-eager", action="store_true", help="the same-steps PSNR runs without torch.compile")
     ap.add_argument("--full-only", action="store_true", help="no sparse and Soft-InfoNCE rows")
     ap.add_argument("--inference", action="store_true", help="field forward and TDSM decode rows (eager, bf16)")
@@ -438,6 +446,8 @@ def main():
         for label, m in reversed(versions if args.nce_before else versions[:1]):
             runs.append((f"{label}, torch.compile, Soft-InfoNCE", "nce",
                          lambda m=m: nfjobs_step(c, device, on_gpu, nce_weight=0.1, module=m), None))
+    if args.psnr_only:
+        runs = []
     objective_args = {"full": {}, "sparse": {"context_frac": 0.2}, "nce": {"nce_weight": 0.1}}
     counted = before or perceiver  # the plain model's FLOPs: the same work counted for every row
     flops = {k: flops_per_image(c, device, module=counted, **v) for k, v in objective_args.items()
@@ -465,10 +475,8 @@ def main():
         if on_gpu:
             set_sdpa(None)
             torch.cuda.empty_cache()
-    print("\n| implementation | images/s | achieved TFLOP/s | peak memory (GiB) | vs seed style bf16, same objective |")
-    print("|---|---:|---:|---:|---:|")
-    for name, ips, tf, peak, b in rows:
-        print(f"| {name} | {ips:,.0f} | {tf:.1f} | {peak:.1f} | {ips / b:.2f}× |")
+    if rows:
+        print_table(rows)
     if args.inference:
         inf = {label: inference(m, c, device, batch, 16 if on_gpu else 2) for label, m in versions}
         print("\n| eager bf16 inference | " + " | ".join(label for label, _ in versions) + " | ratio |")
@@ -484,7 +492,7 @@ def main():
         for label, m in versions:
             psnr, final, secs = same_steps_psnr(m, c, device, args.psnr_steps, batch, state, on_gpu,
                                                 compile_=on_gpu and not args.psnr_eager)
-            print(f"| {label} | {psnr:.2f} | {final:.5f} | {secs:.0f} |", flush=True)
+            print(f"| {label} | {psnr:.4f} | {final:.6g} | {secs:.0f} |", flush=True)
 
 
 if __name__ == "__main__":
