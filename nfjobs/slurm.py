@@ -2,6 +2,7 @@
 
 import collections
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,6 @@ from nfjobs.config import SlurmConfig
 from nfjobs import parts
 from nfjobs.sweep import Cell
 
-CODE_ROOT = Path(__file__).resolve().parent.parent
 LIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED"}
 
 
@@ -67,7 +67,7 @@ def submit_slurm(cells: Sequence[Cell], runs_root: Path, log_dir: Path, typed_fl
 
     from nfjobs.local import packs, submit_pack
     from nfjobs.plan import specs
-    from nfjobs.snapshot import job_env
+    from nfjobs.snapshot import CODE_ROOT, job_env
 
     chunk = max(1, max_array_size() - 1)
     by_key = dict(zip((c.key for c in cells), specs(cells, runs_root, code_hash)))
@@ -79,9 +79,8 @@ def submit_slurm(cells: Sequence[Cell], runs_root: Path, log_dir: Path, typed_fl
     for (_, resources, deps), group in sorted(arrays.items(), key=lambda kv: kv[0][0]):
         cfg = SlurmConfig(**{**dict(resources), **typed_flags})
         params = slurm_parameters(cfg)
-        code = [f"export {k}={v}" for k, v in job_env(code_dir).items()] if code_dir is not None else [
-            f"export PYTHONPATH={CODE_ROOT}${{PYTHONPATH:+:$PYTHONPATH}}"]  # jobs start in the submitting directory
-        params["slurm_setup"] = code
+        env = job_env(code_dir or CODE_ROOT)  # without a frozen copy: the live tree, from any directory
+        params["slurm_setup"] = [f"export {k}={shlex.quote(v)}" for k, v in env.items()]  # paths are data, not shell
         params["timeout_min"] *= max(len(pack) for pack in group)  # a pack's limit: n_hours per cell it holds
         if deps:
             extra = dict(params.get("slurm_additional_parameters", {}))
