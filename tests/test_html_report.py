@@ -112,7 +112,8 @@ def test_page_content_and_escaping(sweep, tmp_path):
         assert f'src="plots/{name}.png"' in text and (tmp_path / "site" / "plots" / f"{name}.png").is_file()
     assert 'src="cells/train-0.png"' in text and 'src="cells/smoke-ok.png"' not in text
     cell = (tmp_path / "site" / "cells" / "smoke-ok.html").read_text()
-    assert '<td class="t">steps</td><td class="t">2</td>' in cell and '<td class="t">label</td><td class="t">a</td>' in cell
+    assert "<h2>config.json</h2>" in cell  # written by the runner when the cell started
+    assert "&quot;steps&quot;: 2" in cell and "&quot;label&quot;: &quot;a&quot;" in cell
     assert not any("etc" in p.name for p in (tmp_path / "site").rglob("*"))
     assert "val PSNR" in text and "trait discovery" in text
 

@@ -78,7 +78,7 @@ def test_a_score_cell_scores_with_the_sae_cell(tmp_path):
     cache = write_cache(tmp_path / "cache")
     sae.run(sae.Config(activations=str(cache), **TINY), _ctx(tmp_path, "sae-0123456789ab"))
     cfg = score.Config(activations=str(cache), scorer="sae", sae="sae-0123456789ab", device="cpu")
-    assert score.depends_on(cfg) == ["sae-0123456789ab"] and score.check(cfg) == []
+    assert score.depends_on(cfg) == [str(cache), "sae-0123456789ab"] and score.check(cfg) == []
     assert score.check(score.Config(activations=str(cache), scorer="pca", sae="x"))[0][0] == "sae"
     rows = score.run(cfg, Context(key="s", kind="score", runs_root=tmp_path / "runs"))
     assert rows[-1]["seconds_scorer"] == 0 and all(0 <= r["prototype"] < 16 for r in rows[:-1])

@@ -348,7 +348,7 @@ def test_the_kinds_command_lists_what_a_sweep_may_name(tmp_path):
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert [ln.split()[0] for ln in lines] == ["cache", "probe", "score", "smoke", "train", "broken", "toy"]
+    assert [ln.split()[0] for ln in lines] == ["cache", "probe", "sae", "score", "smoke", "train", "broken", "toy"]
     assert "A deterministic job kind" in proc.stdout and str(tmp_path / "pyproject.toml") in proc.stdout
 
 
