@@ -320,7 +320,7 @@ def inference(module, c: PerceiverConfig, device, batch: int, tdsm_images: int) 
 
 
 def same_steps_psnr(module, c: PerceiverConfig, device, steps: int, batch: int, state: dict, on_gpu: bool,
-                    compile_: bool):
+                    compile_: bool, seed: int = 0):
     """Train `steps` steps from the weights `state` on the built-in shapes (fixed batch order, AdamW 1e-3, clip
     1.0, bf16 on the GPU) and return held-out full-context PSNR and the training seconds."""
     from nfjobs.data import builtin
@@ -336,8 +336,8 @@ def same_steps_psnr(module, c: PerceiverConfig, device, steps: int, batch: int, 
     if compile_:
         torch._dynamo.reset()
     loss_fn = torch.compile(module.training_loss) if compile_ else module.training_loss
-    gen = torch.Generator(device).manual_seed(0)
-    torch.manual_seed(0)
+    gen = torch.Generator(device).manual_seed(seed)
+    torch.manual_seed(seed)
     t = time.perf_counter()
     for i in range(steps):
         idx = torch.randint(0, len(train), (batch,), device=device, generator=gen)
@@ -395,6 +395,8 @@ def main():
     ap.add_argument("--skip-sparse", action="store_true", help="no sparse-context row")
     ap.add_argument("--nce-before", action="store_true", help="a Soft-InfoNCE row for the --before version too")
     ap.add_argument("--psnr-only", action="store_true", help="only the same-steps PSNR comparison")
+    ap.add_argument("--psnr-seeds", type=int, default=1, metavar="N",
+                    help="repeat the same-steps comparison over N seeds (initial weights and batch order)")
     ap.add_argument("--psnr-eager", action="store_true", help="the same-steps PSNR runs without torch.compile")
     ap.add_argument("--full-only", action="store_true", help="no sparse and Soft-InfoNCE rows")
     ap.add_argument("--inference", action="store_true", help="field forward and TDSM decode rows (eager, bf16)")
@@ -485,15 +487,21 @@ def main():
             vals = [inf[label][key] for label, _ in versions]
             print(f"| {key} | " + " | ".join(f"{v:,.0f}" for v in vals) + f" | {vals[0] / vals[-1]:.2f}× |")
     if args.psnr_steps:
-        torch.manual_seed(0)
-        state = perceiver.build(Config(perceiver=c)).state_dict()
-        print(f"\n| {args.psnr_steps} steps, same weights and batches | held-out PSNR full context (dB) | last loss | "
-              "train s (incl. compile) |\n|---|---:|---:|---:|")
-        for label, m in versions:
-            psnr, final, secs = same_steps_psnr(m, c, device, args.psnr_steps, batch, state, on_gpu,
-                                                compile_=on_gpu and not args.psnr_eager)
-            print(f"| {label} | {psnr:.4f} | {final:.6g} | {secs:.0f} |", flush=True)
-
+        print(f"\n| {args.psnr_steps} steps, same weights and batches | seed | held-out PSNR full context (dB) | "
+              "last loss | train s (incl. compile) |\n|---|---:|---:|---:|---:|")
+        psnrs: dict[str, list[float]] = {label: [] for label, _ in versions}
+        for seed in range(args.psnr_seeds):  # a seed sets the shared initial weights and the batch order
+            torch.manual_seed(seed)
+            state = perceiver.build(Config(perceiver=c)).state_dict()
+            for label, m in versions:
+                psnr, final, secs = same_steps_psnr(m, c, device, args.psnr_steps, batch, state, on_gpu,
+                                                    compile_=on_gpu and not args.psnr_eager, seed=seed)
+                psnrs[label].append(psnr)
+                print(f"| {label} | {seed} | {psnr:.4f} | {final:.6g} | {secs:.0f} |", flush=True)
+        if args.psnr_seeds > 1:
+            for label, vals in psnrs.items():
+                t = torch.tensor(vals, dtype=torch.float64)
+                print(f"| {label} | mean ± std over {len(vals)} | {t.mean():.4f} ± {t.std():.4f} | | |")
 
 if __name__ == "__main__":
     main()
