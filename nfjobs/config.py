@@ -20,6 +20,15 @@ def runtime_field(default, **kwargs):
     return field(default=default, metadata={RUNTIME: True}, **kwargs)
 
 
+DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]{1,3})?")
+"""The device names a job's `device` field takes."""
+
+
+def device_problem(device: str) -> str | None:
+    """Why `device` is not a device name (`auto`, `cpu`, `cuda`, `cuda:N`), or None."""
+    return None if DEVICE.fullmatch(device) else f"expected auto, cpu, cuda or cuda:N, got {device!r}"
+
+
 def is_runtime(f: dataclasses.Field) -> bool:
     return bool(f.metadata.get(RUNTIME, False))
 
@@ -70,8 +79,10 @@ class DataConfig:
             raise ValueError(f"builtin_n must be >= 2, got {self.builtin_n}")
         if not 0.0 <= self.test_frac < 1.0 or self.val_frac + self.test_frac >= 1.0:
             raise ValueError(f"test_frac must be in [0, 1) with val_frac + test_frac < 1, got {self.test_frac}")
-        if self.image_size < 1 or self.workers < 0:
-            raise ValueError(f"image_size must be >= 1 and workers >= 0, got {self.image_size}, {self.workers}")
+        if self.image_size < 1:
+            raise ValueError(f"image_size must be >= 1, got {self.image_size}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
 
 
 @dataclass(frozen=True)

@@ -535,7 +535,10 @@ def _expand_file(path: Path, data: dict[str, Any], overrides: list[Override], p:
                 cfg = typed.build(info.cls, flat)
             except (TypeError, ValueError) as err:
                 assigned = ", ".join(f"{k}={v!r}" for (keys, _), values in zip(axes, point) for k, v in zip(keys, values))
-                p.add(f"group {g.name}" if g.name != "main" else "", f"invalid cell ({assigned or 'no axes'}): {err}")
+                where = f"group {g.name}" if g.name != "main" else ""
+                if isinstance(err, typed.FieldError) and err.key:
+                    where = f"{where}: {err.key}" if where else err.key
+                p.add(where, f"invalid cell ({assigned or 'no axes'}): {err}")
                 if len(p.items) > 20:
                     return []
                 continue

@@ -59,6 +59,26 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+class FieldError(ValueError):
+    """A config refused a value in `__post_init__`; `key` is the dotted field its message starts with (else the
+    dotted sub-config), so a sweep error can name it."""
+
+    def __init__(self, key: str, message: str):
+        self.key, self.message = key, message
+        super().__init__(message)
+
+
+def _construct(cls: type, prefix: str, kwargs: dict[str, Any]) -> Any:
+    try:
+        return cls(**kwargs)
+    except FieldError as err:
+        raise err from None
+    except ValueError as err:
+        first = str(err).split(" ", 1)[0]
+        names = {f.name for f in dataclasses.fields(cls)}
+        raise FieldError(prefix + first if first in names else prefix.rstrip("."), str(err)) from None
+
+
 def build(cls: type, flat: dict[str, Any]) -> Any:
     """Instantiate a nested dataclass from already-checked leaf values (missing leaves keep defaults).
 
@@ -88,11 +108,11 @@ def _build(cls: type, prefix: str, flat: dict[str, Any]) -> Any:
         try:
             memo = (cls, tuple(kwargs.items()))
             if memo not in _SHARED:
-                _SHARED[memo] = cls(**kwargs)
+                _SHARED[memo] = _construct(cls, prefix, kwargs)
             return _SHARED[memo]
         except TypeError:  # an unhashable value (a list-typed field)
             pass
-    return cls(**kwargs)
+    return _construct(cls, prefix, kwargs)
 
 
 def describe(tp: Any) -> str:

@@ -110,8 +110,9 @@ class Config:
     def __post_init__(self):
         if not 0.0 < self.context_frac <= 1.0:
             raise ValueError(f"context_frac must be in (0, 1], got {self.context_frac}")
-        if self.shard_size < 1 or self.batch_size < 1 or self.parts < 1:
-            raise ValueError("shard_size, batch_size and parts must be >= 1")
+        for name in ("shard_size", "batch_size", "parts"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     @property
     def backbone_layer(self) -> str:

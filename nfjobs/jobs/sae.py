@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nfjobs.config import runtime_field
+from nfjobs.config import device_problem, runtime_field
 
 CHECKPOINTABLE = True
 """Resumable: a checkpoint per epoch."""
@@ -52,11 +52,19 @@ class Config:
     """Cache bytes held in memory at once (shards are streamed in order, one block read ahead)."""
 
     def __post_init__(self):
+        if problem := device_problem(self.device):
+            raise ValueError(f"device {problem}")
+        if self.max_resident_bytes < 1:
+            raise ValueError(f"max_resident_bytes must be >= 1, got {self.max_resident_bytes}")
         for name in ("width", "epochs", "batch", "shuffle_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.l1 < 0 or self.lr <= 0 or not 0 < self.dense_frac <= 1:
-            raise ValueError("l1 must be >= 0, lr > 0 and dense_frac in (0, 1]")
+        if self.l1 < 0:
+            raise ValueError(f"l1 must be >= 0, got {self.l1}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 < self.dense_frac <= 1:
+            raise ValueError(f"dense_frac must be in (0, 1], got {self.dense_frac}")
 
 
 def _looks_like_path(ref: str) -> bool:

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from nfjobs.config import DataConfig, runtime_field
+from nfjobs.config import DataConfig, device_problem, runtime_field
 
 BUILTIN_PIXELS = "builtin-pixels"
 PATCH = 4
@@ -83,6 +83,10 @@ class Config:
     """Top test images drawn per trait under `pictures/` (0 = no pictures)."""
 
     def __post_init__(self):
+        if problem := device_problem(self.device):
+            raise ValueError(f"device {problem}")
+        if self.max_resident_bytes < 1:
+            raise ValueError(f"max_resident_bytes must be >= 1, got {self.max_resident_bytes}")
         for name in ("n_prototypes", "train_patches", "kmeans_iters", "sae_steps", "sae_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

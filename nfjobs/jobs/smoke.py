@@ -27,8 +27,9 @@ class Config:
     """Free text, so a sweep can make distinct cells."""
 
     def __post_init__(self):
-        if self.steps < 0 or self.step_seconds < 0:
-            raise ValueError(f"steps and step_seconds must be >= 0, got {self.steps}, {self.step_seconds}")
+        for name in ("steps", "step_seconds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 def run(cfg: Config, ctx) -> list[dict]:
