@@ -211,6 +211,9 @@ def launch(args: Launch, overrides: list) -> int:
     from nfjobs import local, plan, slurm, sweep
     from nfjobs.config import SlurmConfig, SlurmParameterError
 
+    for flag, value in (("--cells-per-job", args.cells_per_job), ("--max-cells", args.max_cells)):
+        if value < 1:
+            fail(f"error: {flag} {value}: expected a whole number >= 1; nothing was submitted")
     try:
         cells = sweep.expand(list(args.sweep), overrides, sweep_name=args.name, runs_root=args.runs_root,
                              max_cells=args.max_cells)
@@ -227,8 +230,6 @@ def launch(args: Launch, overrides: list) -> int:
 
     if warning := slow_path_warning(cells, typed_slurm):
         print(warning, file=sys.stderr)
-    if args.cells_per_job < 1:
-        fail(f"error: --cells-per-job {args.cells_per_job}: expected a whole number >= 1")
     runs_root = Path(args.runs_root)
     try:
         p = plan.plan(cells, runs_root, force=args.force, in_flight=plan.live_jobs(cells, runs_root))

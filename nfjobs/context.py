@@ -21,6 +21,11 @@ def run_dir_for(runs_root: Path | str, key: str) -> Path:
     return Path(runs_root) / key
 
 
+def looks_like_path(ref: str) -> bool:
+    """A reference (`init_from`, `checkpoint`, `activations`, ...) written as a path rather than a cell key."""
+    return "/" in ref or ref.startswith((".", "~"))
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so a reader sees the old file or the new one, never a torn one."""
     atomic_write_with(path, lambda f: f.write(data))

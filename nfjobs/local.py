@@ -116,9 +116,12 @@ def run_local(cells: Sequence[Cell], runs_root: Path, log_dir: Path, typed_flags
             ended[c.key] = results.describe(results.cell_outcome(runs_root, c.key))
             print(f"[local] {len(ended)}/{len(cells)} {c.key} ({c.group}): {ended[c.key]}", file=sys.stderr, flush=True)
 
+    blocked: dict[int, bool] = {}  # per ready pack, decided once: its inputs' results no longer change
     while waiting or running:
         for pack in [p for p in waiting if all(d in ended for c in p for d in by_key[c.key].deps)]:
-            if all(results.upstream_blocker(runs_root, by_key[c.key].deps) for c in pack):
+            if id(pack) not in blocked:
+                blocked[id(pack)] = all(results.upstream_blocker(runs_root, by_key[c.key].deps) for c in pack)
+            if blocked[id(pack)]:
                 for c in pack:
                     run_cell(by_key[c.key])  # writes the `blocked` row; starts nothing
                 waiting.remove(pack)

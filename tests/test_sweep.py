@@ -286,6 +286,8 @@ ROOT = FIXTURES.parent.parent
     (["--optim.lr", "nan"], "--optim.lr: expected a finite number"),
     (["--name", "../../x"], "--name: expected letters"),
     (["--max-cells", "3"], "more than 3 cells"),
+    (["--max-cells", "-1"], "--max-cells -1: expected a whole number >= 1"),
+    (["--cells-per-job", "0"], "--cells-per-job 0: expected a whole number >= 1"),
 ])
 def test_hostile_flags_are_refused_before_anything_is_written(flags, words, tmp_path):
     import subprocess

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Literal
 
 from nfjobs.config import DataConfig, is_runtime, runtime_field
+from nfjobs.context import looks_like_path
 
 CHECKPOINTABLE = True
 """Resumable: progress is the shards on disk (written atomically), so a requeue continues where it stopped."""
@@ -119,10 +120,6 @@ class Config:
         return self.layer or ("encoder.ln" if self.backbone == "vit_b_16" else "layer4")
 
 
-def _looks_like_path(ref: str) -> bool:
-    return "/" in ref or ref.startswith((".", "~")) or ref.endswith(".pt")
-
-
 def _checkpoint_file(run_dir: Path) -> Path:
     return run_dir / "model.pt" if run_dir.is_dir() else run_dir
 
@@ -135,7 +132,7 @@ def check(cfg: Config) -> list[tuple[str, str]]:
     if cfg.source in ("nf", "tdsm"):
         if not cfg.checkpoint:
             problems.append(("checkpoint", f"source {cfg.source!r} needs the cell key or run dir of a train cell"))
-        elif _looks_like_path(cfg.checkpoint):
+        elif looks_like_path(cfg.checkpoint) or cfg.checkpoint.endswith(".pt"):
             ckpt = _checkpoint_file(Path(cfg.checkpoint).expanduser())
             if not ckpt.is_file():
                 problems.append(("checkpoint", f"{ckpt} does not exist (a train run dir holds model.pt)"))

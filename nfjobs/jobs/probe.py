@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from nfjobs.config import runtime_field
+from nfjobs.context import looks_like_path
 from nfjobs.jobs.cache import TdsmOptions
 
 Probe = Literal["transformer", "linear", "knn", "tdsm_gap", "tdsm_gmp", "tdsm_cnn", "tdsm_attn"]
@@ -82,10 +83,6 @@ class Config:
             raise ValueError("lr and field_lr must be > 0")
 
 
-def _looks_like_path(ref: str) -> bool:
-    return "/" in ref or ref.startswith((".", "~"))
-
-
 def check(cfg: Config) -> list[tuple[str, str]]:
     """A frozen probe names a cache, a finetune / two_stage one a TDSM head and a train cell; named paths must
     hold what is read (a key is checked by the launcher: depends_on)."""
@@ -96,7 +93,7 @@ def check(cfg: Config) -> list[tuple[str, str]]:
         return [(key, f"a frozen probe reads a cache only; {key} is for finetune / two_stage")]
     if not cfg.activations:
         return [("activations", "name the cell key or run directory of a cache cell")]
-    if _looks_like_path(cfg.activations):
+    if looks_like_path(cfg.activations):
         root = Path(cfg.activations).expanduser()
         missing = [s for s in ("train", cfg.eval_split) if not (root / s / "meta.json").is_file()]
         if missing:
@@ -115,7 +112,7 @@ def _check_with_field(cfg: Config) -> list[tuple[str, str]]:
                                         "leave activations empty"))
     if not cfg.checkpoint:
         problems.append(("checkpoint", f"tdsm_mode {cfg.tdsm_mode!r} needs the cell key or run dir of a train cell"))
-    elif _looks_like_path(cfg.checkpoint) and not (Path(cfg.checkpoint).expanduser() / "model.pt").is_file():
+    elif looks_like_path(cfg.checkpoint) and not (Path(cfg.checkpoint).expanduser() / "model.pt").is_file():
         problems.append(("checkpoint", f"{cfg.checkpoint} holds no model.pt (not a finished train run dir)"))
     return problems
 

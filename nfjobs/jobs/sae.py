@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nfjobs.config import device_problem, runtime_field
+from nfjobs.context import looks_like_path
 
 CHECKPOINTABLE = True
 """Resumable: a checkpoint per epoch."""
@@ -67,21 +68,17 @@ class Config:
             raise ValueError(f"dense_frac must be in (0, 1], got {self.dense_frac}")
 
 
-def _looks_like_path(ref: str) -> bool:
-    return "/" in ref or ref.startswith((".", "~"))
-
-
 def check(cfg: Config) -> list[tuple[str, str]]:
     if not cfg.activations:
         return [("activations", "name the cell key or run directory of a cache cell")]
-    if _looks_like_path(cfg.activations) and not (Path(cfg.activations).expanduser() / "train" / "meta.json").is_file():
+    if looks_like_path(cfg.activations) and not (Path(cfg.activations).expanduser() / "train" / "meta.json").is_file():
         return [("activations", f"{cfg.activations} holds no train/meta.json (a cache cell writes it)")]
     return []
 
 
 def depends_on(cfg: Config) -> list[str]:
-    """The cache cell it trains on, when named by key."""
-    return [] if not cfg.activations or _looks_like_path(cfg.activations) else [cfg.activations]
+    """The cache cell it trains on (a key or a run dir)."""
+    return [cfg.activations] if cfg.activations else []
 
 
 def sae_file(run_dir: Path) -> Path:

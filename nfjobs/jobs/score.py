@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Literal
 
 from nfjobs.config import DataConfig, device_problem, runtime_field
+from nfjobs.context import looks_like_path
 
 BUILTIN_PIXELS = "builtin-pixels"
 PATCH = 4
@@ -96,15 +97,11 @@ class Config:
             raise ValueError(f"pictures_top_k must be >= 0 (0 = no pictures), got {self.pictures_top_k}")
 
 
-def _looks_like_path(ref: str) -> bool:
-    return "/" in ref or ref.startswith((".", "~"))
-
-
 def check(cfg: Config) -> list[tuple[str, str]]:
     """A named cache directory must hold both splits with traits; `builtin-pixels` needs the builtin data."""
     if cfg.sae and cfg.scorer != "sae":
         return [("sae", f"names an sae cell, which only scorer = 'sae' uses (scorer is {cfg.scorer!r})")]
-    if cfg.sae and _looks_like_path(cfg.sae) and not (Path(cfg.sae).expanduser() / "sae.pt").is_file():
+    if cfg.sae and looks_like_path(cfg.sae) and not (Path(cfg.sae).expanduser() / "sae.pt").is_file():
         return [("sae", f"{cfg.sae} holds no sae.pt (a finished sae cell writes it)")]
     if cfg.activations == BUILTIN_PIXELS:
         if cfg.data.name != "builtin":
@@ -114,7 +111,7 @@ def check(cfg: Config) -> list[tuple[str, str]]:
         return []
     if not cfg.activations:
         return [("activations", f"name the cell key or run directory of a cache cell, or {BUILTIN_PIXELS!r}")]
-    if _looks_like_path(cfg.activations):
+    if looks_like_path(cfg.activations):
         root = Path(cfg.activations).expanduser()
         missing = [f"{s}/{f}" for s in ("train", cfg.eval_split) for f in ("meta.json", "traits.npy")
                    if not (root / s / f).is_file()]

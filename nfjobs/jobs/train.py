@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from nfjobs.config import DataConfig, OptimConfig, runtime_field
+from nfjobs.context import looks_like_path
 from nfjobs.models.ginr_config import GinrConfig
 from nfjobs.models.jepa_config import JepaConfig
 from nfjobs.models.perceiver_config import PerceiverConfig
@@ -102,7 +103,7 @@ def check(cfg: Config) -> list[tuple[str, str]]:
 
     splits = ("train", "val") if cfg.eval_split == "val" else ("train", "val", "test")
     problems = check_data(cfg.data, splits=splits) + foreign_options(cfg, DEFAULTS)
-    if "/" in cfg.init_from and not (Path(cfg.init_from).expanduser() / "model.pt").is_file():
+    if looks_like_path(cfg.init_from) and not (Path(cfg.init_from).expanduser() / "model.pt").is_file():
         problems.append(("init_from", f"{cfg.init_from} holds no model.pt (not a finished train run dir)"))
     return problems
 
