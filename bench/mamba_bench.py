@@ -101,7 +101,8 @@ def main() -> None:
                     help="eager and/or torch.compile modes (default, reduce-overhead, ...), as the train job's compile")
     ap.add_argument("--compiled-batches", nargs="+", type=int, default=None,
                     help="batches at which compiled modes run (default: the largest of --batches)")
-    ap.add_argument("--pure-max-batch", type=int, default=64, help="skip the pure scan above this batch (slow)")
+    ap.add_argument("--pure-batches", nargs="+", type=int, default=[64],
+                    help="batches of the pure scan (eager only: it is slow and memory-hungry)")
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--tiny", action="store_true", help="tiny models, batch 8, CPU smoke run")
@@ -111,7 +112,7 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.tiny:
-        args.batches, args.iters, args.warmup = [8], 2, 1
+        args.batches, args.pure_batches, args.iters, args.warmup = [8], [8], 2, 1
     compiled_batches = args.compiled_batches or [max(args.batches)]
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -124,9 +125,11 @@ def main() -> None:
     for mode in args.modes:  # eager rows first: they come back even if a compiled row runs out of time
         for family in args.families:
             for backend in args.backends:
-                for batch in args.batches if mode == "eager" else compiled_batches:
-                    if backend == "pure" and (batch > args.pure_max_batch or mode != "eager"):
-                        continue
+                if backend == "pure":
+                    batches = args.pure_batches if mode == "eager" else []
+                else:
+                    batches = args.batches if mode == "eager" else compiled_batches
+                for batch in batches:
                     problem = backend_problem(backend, str(device)) if backend != "pure" else None
                     row = {"family": family, "backend": backend, "mode": mode, "batch": batch, "device": name}
                     if problem:
