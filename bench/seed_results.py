@@ -47,7 +47,7 @@ def ginr_table(rows: pl.DataFrame) -> pl.DataFrame:
     if val.is_empty():
         return val
     return _cols(val.sort("group"), ["group", "psnr", "epoch", "batch_size", "optim.lr", "train_psnr", "train_alpha",
-                                     "train_s", "wall_s", "backend", "key"])
+                                     "train_s", "wall_s", "gpu_peak_gib", "backend", "key"])
 
 
 def jepa_table(rows: pl.DataFrame) -> pl.DataFrame:
@@ -60,7 +60,8 @@ def jepa_table(rows: pl.DataFrame) -> pl.DataFrame:
     last = val.unique("key", keep="first").join(wide, on="key")
     return _cols(last.sort("group"), ["group", "psnr@0.1", "psnr@0.5", "train_jepa", "train_emb_std", "train_z_std",
                                       "train_target_std", "train_ema_momentum", "epoch", "batch_size", "optim.lr",
-                                      "train_s", "wall_s", "backend", "target_grad_ok", "key"])
+                                      "train_s", "wall_s", "gpu_peak_gib", "backend", "target_grad_ok",
+                                      "key"])
 
 
 def jepa_epochs(runs_root: Path, rows: pl.DataFrame) -> dict[str, pl.DataFrame]:

@@ -288,4 +288,6 @@ def run(cfg: Config, ctx) -> list[dict]:
     torch.save({"config": dataclasses.asdict(cfg), "model": model.state_dict()}, ctx.run_dir / "model.pt")
     last = {"epoch": cfg.epochs, "train_loss": float(np.mean(history[-steps_per_epoch:])), "train_s": train_s,
             "wall_s": time.perf_counter() - wall0, **epoch_logs}
+    if device.type == "cuda":  # what a cell needs when cells share a GPU (--cells-per-gpu)
+        last["gpu_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return curve + [{**r, "split": cfg.eval_split, **last} for r in final]
