@@ -84,6 +84,10 @@ def test_curve_rows_follow_every_epoch_and_init_from_a_missing_cell_fails_clearl
     rows = train.run(replace(TINY, epochs=2, data=replace(TINY.data, augment=False)), Context("c", "train", tmp_path))
     assert sorted({r["epoch"] for r in rows if r["split"] == "val_curve"}) == [1, 2]
     assert "context_frac" not in rows[0]  # would clash with the config column
+    for r in rows:  # the family's logs, epoch means, ride along as train_<name>: here the loss is the recon term
+        assert r["train_recon"] == pytest.approx(r["train_loss"], rel=1e-4)
+    last_curve = [r["train_recon"] for r in rows if r["split"] == "val_curve" and r["epoch"] == 2]
+    assert {r["train_recon"] for r in rows if r["split"] == "val"} == set(last_curve)
     with pytest.raises(FileNotFoundError, match="no-such-cell"):
         train.run(replace(TINY, init_from="no-such-cell"), Context("d", "train", tmp_path))
 

@@ -202,6 +202,7 @@ def run(cfg: Config, ctx) -> list[dict]:
     history: list[float] = state["history"] if state else []
     curve: list[dict] = state["curve"] if state else []
     train_s: float = state["train_s"] if state else 0.0
+    epoch_logs: dict[str, float] = state.get("logs", {}) if state else {}
 
     bf16 = T.uses_bf16(cfg.precision, device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
@@ -245,7 +246,9 @@ def run(cfg: Config, ctx) -> list[dict]:
         epoch_losses = losses.tolist()  # the epoch's one host sync
         train_s += time.perf_counter() - t0
         history.extend(epoch_losses)
-        summary = {"epoch": epoch + 1, "train_loss": float(np.mean(epoch_losses)), "train_s": train_s}
+        log_means = {k: v.item() / steps_per_epoch for k, v in log_sums.items()}
+        epoch_logs = {f"train_{k}": v for k, v in log_means.items()}  # in the rows: JEPA loss, collapse monitor
+        summary = {"epoch": epoch + 1, "train_loss": float(np.mean(epoch_losses)), "train_s": train_s, **epoch_logs}
         model.eval()
         if cfg.curve_images > 0:
             with autocast:
@@ -253,12 +256,12 @@ def run(cfg: Config, ctx) -> list[dict]:
             summary["wall_s"] = time.perf_counter() - wall0
             curve += [{**r, "split": "val_curve", **summary} for r in rows]
         summary["wall_s"] = time.perf_counter() - wall0
-        means = " ".join(f"{k}={v.item() / steps_per_epoch:.4g}" for k, v in log_sums.items())
+        means = " ".join(f"{k}={v:.4g}" for k, v in log_means.items())
         psnr = " ".join(f"psnr@{r.get('eval_context_frac', '')}={r.get('psnr', float('nan')):.2f}"
                         for r in curve if r["epoch"] == epoch + 1)
         ctx.log_metrics(int(step), {
             "epoch": epoch + 1, "train_loss": summary["train_loss"], "train_s": train_s,
-            **{k: v.item() / steps_per_epoch for k, v in log_sums.items()},
+            **log_means,
             **{_psnr_name(r): r["psnr"] for r in curve if r["epoch"] == epoch + 1 and "psnr" in r},
         }, phase="epoch")
         ctx.log(f"epoch {epoch + 1}/{cfg.epochs} loss={summary['train_loss']:.4g} {means} {psnr} "
@@ -266,6 +269,7 @@ def run(cfg: Config, ctx) -> list[dict]:
         ctx.save_checkpoint({
             "model": model.state_dict(), "optim": opt.state_dict(), "sched": sched.state_dict(),
             "rng": T.rng_state(), "epoch": epoch + 1, "history": history, "curve": curve, "train_s": train_s,
+            "logs": epoch_logs,
         })
 
     bar.close()
@@ -283,5 +287,7 @@ def run(cfg: Config, ctx) -> list[dict]:
     np.save(ctx.run_dir / "train_loss.npy", np.asarray(history, dtype=np.float32))
     torch.save({"config": dataclasses.asdict(cfg), "model": model.state_dict()}, ctx.run_dir / "model.pt")
     last = {"epoch": cfg.epochs, "train_loss": float(np.mean(history[-steps_per_epoch:])), "train_s": train_s,
-            "wall_s": time.perf_counter() - wall0}
+            "wall_s": time.perf_counter() - wall0, **epoch_logs}
+    if device.type == "cuda":  # what a cell needs when cells share a GPU (--cells-per-gpu)
+        last["gpu_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return curve + [{**r, "split": cfg.eval_split, **last} for r in final]
