@@ -101,6 +101,20 @@ def test_cpu_sized_sweeps_run_end_to_end(name, tmp_path, monkeypatch):
         assert (summary["n_test_images"] == 12).all() and summary["map"].is_finite().all()
         for key in summary["key"]:
             assert (runs / key / "pictures" / "index.html").is_file()
+    if name == "traits_ginr_cifar_tiny.toml":
+        import json
+
+        summary = df.filter(pl.col("row_type") == "summary")
+        assert set(summary["scorer"]) == {"random", "kmeans", "pca", "sae"} and len(summary) == 16
+        assert (summary["n_test_images"] == 6).all() and summary["map"].is_finite().all()
+        traits = df.filter(pl.col("row_type") == "trait")
+        assert set(traits["trait_name"]) == {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
+                                             "horse", "ship", "truck"}
+        cache_key = next(k for k in df["key"].unique() if k.startswith("cache-"))
+        meta = json.loads((runs / cache_key / "val" / "meta.json").read_text())
+        assert meta["token_grid"] == [8, 8] and meta["token_cells"] == list(range(64))  # one LP per 4x4 patch
+        for key in summary["key"]:
+            assert len(list((runs / key / "pictures").glob("trait_*.png"))) == 10
 
 
 
