@@ -119,3 +119,33 @@ def test_pictures_are_skipped_with_a_log_line_when_the_images_are_gone(tmp_path)
     rows = score.run(score.Config(activations="c", n_prototypes=4, train_patches=100, device="cpu"), ctx)
     assert rows[-1]["pictures"] == "" and any("pictures skipped" in line for line in logs)
     assert not (ctx.run_dir / "pictures").exists()
+
+
+def test_the_score_job_outlines_the_cells_a_cache_records_and_skips_a_bad_layout(tmp_path, monkeypatch):
+    import json
+
+    from data_fixtures import write_trait_folder
+
+    from nfjobs.jobs import cache
+
+    runs = tmp_path / "runs"
+    data = DataConfig(name="imagefolder", root=str(write_trait_folder(tmp_path / "folder", n=12, size=8)),
+                      traits_file="traits.csv", image_size=8, val_frac=0.5, workers=0)
+    cache.run(cache.Config(data=data, shard_size=8), Context("c", "cache", runs))  # 4x4 patches: 4 tokens
+    meta_file = runs / "c" / "val" / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta_file.write_text(json.dumps({**meta, "token_grid": [1, 4], "token_cells": [3, 2, 1, 0]}))
+    drawn = []
+    real_write = pictures.write
+    monkeypatch.setattr(pictures, "write", lambda *a: drawn.append(a) or real_write(*a))
+    rows = score.run(score.Config(activations="c", n_prototypes=4, train_patches=100, device="cpu"),
+                     Context("s", "score", runs))
+    assert rows[-1]["pictures"] == "pictures/index.html" and drawn[0][-2:] == ((1, 4), [3, 2, 1, 0])
+    # token 0 of a 1x4 layout with cells reversed is the rightmost quarter of an 8x8 image
+    assert pictures.patch_box(0, 4, 8, 8, *drawn[0][-2:]) == (6, 0, 7, 7)
+    meta_file.write_text(json.dumps({**meta, "token_grid": [1, 4], "token_cells": [9, 2, 1, 0]}))
+    logs = []
+    ctx = Context("s2", "score", runs)
+    ctx.log = logs.append
+    rows = score.run(score.Config(activations="c", n_prototypes=4, train_patches=100, device="cpu", seed=1), ctx)
+    assert rows[-1]["pictures"] == "" and any("pictures skipped: meta.json: token_grid" in line for line in logs)

@@ -193,7 +193,11 @@ def write_for_score(cfg, ctx, scorer: Scorer, result, test_scores: Float[Tensor,
             ctx.log("pictures skipped: the cache's meta.json does not say which images it holds")
             return ""
         data, split = data_config(meta["dataset"]), meta.get("split", cfg.eval_split)
-        token_grid, cells = token_layout(meta, test_shards[0].shape[1])
+        try:
+            token_grid, cells = token_layout(meta, test_shards[0].shape[1])
+        except ValueError as err:
+            ctx.log(f"pictures skipped: {err}")
+            return ""
     problems = check(data, splits=(split,))
     if problems:
         ctx.log(f"pictures skipped: {'; '.join(m for _, m in problems)}")
