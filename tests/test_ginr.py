@@ -63,6 +63,18 @@ def test_lp_tokens_interleave_equidistantly():
     assert lp_pos[0] == 0 and lp_pos[-1] == 31 and (lp_pos.diff() >= 2).all()
 
 
+@pytest.mark.parametrize("num_lp", [16, 5])
+def test_token_cells_are_where_the_2d_bias_places_each_latent(num_lp):
+    model = ginr.build(Cfg(replace(TINY, num_lp=num_lp)))
+    assert model.token_grid == (4, 4) and model.token_cells.shape == (num_lp,)
+    centres = ginr.patch_centres(8, 2)
+    torch.testing.assert_close(model.decoder.bias.token_pos, centres[model.token_cells])
+    if num_lp == 16:  # one LP per patch: latent k belongs to patch k, the square grid in raster order
+        assert model.token_cells.tolist() == list(range(16))
+    full = ginr.MambaGinr(GinrConfig(mamba_backend="pure", depth=1), "pure")  # CIFAR-10 size: 16x16 of 2x2
+    assert full.token_grid == (16, 16) and full.token_cells.tolist() == list(range(256))
+
+
 def _bias(mode, alpha=256.0):
     model = ginr.build(Cfg(replace(TINY, spatial_bias=mode, alpha=alpha)))
     return model.decoder.bias

@@ -1,6 +1,7 @@
 """Per-trait pictures: the right images, the right patch outlined, escaped text, written by the score job."""
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -42,6 +43,23 @@ def test_patch_boxes_follow_the_token_grid():
     assert pictures.patch_box(9, 64, 32, 32) == (4, 4, 7, 7)  # row 1, column 1 of an 8x8 grid
     assert pictures.patch_box(13, 49, 224, 224) == (192, 32, 223, 63)  # ResNet layer4: 7x7 cells
     assert pictures.patch_box(3, 204, 32, 32) is None  # sparse points: no grid, no outline
+
+
+def test_a_recorded_token_layout_places_each_token_on_its_cell():
+    # Mamba-GINR at full size: 256 LP latents, one per 2x2 patch of a 32x32 image (16x16 grid)
+    cells = list(range(256))
+    assert pictures.patch_box(17, 256, 32, 32, (16, 16), cells) == (2, 2, 3, 3)
+    assert pictures.patch_box(255, 256, 32, 32, (16, 16), cells) == (30, 30, 31, 31)
+    # 16 latents on an 8x8 grid of 4x4 patches (ginr_tiny.toml): token k sits on cell cells[k], not on a 4x4 grid
+    sparse = [0, 4, 8, 12, 17, 21, 25, 29, 34, 38, 42, 46, 51, 55, 59, 63]
+    assert pictures.patch_box(2, 16, 32, 32, (8, 8), sparse) == (0, 4, 3, 7)
+    assert pictures.patch_box(2, 16, 32, 32) == (16, 0, 23, 7)  # what the square rule alone would draw
+    assert pictures.token_layout({}, 16) == (None, None)
+    assert pictures.token_layout({"token_grid": [8, 8], "token_cells": sparse}, 16) == ((8, 8), sparse)
+    for bad in ({"token_grid": [8, 8], "token_cells": sparse[:-1]}, {"token_grid": [8, 8], "token_cells": [64] * 16},
+                {"token_grid": [8, "8"], "token_cells": sparse}, {"token_grid": [8, 8]}):
+        with pytest.raises(ValueError, match="token_grid"):
+            pictures.token_layout(bad, 16)
 
 
 def test_the_page_escapes_trait_names_and_the_grid_outlines_the_patch(tmp_path):
@@ -101,3 +119,33 @@ def test_pictures_are_skipped_with_a_log_line_when_the_images_are_gone(tmp_path)
     rows = score.run(score.Config(activations="c", n_prototypes=4, train_patches=100, device="cpu"), ctx)
     assert rows[-1]["pictures"] == "" and any("pictures skipped" in line for line in logs)
     assert not (ctx.run_dir / "pictures").exists()
+
+
+def test_the_score_job_outlines_the_cells_a_cache_records_and_skips_a_bad_layout(tmp_path, monkeypatch):
+    import json
+
+    from data_fixtures import write_trait_folder
+
+    from nfjobs.jobs import cache
+
+    runs = tmp_path / "runs"
+    data = DataConfig(name="imagefolder", root=str(write_trait_folder(tmp_path / "folder", n=12, size=8)),
+                      traits_file="traits.csv", image_size=8, val_frac=0.5, workers=0)
+    cache.run(cache.Config(data=data, shard_size=8), Context("c", "cache", runs))  # 4x4 patches: 4 tokens
+    meta_file = runs / "c" / "val" / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta_file.write_text(json.dumps({**meta, "token_grid": [1, 4], "token_cells": [3, 2, 1, 0]}))
+    drawn = []
+    real_write = pictures.write
+    monkeypatch.setattr(pictures, "write", lambda *a: drawn.append(a) or real_write(*a))
+    rows = score.run(score.Config(activations="c", n_prototypes=4, train_patches=100, device="cpu"),
+                     Context("s", "score", runs))
+    assert rows[-1]["pictures"] == "pictures/index.html" and drawn[0][-2:] == ((1, 4), [3, 2, 1, 0])
+    # token 0 of a 1x4 layout with cells reversed is the rightmost quarter of an 8x8 image
+    assert pictures.patch_box(0, 4, 8, 8, *drawn[0][-2:]) == (6, 0, 7, 7)
+    meta_file.write_text(json.dumps({**meta, "token_grid": [1, 4], "token_cells": [9, 2, 1, 0]}))
+    logs = []
+    ctx = Context("s2", "score", runs)
+    ctx.log = logs.append
+    rows = score.run(score.Config(activations="c", n_prototypes=4, train_patches=100, device="cpu", seed=1), ctx)
+    assert rows[-1]["pictures"] == "" and any("pictures skipped: meta.json: token_grid" in line for line in logs)

@@ -12,7 +12,8 @@ from nfjobs import results, sweep
 ROOT = Path(__file__).parent.parent
 SWEEPS = sorted((ROOT / "configs" / "sweeps").glob("*.toml"))
 CPU_SIZED = ["quickstart.toml", "nf_variants_tiny.toml", "ginr_tiny.toml", "jepa_tiny.toml",
-             "representations_tiny.toml", "prototypes_tiny.toml", "prototypes_folder_tiny.toml"]
+             "representations_tiny.toml", "prototypes_tiny.toml", "prototypes_folder_tiny.toml",
+             "traits_ginr_cifar_tiny.toml"]
 
 
 def _cifar_stand_in(tmp_path: Path) -> list[sweep.Override]:
@@ -29,14 +30,40 @@ def _folder_stand_in(tmp_path: Path, monkeypatch) -> None:
     write_trait_folder(tmp_path / "data" / "images")
     (tmp_path / "weights").mkdir()
     (tmp_path / "weights" / "vit_b_16.pth").touch()
+    _cifar10_folder(tmp_path / "data" / "cifar10_folder")
+
+
+def _cifar10_folder(out: Path) -> None:
+    """data/cifar10_folder/ as scripts/cifar10_folder.py writes it, from a small CIFAR-10 fixture."""
+    import importlib.util
+
+    from data_fixtures import write_cifar
+
+    spec = importlib.util.spec_from_file_location("cifar10_folder", ROOT / "scripts" / "cifar10_folder.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.write(str(write_cifar(out.parent / "cifar_batches", n_per_batch=12, test=False)), out)
+
+
+def _finished_field(runs: Path) -> list[sweep.Override]:
+    """traits_ginr_cifar.toml reads a field trained elsewhere (`--checkpoint`): a finished train cell stand-in."""
+    from nfjobs import results
+
+    run_dir = runs / "train-0123456789ab"
+    run_dir.mkdir(parents=True)
+    (run_dir / "model.pt").touch()
+    results.write_rows(results.result_path(runs, run_dir.name), [{"status": "ok"}])
+    return [sweep.Override("checkpoint", run_dir.name)]
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
 def test_every_shipped_sweep_validates(path, tmp_path, monkeypatch):
     # the CIFAR-10 / CUB sweeps name a dataset root; point it at a fixture-free stand-in that passes the check
-    overrides = _cifar_stand_in(tmp_path) if "cifar10" in path.read_text() else []
+    overrides = _cifar_stand_in(tmp_path) if 'name = "cifar10"' in path.read_text() else []
     if "imagefolder" in path.read_text():
         _folder_stand_in(tmp_path, monkeypatch)
+    if 'checkpoint = ""' in path.read_text():
+        overrides += _finished_field(tmp_path / "runs")
     cells = sweep.expand([path], overrides)
     assert cells
 
@@ -74,6 +101,20 @@ def test_cpu_sized_sweeps_run_end_to_end(name, tmp_path, monkeypatch):
         assert (summary["n_test_images"] == 12).all() and summary["map"].is_finite().all()
         for key in summary["key"]:
             assert (runs / key / "pictures" / "index.html").is_file()
+    if name == "traits_ginr_cifar_tiny.toml":
+        import json
+
+        summary = df.filter(pl.col("row_type") == "summary")
+        assert set(summary["scorer"]) == {"random", "kmeans", "pca", "sae"} and len(summary) == 16
+        assert (summary["n_test_images"] == 6).all() and summary["map"].is_finite().all()
+        traits = df.filter(pl.col("row_type") == "trait")
+        assert set(traits["trait_name"]) == {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
+                                             "horse", "ship", "truck"}
+        cache_key = next(k for k in df["key"].unique() if k.startswith("cache-"))
+        meta = json.loads((runs / cache_key / "val" / "meta.json").read_text())
+        assert meta["token_grid"] == [8, 8] and meta["token_cells"] == list(range(64))  # one LP per 4x4 patch
+        for key in summary["key"]:
+            assert len(list((runs / key / "pictures").glob("trait_*.png"))) == 10
 
 
 

@@ -258,6 +258,8 @@ def _make_encoder(cfg: Config, ctx):
     if cfg.source in ("nf", "tdsm"):
         model, field_name = load_field(run_dir.parent if run_dir.is_file() else run_dir, device)
         meta["field"] = field_name
+        if cfg.source == "nf" and hasattr(model, "token_cells"):  # where each latent sits, for pictures
+            meta["token_grid"], meta["token_cells"] = list(model.token_grid), model.token_cells.tolist()
         takes_points = len(inspect.signature(model.encode).parameters) == 2
         if cfg.context == "sparse" and not takes_points:
             raise ValueError(f"checkpoint: {type(model).__name__} encodes whole images; sparse context needs "

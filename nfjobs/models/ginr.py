@@ -167,7 +167,10 @@ def interleave_order(n_patches: int, num_lp: int) -> tuple[Int[Tensor, " L"], In
 
 
 class MambaGinr(nn.Module):
-    """Images → latents at the LP tokens → RGB at any continuous (y, x) query coordinate in [−1, 1]."""
+    """Images → latents at the LP tokens → RGB at any continuous (y, x) query coordinate in [−1, 1].
+
+    `token_cells[k]` is the patch (row-major on the `token_grid` of patches) that LP token k precedes in the scan,
+    where the 2-D bias places it: patch k itself when `num_lp` equals the number of patches."""
 
     def __init__(self, cfg: GinrConfig, backend: str):
         super().__init__()
@@ -189,6 +192,8 @@ class MambaGinr(nn.Module):
                                        cfg.d_state, cfg.d_conv, cfg.expand, cfg.transformer_heads)
         # LP k sits just before the (k - #LPs before it)-th patch of the scan: that patch's centre is its position.
         next_patch = (lp_pos - torch.arange(cfg.num_lp)).clamp(max=n_patches - 1)
+        self.token_grid = (g, g)
+        self.register_buffer("token_cells", next_patch, persistent=False)
         self.decoder = LainrDecoder(cfg, centres[next_patch], (g, g)) if cfg.decoder == "lainr" else SimpleDecoder(cfg)
 
     @property

@@ -1,9 +1,12 @@
 """Pictures of what each trait's prototype finds: per trait, the chosen prototype's top-k test images with the
 best-scoring patch outlined, as one PNG grid, and `index.html` linking them all.
 
-An outline is green when the image has the trait and red when it does not. Patches are located on a square
-token grid (ViT patches, ResNet cells, 4x4 pixel patches); activations that are not one (sparse (x, y, r, g, b)
-points) get pictures without outlines. Drawing uses PIL and torchvision (`draw_bounding_boxes`, `make_grid`).
+An outline is green when the image has the trait and red when it does not. One rule locates a token: it is a
+cell of a grid over the image. A cache whose meta.json has `token_grid` (rows, cols) and `token_cells` (cell
+per token; a field's latents, e.g. Mamba-GINR's LP tokens on its 16x16 grid of 2x2 patches) says which;
+otherwise the tokens are a square grid in row-major order (ViT patches, ResNet cells, 4x4 pixel patches), and
+activations that are neither (sparse (x, y, r, g, b) points) get pictures without outlines. Drawing uses PIL
+and torchvision (`draw_bounding_boxes`, `make_grid`).
 File names are trait indices, never trait names (those come from input tables); every text in the page is
 escaped.
 """
@@ -87,13 +90,33 @@ def top_patches(
             for t in range(len(prototypes))]
 
 
-def patch_box(patch: int, n_tokens: int, height: int, width: int) -> tuple[int, int, int, int] | None:
-    """(x0, y0, x1, y1) in pixels of token `patch` on a square grid of `n_tokens`, or None if not a grid."""
-    g = math.isqrt(n_tokens)
-    if g * g != n_tokens:
-        return None
-    row, col = divmod(int(patch), g)
-    return (col * width // g, row * height // g, (col + 1) * width // g - 1, (row + 1) * height // g - 1)
+def patch_box(patch: int, n_tokens: int, height: int, width: int, grid: tuple[int, int] | None = None,
+              cells: Sequence[int] | None = None) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1) in pixels of token `patch`: cell `cells[patch]` of a `grid` (rows, cols) over the image,
+    by default cell `patch` of a square grid of `n_tokens`; None when the tokens are no grid."""
+    if grid is None:
+        g = math.isqrt(n_tokens)
+        if g * g != n_tokens:
+            return None
+        grid = (g, g)
+    rows, cols = grid
+    row, col = divmod(int(patch) if cells is None else int(cells[patch]), cols)
+    return (col * width // cols, row * height // rows, (col + 1) * width // cols - 1,
+            (row + 1) * height // rows - 1)
+
+
+def token_layout(meta: dict, n_tokens: int) -> tuple[tuple[int, int] | None, list[int] | None]:
+    """`(grid, cells)` a cache's meta.json records (None, None when it records none); a cache is an input, so a
+    layout that does not fit its tokens is an error."""
+    if "token_grid" not in meta:
+        return None, None
+    grid, cells = meta["token_grid"], meta.get("token_cells")
+    ok_grid = (isinstance(grid, list) and len(grid) == 2 and all(type(v) is int and v > 0 for v in grid))
+    if not ok_grid or not (isinstance(cells, list) and len(cells) == n_tokens and all(
+            type(c) is int and 0 <= c < grid[0] * grid[1] for c in cells)):
+        raise ValueError(f"meta.json: token_grid must be [rows, cols] and token_cells {n_tokens} cell indices "
+                         "of that grid")
+    return (grid[0], grid[1]), cells
 
 
 def grid(images: UInt8[np.ndarray, "k H W 3"], boxes: Sequence, has_trait: Sequence[bool]
@@ -115,9 +138,9 @@ def grid(images: UInt8[np.ndarray, "k H W 3"], boxes: Sequence, has_trait: Seque
 
 
 def write(out_dir: Path, pictures: Sequence[TraitPicture], images: dict[int, np.ndarray], n_tokens: int,
-          title: str) -> Path:
+          title: str, token_grid: tuple[int, int] | None = None, cells: Sequence[int] | None = None) -> Path:
     """One `trait_<index>.png` per trait and `index.html` under `out_dir`; returns the index page's path.
-    `images` maps test-split index -> uint8 (H, W, 3) image."""
+    `images` maps test-split index -> uint8 (H, W, 3) image; `token_grid`, `cells` locate tokens (`patch_box`)."""
     from PIL import Image
 
     out_dir = Path(out_dir)
@@ -126,7 +149,7 @@ def write(out_dir: Path, pictures: Sequence[TraitPicture], images: dict[int, np.
     for pic in pictures:
         shown = np.stack([images[int(i)] for i in pic.image_ids])
         h, w = shown.shape[1:3]
-        boxes = [patch_box(p, n_tokens, h, w) for p in pic.patch]
+        boxes = [patch_box(p, n_tokens, h, w, token_grid, cells) for p in pic.patch]
         file = f"trait_{pic.trait:04d}.png"
         Image.fromarray(grid(shown, boxes, pic.has_trait)).save(out_dir / file)
         hits = int(pic.has_trait.sum())
@@ -161,6 +184,7 @@ def write_for_score(cfg, ctx, scorer: Scorer, result, test_scores: Float[Tensor,
 
     if cfg.pictures_top_k == 0:
         return ""
+    token_grid = cells = None
     if cfg.activations == "builtin-pixels":
         data, split = cfg.data, cfg.eval_split
     else:
@@ -169,6 +193,11 @@ def write_for_score(cfg, ctx, scorer: Scorer, result, test_scores: Float[Tensor,
             ctx.log("pictures skipped: the cache's meta.json does not say which images it holds")
             return ""
         data, split = data_config(meta["dataset"]), meta.get("split", cfg.eval_split)
+        try:
+            token_grid, cells = token_layout(meta, test_shards[0].shape[1])
+        except ValueError as err:
+            ctx.log(f"pictures skipped: {err}")
+            return ""
     problems = check(data, splits=(split,))
     if problems:
         ctx.log(f"pictures skipped: {'; '.join(m for _, m in problems)}")
@@ -179,6 +208,6 @@ def write_for_score(cfg, ctx, scorer: Scorer, result, test_scores: Float[Tensor,
     reader = open_split(data, split)
     images = dict(zip(ids, (im for batch in reader.batches(ids, 64) for im in batch)))
     title = f"{cfg.scorer}, {cfg.n_prototypes} prototypes, n_train {cfg.n_train}: {cfg.activations} ({split})"
-    index = write(Path(ctx.run_dir) / FOLDER, pictures, images, test_shards[0].shape[1], title)
+    index = write(Path(ctx.run_dir) / FOLDER, pictures, images, test_shards[0].shape[1], title, token_grid, cells)
     ctx.log(f"pictures of {len(pictures)} traits: {index}")
     return index.relative_to(ctx.run_dir).as_posix()
