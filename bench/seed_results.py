@@ -144,7 +144,7 @@ def lr_table(runs_root: Path, sweep: str) -> pl.DataFrame:
     if val.is_empty():
         return val
     return _cols(val.sort("optim.lr"), ["optim.lr", "psnr", "train_loss", "epoch", "batch_size",
-                                        "optim.warmup_steps", "train_s", "key"])
+                                        "optim.warmup_steps", "train_s", "gpu_peak_gib", "key"])
 
 
 def main(argv: list[str] | None = None) -> int:

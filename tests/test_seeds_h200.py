@@ -72,19 +72,21 @@ def _edit(text: str, old: str, new: str, count: int) -> str:
 @pytest.mark.slow
 def test_a_tiny_copy_runs_end_to_end_and_seed_results_writes_the_results_folder(tmp_path):
     """The shipped file with toy model sizes and the pure scan (the full-size GINR takes minutes per step on a CPU)."""
-    text = _edit(SEEDS.read_text(), 'ginr = { mamba_backend = "auto"',
-                 'ginr = { patch_size = 4, dim = 32, pos_emb_dim = 8, num_lp = 16, depth = 1, ff_dim = 64, '
+    tiny_ginr = ('ginr = { patch_size = 4, dim = 32, pos_emb_dim = 8, num_lp = 16, depth = 1, ff_dim = 64, '
                  'feature_dim = 16, head_dim = 8, d_state = 4, simple_hidden = 32, simple_freqs = 4, '
-                 'mamba_backend = "pure"', 4)
+                 'mamba_backend = "pure"')
+    text = _edit(SEEDS.read_text(), 'ginr = { mamba_backend = "auto"', tiny_ginr, 4)
     text = _edit(text, 'jepa = { ema_ramp_steps = 435, mamba_backend = "auto"',
                  'jepa = { ema_ramp_steps = 3, dim = 16, depth = 1, ff_dim = 32, n_freqs = 4, pred_depth = 1, '
                  'transformer_heads = 2, recon_hidden = 32, d_state = 4, mamba_backend = "pure"', 1)
     (tmp_path / "sw").mkdir()
     path = tmp_path / "sw" / "seeds_h200.toml"  # same stem: the same sweep name as the shipped file
     path.write_text(text)
+    lr_path = tmp_path / "sw" / "seeds_h200_lr.toml"
+    lr_path.write_text(_edit(LR.read_text(), 'ginr = { mamba_backend = "auto"', tiny_ginr, 1))
     write_cifar(tmp_path / "data", n_per_batch=8, n_test=2)  # 40 images: 36 train, the last 4 val
     runs = tmp_path / "runs"
-    assert launch.main(["--sweep", str(path), "--debug", "--runs-root", str(runs), "--log-root", str(tmp_path / "logs"),
+    assert launch.main(["--sweep", str(path), str(lr_path), "--debug", "--runs-root", str(runs), "--log-root", str(tmp_path / "logs"),
                         "--data.root", str(tmp_path / "data"), "--epochs", "2", "--batch-size", "12",
                         "--curve-images", "4", "--eval-batch-size", "12", "--precision", "auto"]) == 0
     df = results.load(path, runs).collect()
@@ -98,11 +100,11 @@ def test_a_tiny_copy_runs_end_to_end_and_seed_results_writes_the_results_folder(
 
     out = tmp_path / "results"
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "seed_results.py"), "--runs-root", str(runs),
-                           "--out", str(out)], capture_output=True, text=True, cwd=tmp_path)
+                           "--out", str(out), "--lr-sweep", "seeds_h200_lr"], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr + proc.stdout
     for name in ("ginr_psnr_vs_time.png", "jepa_psnr_vs_time.png", "ginr_variants.png", "recon_ginr_default.png",
                  "recon_ginr_faithful_bias.png", "recon_ginr_no_jitter.png", "recon_ginr_simple_decoder.png",
-                 "recon_jepa_default.png"):
+                 "recon_jepa_default.png", "lr_psnr_vs_time.png"):
         assert (out / name).stat().st_size > 1000, name
     md = (out / "results.md").read_text()
     ginr = df.filter(pl.col("model") == "ginr", pl.col("split") == "val").sort("group")
@@ -111,3 +113,7 @@ def test_a_tiny_copy_runs_end_to_end_and_seed_results_writes_the_results_folder(
     psnr01 = jepa.filter(pl.col("eval_context_frac") == 0.1)["psnr"][0]
     assert f"| jepa_default | {psnr01:.4f} |" in md
     assert f"| {probe['accuracy'][0]:.4f} |" in md and "Cells that did not end ok\n\n(none)" in md
+    lrs = results.load(lr_path, runs).collect().filter(pl.col("split") == "val").sort("optim.lr")
+    assert len(lrs) == 3
+    for lr, psnr in lrs.select("optim.lr", "psnr").rows():
+        assert f"| {lr:.4f} | {psnr:.4f} |" in md
