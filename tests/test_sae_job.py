@@ -139,3 +139,9 @@ def test_an_sae_cell_run_by_the_launcher_gives_ok_rows_and_a_score_cell_scores_w
     assert (rows["code_l1"] > 0).all()
     scored = df.filter((pl.col("kind") == "score") & pl.col("prototype").is_not_null())
     assert scored.height > 0 and scored["prototype"].max() < 8
+    summary = df.filter(pl.col("row_type") == "summary").row(0, named=True)
+    assert summary["prototypes"] == 8 and summary["n_prototypes"] == 128  # the sae's width; n_prototypes unused
+    assert summary["representation"] == "original" and summary["layer"] == ""
+    from nfjobs.scoring import report
+
+    assert report.table(df)["Prototypes"].to_list() == [8]  # the table counts what was offered

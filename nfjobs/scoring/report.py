@@ -11,10 +11,13 @@ def table(rows: pl.DataFrame) -> pl.DataFrame:
     """One line per scorer x prototypes x training images (mean over seeds/cells), from `score` result rows.
 
     `rows` needs `row_type`, `scorer`, `n_prototypes` and the summary metrics (`results.load(...)` gives them).
+    Prototypes are what the scorer offered (`prototypes`: an `sae` cell's width, not the unused `n_prototypes`).
     """
     summary = rows.filter(pl.col("row_type") == "summary")
     if "status" in summary.columns:
         summary = summary.filter(pl.col("status") == "ok")
+    if "prototypes" in summary.columns:
+        summary = summary.with_columns(n_prototypes=pl.coalesce("prototypes", "n_prototypes"))
     return (
         summary.group_by("scorer", "n_prototypes", "n_train_images")
         .agg(pl.col("map", "ap_q05", "ap_q95", "constant_map").mean(), pl.len().alias("cells"))
