@@ -1,5 +1,6 @@
 """Trait discovery on the real Slurm (start one with `bash scripts/dev-slurm.sh up`): an `sae` cell preempted after
-its first epoch is requeued and resumes to the same autoencoder an uninterrupted run trains."""
+its first epoch is requeued and resumes to the same autoencoder an uninterrupted run trains, and the score cell
+reading it waits for the requeued run."""
 
 import subprocess
 import time
@@ -25,12 +26,14 @@ def test_a_preempted_sae_cell_is_requeued_and_resumes_to_the_uninterrupted_resul
     # so the preemption sent when the first checkpoint appears lands in epoch 2 (3 at the latest)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the job's torch threads (it inherits the environment): tiny
     # steps on a shared machine run fastest on one thread, and the reference below runs on one too
-    path = sweep_file('[[group]]\nname = "c"\nkind = "cache"\nsplit = "train"\ndata.builtin_n = 64\n'
+    path = sweep_file('[[group]]\nname = "c"\nkind = "cache"\ndata.builtin_n = 64\n'
                       'data.val_frac = 0.25\ndtype = "float32"\nshard_size = 32\nbatch_size = 32\n'
                       '[[group]]\nname = "s"\nkind = "sae"\nactivations = "@c"\nwidth = 32\nlr = 3e-3\nepochs = 4\n'
-                      'batch = 8\nshuffle_images = 16\ndevice = "cpu"\n', "saereq.toml")
+                      'batch = 8\nshuffle_images = 16\ndevice = "cpu"\n'
+                      '[[group]]\nname = "p"\nkind = "score"\nactivations = "@c"\nscorer = "sae"\nsae = "@s"\n'
+                      'device = "cpu"\npictures_top_k = 0\n', "saereq.toml")
     assert launch(path, tmp_path).returncode == 0
-    cell = next(c for c in sweep.expand([path]) if c.kind == "sae")
+    cell, scorer = (next(c for c in sweep.expand([path]) if c.kind == kind) for kind in ("sae", "score"))
     runs = tmp_path / "runs"
     job_id = manifest_jobs(tmp_path, "saereq")[cell.key]
     checkpoint = runs / cell.key / "checkpoint.pt"
@@ -39,10 +42,12 @@ def test_a_preempted_sae_cell_is_requeued_and_resumes_to_the_uninterrupted_resul
         time.sleep(0.02)
     assert checkpoint.exists(), "the sae cell never saved its first epoch"
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True)  # a preempting scheduler's grace signal
-    wait_for(lambda: results.cell_status(runs, cell.key) is not None, 240, "the sae cell's result")
+    wait_for(lambda: results.cell_status(runs, scorer.key) is not None, 300, "the score cell's result")
 
     df = results.load(path, runs).collect()
-    assert sorted(df["kind"].unique().to_list()) == ["cache", "sae"] and set(df["status"]) == {"ok"}
+    assert sorted(df["kind"].unique().to_list()) == ["cache", "sae", "score"] and set(df["status"]) == {"ok"}
+    # the dependant waited for the requeued cell's end, not for its first attempt's, and scored with its codes
+    assert df.filter(pl.col("row_type") == "summary")["prototypes"].to_list() == [32]
     rows = df.filter(pl.col("key") == cell.key).sort("epoch")
     assert rows["epoch"].to_list() == [1, 2, 3, 4]  # one result: every epoch once, none twice
     assert rows["run.resumed"].to_list() == [True] * 4 and rows["run.slurm_restarts"].min() >= 1
