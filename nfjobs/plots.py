@@ -116,15 +116,18 @@ def psnr_vs_wall(curves: dict[str, pl.DataFrame], path: Path | str, metric: str 
 
 
 def map_vs_train_images(table: pl.DataFrame, path: Path | str, title: str = "Trait discovery (seed 004)"):
-    """`nfjobs.scoring.report.table` output: mAP against training images, one line per scorer × prototype count,
-    the band between the 5 % and 95 % per-trait AP quantiles, and the constant predictor's mAP dashed."""
+    """`nfjobs.scoring.report.table` output: mAP against training images, one line per scorer × prototype count
+    (× representation / layer where the table has them), the band between the 5 % and 95 % per-trait AP
+    quantiles, and the constant predictor's mAP dashed."""
     fig, ax = _figure()
-    keys = table.select("Scorer", "Prototypes").unique().sort("Scorer", "Prototypes").rows()
-    for i, (scorer, k) in enumerate(keys):
-        t = table.filter(pl.col("Scorer") == scorer, pl.col("Prototypes") == k).sort("Train")
+    by = [c for c in ("Representation", "Layer") if c in table.columns] + ["Scorer", "Prototypes"]
+    keys = table.select(by).unique().sort(by).rows()
+    for i, key in enumerate(keys):
+        t = table.filter(*(pl.col(c) == v for c, v in zip(by, key))).sort("Train")
         color = COLORS[i % len(COLORS)]
         x = t["Train"].to_list()
-        ax.plot(x, t["mAP"].to_list(), marker="o", color=color, label=f"{scorer}, {k} prototypes")
+        label = ", ".join([*map(str, key[:-2]), f"{key[-2]}, {key[-1]} prototypes"])
+        ax.plot(x, t["mAP"].to_list(), marker="o", color=color, label=label)
         ax.fill_between(x, t["5%"].to_list(), t["95%"].to_list(), color=color, alpha=0.15)
     if keys:
         const = table.group_by("Train").agg(pl.col("Constant mAP").mean()).sort("Train")

@@ -1,5 +1,6 @@
 """The report figures (nfjobs.plots) and the labelled reconstruction grid: what is drawn, from small tables."""
 
+import numpy as np
 import polars as pl
 import pytest
 import torch
@@ -85,6 +86,14 @@ def test_map_vs_train_images_has_a_band_per_line_and_the_constant_predictor(tmp_
     assert len(ax.collections) == 4  # one 5-95 % band per line
     assert list(ax.get_lines()[0].get_xdata()) == [16, 160, 1600] and ax.get_xscale() == "log"
     assert list(ax.get_lines()[-1].get_ydata()) == [0.1, 0.1, 0.1]
+    layers = pl.concat([rows.with_columns(layer=pl.lit(name), map=pl.col("map") + shift)
+                        for name, shift in (("layer2", 0.0), ("layer3", 0.3))])
+    by_layer = table(layers)
+    assert by_layer.columns[:2] == ["Layer", "Scorer"] and by_layer.height == 24  # never averaged over layers
+    l2, l3 = (by_layer.filter(pl.col("Layer") == name)["mAP"].to_numpy() for name in ("layer2", "layer3"))
+    assert np.allclose(l3 - l2, 0.3)
+    labels = [ln.get_label() for ln in plots.map_vs_train_images(by_layer, tmp_path / "l.png").axes[0].get_lines()]
+    assert labels[0] == "layer2, kmeans, 8 prototypes" and labels[4] == "layer3, kmeans, 8 prototypes"
 
 
 def test_reconstruction_grid_has_labelled_rows(tmp_path):

@@ -116,3 +116,32 @@ def test_a_sweep_chains_cache_sae_and_score_and_sweeps_the_sae(tmp_path):
     one = tmp_path / "one.toml"
     one.write_text('kind = "cache"\n')
     assert sweep.expand([one])[0].key == cache_cell[0].key
+
+
+def test_an_sae_cell_run_by_the_launcher_gives_ok_rows_and_a_score_cell_scores_with_it(tmp_path):
+    import launch
+    import polars as pl
+
+    from nfjobs import results
+
+    path = tmp_path / "chain.toml"
+    path.write_text('[[group]]\nname = "c"\nkind = "cache"\ndata.builtin_n = 24\ndtype = "float32"\n'
+                    '[[group]]\nname = "s"\nkind = "sae"\nactivations = "@c"\nwidth = 8\nl1 = 2e-3\nepochs = 2\n'
+                    'batch = 64\ndevice = "cpu"\n'
+                    '[[group]]\nkind = "score"\nscorer = "sae"\nactivations = "@c"\nsae = "@s"\ndevice = "cpu"\n')
+    assert launch.main(["--sweep", str(path), "--debug", "--runs-root", str(tmp_path / "runs"),
+                        "--log-root", str(tmp_path / "logs")]) == 0
+    df = results.load(path, tmp_path / "runs").collect()
+    assert set(df["status"]) == {"ok"}, df.filter(pl.col("status") != "ok")["error"].to_list()
+    rows = df.filter(pl.col("kind") == "sae").sort("epoch")
+    # the L1 coefficient (a config column) and the codes' L1 (a metric) are two columns
+    assert rows["epoch"].to_list() == [1, 2] and rows["l1"].to_list() == [2e-3, 2e-3]
+    assert (rows["code_l1"] > 0).all()
+    scored = df.filter((pl.col("kind") == "score") & pl.col("prototype").is_not_null())
+    assert scored.height > 0 and scored["prototype"].max() < 8
+    summary = df.filter(pl.col("row_type") == "summary").row(0, named=True)
+    assert summary["prototypes"] == 8 and summary["n_prototypes"] == 128  # the sae's width; n_prototypes unused
+    assert summary["representation"] == "original" and summary["layer"] == ""
+    from nfjobs.scoring import report
+
+    assert report.table(df)["Prototypes"].to_list() == [8]  # the table counts what was offered

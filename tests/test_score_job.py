@@ -67,7 +67,8 @@ def test_reads_an_activation_cache(tmp_path):
     rng = np.random.default_rng(0)
     cache = tmp_path / "cache-run"
     for split, n in (("train", 40), ("val", 30)):
-        writer = CacheWriter(cache / split, {"source": "test", "split": split, "trait_names": ["a", "b", "c"]},
+        writer = CacheWriter(cache / split, {"source": "test", "split": split, "trait_names": ["a", "b", "c"],
+                                             "label": "backbone", "layer": "layer3"},
                              n_images=n, n_tokens=5, d=6, shard_size=16)
         traits = rng.random((n, 3)) < [0.5, 0.2, 0.0]
         writer.write_labels(np.zeros(n, np.int64), traits)
@@ -80,6 +81,7 @@ def test_reads_an_activation_cache(tmp_path):
     assert [r["trait_name"] for r in rows[:-1]] == ["a", "b", "c"]
     assert rows[-1]["n_traits_no_test_pos"] == 1 and rows[-1]["n_train_images"] == 40
     assert rows[-1]["pictures"] == ""  # the cache does not say which images it holds
+    assert (rows[-1]["representation"], rows[-1]["layer"], rows[-1]["prototypes"]) == ("backbone", "layer3", 4)
 
 
 def test_check_and_depends_on():

@@ -7,9 +7,10 @@ reconstruction error + `l1` · L1 of the codes, decoder rows kept at unit norm (
 the scorer a `score` cell with `scorer = "sae"` and `sae = <this cell>` uses). A checkpoint after every epoch
 (weights, Adam state, rows so far) lets a requeued job continue at the next epoch.
 
-One row per epoch: `mse` (per patch), `fvu` (mse / variance of the patches), `l1`, `l0` (active latents per
-patch), `frac_dead` (latents that never fired in the epoch), `frac_dense` (latents firing on more than
-`dense_frac` of the patches), and what was read (`gb_read`, `read_gb_per_s`, `peak_resident_bytes`, `patches_per_s`).
+One row per epoch: `mse` (per patch), `fvu` (mse / variance of the patches), `code_l1` (L1 of the codes per patch;
+not `l1`, the coefficient's column), `l0` (active latents per patch), `frac_dead` (latents that never fired in the
+epoch), `frac_dense` (latents firing on more than `dense_frac` of the patches), and what was read (`gb_read`,
+`read_gb_per_s`, `peak_resident_bytes`, `patches_per_s`).
 """
 
 import time
@@ -149,7 +150,8 @@ def run(cfg: Config, ctx) -> list[dict]:
         seconds = time.perf_counter() - start
         se, l1_sum, l0_sum = (sums / n).tolist()
         freq = fires / n
-        row = {"epoch": epoch + 1, "mse": se, "fvu": se / max(state["variance"], 1e-12), "l1": l1_sum, "l0": l0_sum,
+        row = {"epoch": epoch + 1, "mse": se, "fvu": se / max(state["variance"], 1e-12), "code_l1": l1_sum,
+               "l0": l0_sum,
                "frac_dead": float((fires == 0).float().mean()), "frac_dense": float((freq > cfg.dense_frac).float().mean()),
                "patches": n, "epoch_s": seconds, "patches_per_s": n / max(seconds, 1e-9), "gb_read": stats.bytes_read / 1e9,
                "read_gb_per_s": stats.bytes_read / 1e9 / max(stats.seconds, 1e-9),

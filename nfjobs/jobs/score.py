@@ -11,7 +11,9 @@ Rows (`row_type` tells them apart):
   `prevalence` (test; also the constant predictor's AP);
 - `summary`: one: `map`, `ap_q05`, `ap_q95`, `constant_map` (mean test prevalence; check it before anything
   else), `constant_map_implausible`, `train_map`, trait and image counts, `seconds_select`, `seconds_scorer`,
-  `pictures` (the pictures' index page relative to the run dir; empty when they could not be drawn).
+  `pictures` (the pictures' index page relative to the run dir; empty when they could not be drawn),
+  `prototypes` (what the scorer offered: `n_prototypes`, or an `sae` cell's width), and the scored cache's
+  `representation` and `layer` (its backbone layer; empty otherwise), so layers are told apart in reports.
   AP is undefined for traits without test positives: they are left out of mAP and counted.
 
 `metrics.jsonl` gets one record per phase: `scorer`, `image_scores`, `select` (mAP, constant mAP, train mAP).
@@ -156,6 +158,12 @@ def _load(cfg: Config, ctx):
     return (train, train.traits), (val, val.traits), tuple(names)
 
 
+def _representation(source) -> dict[str, str]:
+    """What was scored, from the cache's meta.json (`builtin-pixels` for the builtin patches)."""
+    meta = getattr(source, "meta", {"label": BUILTIN_PIXELS})
+    return {"representation": meta.get("label", ""), "layer": meta.get("layer", "")}
+
+
 def _shards(source) -> list:
     """Memory-mapped shards of a cache (or the in-memory arrays of builtin-pixels), for sampling patches."""
     return list(source.shards) if hasattr(source, "shards") else source
@@ -292,5 +300,6 @@ def run(cfg: Config, ctx) -> list[dict]:
                                     device)
     rows.append({"row_type": "summary", **summary, "seconds_scorer": seconds_scorer, "seconds_score": seconds_score,
                  "patches_per_s": n_patches / max(seconds_score, 1e-9), "cache_gb_read": stats.bytes_read / 1e9,
-                 "peak_resident_bytes": stats.peak_resident_bytes, "pictures": page})
+                 "peak_resident_bytes": stats.peak_resident_bytes, "pictures": page,
+                 "prototypes": int(scores["val"].shape[1]), **_representation(train_src)})
     return rows
