@@ -4,6 +4,8 @@ Usually it reads `<cache run dir>/train/` and `<cache run dir>/val/` (a `cache` 
 nothing else: no model is loaded, no activation recomputed. Probes: the small transformer of seed 000 on the
 tokens, logistic regression and distance-weighted k-NN on mean-pooled tokens, and the TDSM heads (`tdsm_gap`,
 `tdsm_gmp`, `tdsm_cnn`, `tdsm_attn`) on the maps of a `tdsm` cache with a frozen field (`tdsm_mode = "frozen"`).
+The transformer and the TDSM heads stream a training split larger than `max_resident_gb` from the cache
+(shuffled pieces, at most that much of it in memory); the linear and k-NN probes hold only mean-pooled tokens.
 
 The other TDSM modes (seed 001, option B and C) train the field too, so they cannot read a cache: they name a
 train cell (`checkpoint`), load its field, decode TDSM maps (`tdsm` options) on the fly with the batched decoder
