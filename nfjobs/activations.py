@@ -265,10 +265,12 @@ class ActivationCache:
 
         def read(pieces):
             out = np.empty((sum(hi - lo for _, lo, hi in pieces), self.n_tokens, self.d), self.meta["dtype"])
-            at = 0
-            for i, lo, hi in pieces:
-                read_rows(shard_path(self.root, i), lo, hi, out[at : at + hi - lo])
+            by_shard, at = {}, 0
+            for i, lo, hi in pieces:  # each shard opened once per chunk, its pieces read in file order
+                by_shard.setdefault(i, []).append((lo, hi, out[at : at + hi - lo]))
                 at += hi - lo
+            for i, ranges in sorted(by_shard.items()):
+                read_row_ranges(shard_path(self.root, i), sorted(ranges, key=lambda r: r[0]))
             stats.add(out.nbytes)
             return out
 
@@ -308,23 +310,33 @@ class StreamStats:
         return self.bytes_read / max(self.seconds, 1e-9) / 1e9
 
 
-def read_rows(path: Path, lo: int, hi: int, out: np.ndarray | None = None) -> np.ndarray:
-    """Rows [lo, hi) of a C-ordered .npy file, read with plain file reads into `out` (C-contiguous, of the
-    file's dtype and row shape) or a fresh array."""
+def read_rows(path: Path, lo: int, hi: int) -> np.ndarray:
+    """Rows [lo, hi) of a C-ordered .npy file, read with plain file reads into a fresh array."""
+    return read_row_ranges(path, [(lo, hi, None)])[0]
+
+
+def read_row_ranges(path: Path, ranges: list[tuple[int, int, np.ndarray | None]]) -> list[np.ndarray]:
+    """Rows [lo, hi) of a C-ordered .npy file for each (lo, hi, out) of `ranges`, the file opened once, each read
+    into `out` (C-contiguous, of the file's dtype and row shape) or, where it is None, a fresh array."""
     with open(path, "rb") as f:
         version = np.lib.format.read_magic(f)
         header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, fortran, dtype = header(f)
-        if fortran or not 0 <= lo <= hi <= shape[0]:
-            raise CacheError(f"{path}: cannot read rows [{lo}, {hi}) of a {'Fortran' if fortran else ''} {shape} array")
-        if out is None:
-            out = np.empty((hi - lo, *shape[1:]), dtype)
-        elif out.shape != (hi - lo, *shape[1:]) or out.dtype != dtype or not out.flags.c_contiguous:
-            raise CacheError(f"{path}: rows [{lo}, {hi}) of a {dtype} {shape} array do not fit a {out.dtype} {out.shape} buffer")
-        f.seek(lo * int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize, 1)  # from the end of the header
-        if f.readinto(out.reshape(-1).view(np.uint8)) != out.nbytes:
-            raise CacheError(f"{path}: truncated shard")
-    return out
+        data_start, row_bytes = f.tell(), int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        outs = []
+        for lo, hi, out in ranges:
+            if fortran or not 0 <= lo <= hi <= shape[0]:
+                raise CacheError(f"{path}: cannot read rows [{lo}, {hi}) of a {'Fortran' if fortran else ''} {shape} array")
+            if out is None:
+                out = np.empty((hi - lo, *shape[1:]), dtype)
+            elif out.shape != (hi - lo, *shape[1:]) or out.dtype != dtype or not out.flags.c_contiguous:
+                raise CacheError(f"{path}: rows [{lo}, {hi}) of a {dtype} {shape} array do not fit a {out.dtype} "
+                                 f"{out.shape} buffer")
+            f.seek(data_start + lo * row_bytes)
+            if f.readinto(out.reshape(-1).view(np.uint8)) != out.nbytes:
+                raise CacheError(f"{path}: truncated shard")
+            outs.append(out)
+    return outs
 
 
 def finish_cache(root: Path | str) -> dict[str, Any]:
