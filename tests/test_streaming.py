@@ -195,3 +195,23 @@ def test_a_probe_that_fits_its_budget_trains_as_before(maps_cache, tmp_path):
         pred = torch.cat([model(b).argmax(1) for b in torch.from_numpy(val.load_all()).split(16)])
     want = FitResult((pred == torch.from_numpy(val.labels)).float().mean().item(), 0.0, correct / len(x))
     assert (row["accuracy"], row["train_accuracy"]) == pytest.approx((want.accuracy, want.train_accuracy), abs=1e-12)
+
+
+def test_shuffled_batches_really_hold_two_chunks_not_the_cache(tmp_path):
+    """Traced numpy memory while consuming the batches (not only the stats): chunks, batches and the carry stay
+    within the budget plus a few batches, with the cache ten times the budget."""
+    import tracemalloc
+
+    root = write_cache(tmp_path / "big", n_train=200, n_val=1, tokens=64, d=64, shard_size=32, dtype="float32")
+    c = open_cache(root / "train")
+    budget, batch = 20 * c.bytes_per_image, 4
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        n = sum(len(i) for i, _ in c.shuffled_batches(budget, batch, np.random.default_rng(0)))
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert n == 200 and c.n_images * c.bytes_per_image == 10 * budget
+    assert budget < peak < budget + 4 * batch * c.bytes_per_image + 64_000, peak
