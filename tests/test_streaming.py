@@ -215,3 +215,12 @@ def test_shuffled_batches_really_hold_two_chunks_not_the_cache(tmp_path):
         tracemalloc.stop()
     assert n == 200 and c.n_images * c.bytes_per_image == 10 * budget
     assert budget < peak < budget + 4 * batch * c.bytes_per_image + 64_000, peak
+
+
+@pytest.mark.parametrize("kind", ["tdsm_gmp", "tdsm_cnn", "tdsm_attn"])
+def test_every_tdsm_head_trains_streamed(maps_cache, tmp_path, kind):
+    cfg = probe.Config(activations=str(maps_cache), probe=kind, epochs=1, batch_size=32,
+                       max_resident_gb=PROBE_BUDGET_GB)
+    (row,) = probe.run(cfg, Context(key=kind, kind="probe", runs_root=tmp_path / "runs"))
+    assert row["streamed"] and 0 < row["peak_resident_bytes"] <= PROBE_BUDGET_GB * 1e9
+    assert 0 <= row["accuracy"] <= 1 and row["n_val"] == 90
