@@ -1,5 +1,6 @@
 """Streaming consumers: a cache several times larger than the memory budget is read in order with at most the
-budget resident, and score, probe pooling and SAE training give what the in-memory path gives."""
+budget resident, and score, probe pooling and SAE training give what the in-memory path gives; frozen probes
+train from shuffled pieces within the budget and learn as well as in memory."""
 
 import numpy as np
 import pytest
