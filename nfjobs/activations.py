@@ -15,6 +15,7 @@ A cache can be written by several tasks at once (`cache` cells with `parts > 1`)
 shards (`part_shards`); `finish_cache` marks it complete once every shard is there. Consumers that must not hold a
 whole cache in memory read it with `ActivationCache.stream`: chunks in image order, read with plain file reads
 (no memory map), at most `max_resident_bytes` of them alive at once (one being used, one being read ahead).
+Training that wants shuffled batches reads `ActivationCache.shuffled_batches` under the same budget.
 """
 
 import json
@@ -36,6 +37,8 @@ LABELS = "labels.npy"
 TRAITS = "traits.npy"
 SHARDS = "shards"
 DTYPES = ("float16", "float32")
+PIECES_PER_CHUNK = 16
+"""`shuffled_batches` mixes at least this many places of the cache in a chunk (when a chunk holds as many images)."""
 
 
 class CacheError(RuntimeError):
@@ -179,15 +182,8 @@ class ActivationCache:
     def bytes_per_image(self) -> int:
         return self.n_tokens * self.d * np.dtype(self.meta["dtype"]).itemsize
 
-    def stream(self, max_resident_bytes: int, images_per_chunk: int = 0,
-               stats: "StreamStats | None" = None) -> Iterator[tuple[int, Float[np.ndarray, "n T D"]]]:
-        """(first image index, activations) chunks in image order; a chunk never spans two shards.
-
-        At most two chunks are alive at once (the one yielded, the next being read by a thread), each at most
-        half of `max_resident_bytes`; a chunk is released when the consumer asks for the next one, so it must
-        not keep references to earlier chunks. `images_per_chunk` fixes the chunk size (for results that must
-        not depend on the budget); 0 = as large as the budget allows. `stats` records what was read.
-        """
+    def _per_chunk(self, max_resident_bytes: int, images_per_chunk: int = 0) -> int:
+        """Images per chunk: half of `max_resident_bytes`, or `images_per_chunk` if that fits in it."""
         per_chunk = max_resident_bytes // 2 // self.bytes_per_image
         if images_per_chunk:
             if images_per_chunk > per_chunk:
@@ -197,25 +193,93 @@ class ActivationCache:
         if per_chunk < 1:
             raise ValueError(f"max_resident_bytes = {max_resident_bytes:,} holds less than two images of "
                              f"{self.bytes_per_image:,} bytes")
-        stats = stats if stats is not None else StreamStats()
+        return per_chunk
+
+    def stream(self, max_resident_bytes: int, images_per_chunk: int = 0,
+               stats: "StreamStats | None" = None) -> Iterator[tuple[int, Float[np.ndarray, "n T D"]]]:
+        """(first image index, activations) chunks in image order; a chunk never spans two shards.
+
+        At most two chunks are alive at once (the one yielded, the next being read by a thread), each at most
+        half of `max_resident_bytes`; a chunk is released when the consumer asks for the next one, so it must
+        not keep references to earlier chunks (nor the loop variable: `del chunk` at the end of the loop body,
+        or the old chunk is still alive while the next-but-one is read). `images_per_chunk` fixes the chunk
+        size (for results that must not depend on the budget); 0 = as large as the budget allows. `stats`
+        records what was read.
+        """
+        per_chunk = self._per_chunk(max_resident_bytes, images_per_chunk)
         plan, start = [], 0
         for i, shard in enumerate(self.shards):
-            plan += [(start + r, i, r, min(r + per_chunk, len(shard))) for r in range(0, len(shard), per_chunk)]
+            plan += [(start + r, [(i, r, min(r + per_chunk, len(shard)))]) for r in range(0, len(shard), per_chunk)]
             start += len(shard)
+        yield from self._read_ahead(plan, stats)
+
+    def shuffled_batches(self, max_resident_bytes: int, batch_size: int, rng: np.random.Generator,
+                         stats: "StreamStats | None" = None
+                         ) -> Iterator[tuple[Int[np.ndarray, " b"], Float[np.ndarray, "b T D"]]]:
+        """(image indices, activations) batches of `batch_size` images (the last one smaller) covering every
+        image once, in an order drawn from `rng`, holding what `stream` holds: the shards are cut into pieces of
+        at most 1/`PIECES_PER_CHUNK` of a chunk, the pieces shuffled over the whole cache and read a chunk at a
+        time, the images of a chunk shuffled (so a cache in class order still gives batches of many classes).
+        Batches are copies (at most two more batches of memory): keep them as long as needed."""
+        per_chunk = self._per_chunk(max_resident_bytes)
+        piece = max(1, per_chunk // PIECES_PER_CHUNK)
+        pieces, start = [], 0
+        for i, shard in enumerate(self.shards):
+            pieces += [(start + r, i, r, min(r + piece, len(shard))) for r in range(0, len(shard), piece)]
+            start += len(shard)
+        plan, group, size = [], [], 0
+        for k in rng.permutation(len(pieces)):
+            n = pieces[k][3] - pieces[k][2]
+            if size + n > per_chunk:
+                plan.append(group)
+                group, size = [], 0
+            group.append(pieces[k])
+            size += n
+        plan = [(np.concatenate([np.arange(f, f + hi - lo) for f, _, lo, hi in g]), [p[1:] for p in g])
+                for g in [*plan, group] if g]
+        carry_idx = np.empty(0, np.int64)
+        carry = np.empty((0, self.n_tokens, self.d), self.meta["dtype"])
+        for idx, chunk in self._read_ahead(plan, stats):
+            order = rng.permutation(len(idx))
+            fill = order[: batch_size - len(carry_idx)]
+            carry_idx, carry = np.concatenate([carry_idx, idx[fill]]), np.concatenate([carry, chunk[fill]])
+            if len(carry_idx) < batch_size:  # the chunk went into the carry
+                del chunk
+                continue
+            yield carry_idx, carry
+            rest = order[len(fill):]
+            full = len(rest) // batch_size * batch_size
+            for b in range(0, full, batch_size):
+                yield idx[rest[b : b + batch_size]], chunk[rest[b : b + batch_size]]
+            carry_idx, carry = idx[rest[full:]], chunk[rest[full:]]
+            del chunk  # before the next chunk is asked for: only two are alive
+        if len(carry_idx):
+            yield carry_idx, carry
+
+    def _read_ahead(self, plan: list[tuple[Any, list[tuple[int, int, int]]]],
+                    stats: "StreamStats | None") -> Iterator[tuple[Any, np.ndarray]]:
+        """(tag, chunk) for every (tag, pieces) of `plan`, a chunk being the row ranges `pieces` ((shard, lo,
+        hi), read one after another into one array); the next chunk is read by a thread meanwhile."""
+        stats = stats if stats is not None else StreamStats()
         t0 = time.perf_counter()
 
-        def read(item):
-            _, i, lo, hi = item
-            out = read_rows(shard_path(self.root, i), lo, hi)
+        def read(pieces):
+            out = np.empty((sum(hi - lo for _, lo, hi in pieces), self.n_tokens, self.d), self.meta["dtype"])
+            by_shard, at = {}, 0
+            for i, lo, hi in pieces:  # each shard opened once per chunk, its pieces read in file order
+                by_shard.setdefault(i, []).append((lo, hi, out[at : at + hi - lo]))
+                at += hi - lo
+            for i, ranges in sorted(by_shard.items()):
+                read_row_ranges(shard_path(self.root, i), sorted(ranges, key=lambda r: r[0]))
             stats.add(out.nbytes)
             return out
 
         with ThreadPoolExecutor(1) as pool:
-            ahead = pool.submit(read, plan[0]) if plan else None
-            for k, item in enumerate(plan):
+            ahead = pool.submit(read, plan[0][1]) if plan else None
+            for k, (tag, _) in enumerate(plan):
                 chunk = ahead.result()
-                ahead = pool.submit(read, plan[k + 1]) if k + 1 < len(plan) else None
-                yield item[0], chunk
+                ahead = pool.submit(read, plan[k + 1][1]) if k + 1 < len(plan) else None
+                yield tag, chunk
                 stats.release(chunk.nbytes)
                 del chunk
         stats.seconds += time.perf_counter() - t0
@@ -248,17 +312,31 @@ class StreamStats:
 
 def read_rows(path: Path, lo: int, hi: int) -> np.ndarray:
     """Rows [lo, hi) of a C-ordered .npy file, read with plain file reads into a fresh array."""
+    return read_row_ranges(path, [(lo, hi, None)])[0]
+
+
+def read_row_ranges(path: Path, ranges: list[tuple[int, int, np.ndarray | None]]) -> list[np.ndarray]:
+    """Rows [lo, hi) of a C-ordered .npy file for each (lo, hi, out) of `ranges`, the file opened once, each read
+    into `out` (C-contiguous, of the file's dtype and row shape) or, where it is None, a fresh array."""
     with open(path, "rb") as f:
         version = np.lib.format.read_magic(f)
         header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, fortran, dtype = header(f)
-        if fortran or not 0 <= lo <= hi <= shape[0]:
-            raise CacheError(f"{path}: cannot read rows [{lo}, {hi}) of a {'Fortran' if fortran else ''} {shape} array")
-        out = np.empty((hi - lo, *shape[1:]), dtype)
-        f.seek(lo * int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize, 1)  # from the end of the header
-        if f.readinto(out.reshape(-1).view(np.uint8)) != out.nbytes:
-            raise CacheError(f"{path}: truncated shard")
-    return out
+        data_start, row_bytes = f.tell(), int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        outs = []
+        for lo, hi, out in ranges:
+            if fortran or not 0 <= lo <= hi <= shape[0]:
+                raise CacheError(f"{path}: cannot read rows [{lo}, {hi}) of a {'Fortran' if fortran else ''} {shape} array")
+            if out is None:
+                out = np.empty((hi - lo, *shape[1:]), dtype)
+            elif out.shape != (hi - lo, *shape[1:]) or out.dtype != dtype or not out.flags.c_contiguous:
+                raise CacheError(f"{path}: rows [{lo}, {hi}) of a {dtype} {shape} array do not fit a {out.dtype} "
+                                 f"{out.shape} buffer")
+            f.seek(data_start + lo * row_bytes)
+            if f.readinto(out.reshape(-1).view(np.uint8)) != out.nbytes:
+                raise CacheError(f"{path}: truncated shard")
+            outs.append(out)
+    return outs
 
 
 def finish_cache(root: Path | str) -> dict[str, Any]:

@@ -212,6 +212,7 @@ HOSTILE = [
     ("data_image_size_negative.toml", "data.image_size", "image_size must be >= 1, got -3"),
     ("cache_parts_zero.toml", "parts", "parts must be >= 1, got 0"),
     ("score_max_resident_negative.toml", "max_resident_bytes", "max_resident_bytes must be >= 1, got -1"),
+    ("probe_max_resident_zero.toml", "max_resident_gb", "max_resident_gb must be > 0, got 0.0"),
     ("score_device_newline.toml", "device", "expected auto, cpu, cuda or cuda:N"),
     ("score_sae_outside_runs.toml", "sae", "neither a cell of this launch nor a run directory"),
     ("train_test_split_missing.toml", "data.name", "no test"),

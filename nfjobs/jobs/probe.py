@@ -4,6 +4,8 @@ Usually it reads `<cache run dir>/train/` and `<cache run dir>/val/` (a `cache` 
 nothing else: no model is loaded, no activation recomputed. Probes: the small transformer of seed 000 on the
 tokens, logistic regression and distance-weighted k-NN on mean-pooled tokens, and the TDSM heads (`tdsm_gap`,
 `tdsm_gmp`, `tdsm_cnn`, `tdsm_attn`) on the maps of a `tdsm` cache with a frozen field (`tdsm_mode = "frozen"`).
+The transformer and the TDSM heads stream a training split larger than `max_resident_gb` from the cache
+(shuffled pieces, at most that much of it in memory); the linear and k-NN probes hold only mean-pooled tokens.
 
 The other TDSM modes (seed 001, option B and C) train the field too, so they cannot read a cache: they name a
 train cell (`checkpoint`), load its field, decode TDSM maps (`tdsm` options) on the fly with the batched decoder
@@ -69,7 +71,9 @@ class Config:
     knn_k: int = 20
     """Neighbours of the k-NN probe (seed 000: 20)."""
     max_resident_gb: float = runtime_field(8.0)
-    """Training features larger than this stay in host memory and go to the device batch by batch."""
+    """Transformer and TDSM heads: a training split up to this size is loaded (train and val) and moved to the
+    device; a larger one is streamed from the cache with at most this much of it in memory (shuffled pieces,
+    `ActivationCache.shuffled_batches`), so the batch order then depends on it."""
     eval_split: Literal["val", "test"] = "val"
     """Split the probe is scored on: `val` (held out of the training images) or `test` (a cache with split =
     'all' writes `test/`; `finetune` / `two_stage` read the field's dataset's test split)."""
@@ -81,6 +85,8 @@ class Config:
             raise ValueError(f"train_images must be >= 0 (0 = all), got {self.train_images}")
         if self.lr <= 0 or self.field_lr <= 0:
             raise ValueError("lr and field_lr must be > 0")
+        if self.max_resident_gb <= 0:
+            raise ValueError(f"max_resident_gb must be > 0, got {self.max_resident_gb}")
 
 
 def check(cfg: Config) -> list[tuple[str, str]]:
@@ -162,6 +168,7 @@ def run(cfg: Config, ctx) -> list[dict]:
     n_classes = len(meta["class_names"])
     y_train = torch.from_numpy(train.labels).to(device)
     y_val = torch.from_numpy(val.labels).to(device)
+    read = {}  # how the trained probes read the cache
     if cfg.probe in ("linear", "knn"):
         x_train = torch.from_numpy(train.load_all("mean")).to(device)
         x_val = torch.from_numpy(val.load_all("mean")).to(device)
@@ -171,16 +178,20 @@ def run(cfg: Config, ctx) -> list[dict]:
         else:
             res = linear.knn(x_train, y_train, x_val, y_val, n_classes=n_classes, k=cfg.knn_k)
     else:
-        x_train, x_val = torch.from_numpy(train.load_all()), torch.from_numpy(val.load_all())
-        if x_train.numel() * x_train.element_size() <= cfg.max_resident_gb * 1e9:
-            x_train, x_val = x_train.to(device), x_val.to(device)
         model = _make_model(cfg, meta, train.n_tokens, train.d, n_classes)
-        if cfg.probe.startswith("tdsm_"):
-            h, w = meta["image_shape"][:2]
-            x_train, x_val = x_train.unflatten(1, (h, w)), x_val.unflatten(1, (h, w))
+        maps = tuple(meta["image_shape"][:2]) if cfg.probe.startswith("tdsm_") else None
+        budget = int(cfg.max_resident_gb * 1e9)
         on_epoch, done = _epoch_logger(ctx, cfg.epochs)
-        res = fit(model, x_train, y_train, x_val, y_val, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                  weight_decay=cfg.weight_decay, seed=cfg.seed, device=device, on_epoch=on_epoch)
+        if train.n_images * train.bytes_per_image <= budget:
+            x_train, x_val = torch.from_numpy(train.load_all()).to(device), torch.from_numpy(val.load_all()).to(device)
+            if maps:
+                x_train, x_val = x_train.unflatten(1, maps), x_val.unflatten(1, maps)
+            res = fit(model, x_train, y_train, x_val, y_val, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+                      weight_decay=cfg.weight_decay, seed=cfg.seed, device=device, on_epoch=on_epoch)
+            n_bytes = (train.n_images + val.n_images) * train.bytes_per_image
+            read = {"streamed": False, "cache_gb_read": n_bytes / 1e9, "peak_resident_bytes": n_bytes}
+        else:
+            res, read = _fit_streamed(cfg, model, train, val, budget, maps, device, on_epoch)
         done()
     ctx.log_metrics(0, {"accuracy": res.accuracy, "train_accuracy": res.train_accuracy, "train_s": res.train_s},
                     phase="probe")
@@ -188,8 +199,41 @@ def run(cfg: Config, ctx) -> list[dict]:
         "representation": meta["label"], "source": meta["source"], "context": meta["context"],
         "context_frac": meta["context_frac"], "dataset": meta["dataset"]["name"], "n_train": train.n_images,
         "n_val": val.n_images, "n_tokens": train.n_tokens, "d": train.d, "tdsm_mode": cfg.tdsm_mode,
-        "accuracy": res.accuracy, "train_accuracy": res.train_accuracy, "train_s": res.train_s,
+        "accuracy": res.accuracy, "train_accuracy": res.train_accuracy, "train_s": res.train_s, **read,
     }]
+
+
+def _fit_streamed(cfg: Config, model, train, val, budget: int, maps: tuple[int, int] | None, device, on_epoch):
+    """`fit` with at most `budget` bytes of the caches in memory: every epoch a fresh order seeded by (seed,
+    epoch) (`ActivationCache.shuffled_batches`), val read in order; and what was read."""
+    import numpy as np
+    import torch
+
+    from nfjobs.activations import StreamStats
+    from nfjobs.probes.fit import fit_batches
+
+    stats = StreamStats()
+
+    def tensor(acts):
+        x = torch.from_numpy(acts)
+        return x.unflatten(1, maps) if maps else x
+
+    def train_batches(epoch: int):
+        rng = np.random.default_rng([cfg.seed, epoch])
+        for idx, acts in train.shuffled_batches(budget, cfg.batch_size, rng, stats):
+            yield tensor(acts), torch.from_numpy(train.labels[idx])
+
+    def val_batches():
+        for first, chunk in val.stream(budget, stats=stats):
+            for i in range(0, len(chunk), cfg.batch_size):
+                part = chunk[i : i + cfg.batch_size].copy()  # no view of the chunk outlives it
+                yield tensor(part), torch.from_numpy(val.labels[first + i : first + i + len(part)])
+            del chunk
+
+    res = fit_batches(model, train_batches, val_batches(), steps_per_epoch=-(-train.n_images // cfg.batch_size),
+                      epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device, on_epoch=on_epoch)
+    return res, {"streamed": True, "cache_gb_read": stats.bytes_read / 1e9,
+                 "peak_resident_bytes": stats.peak_resident_bytes}
 
 
 def _make_model(cfg: Config, meta: dict, n_tokens: int, d: int, n_classes: int):
