@@ -175,7 +175,8 @@ def lr_table(rows: pl.DataFrame) -> pl.DataFrame:
     cells = lr_cells(rows)
     if cells.is_empty():
         return cells
-    return _cols(cells, ["optim.lr", "group", "psnr", "train_psnr", "train_loss", "epoch", "batch_size",
+    cells = cells.with_columns(pl.col("optim.lr").map_elements(_num, return_dtype=pl.String).alias("lr"))
+    return _cols(cells, ["lr", "group", "psnr", "train_psnr", "train_loss", "epoch", "batch_size",
                          "optim.warmup_steps", "train_s", "gpu_peak_gib", "key"])
 
 
