@@ -293,11 +293,9 @@ def finish_from_state(cfg, state: dict, ctx) -> list[dict]:
     bf16 = T.uses_bf16(cfg.precision, device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         final = family.evaluate(model, val, cfg)
-        reconstruct = getattr(family, "reconstruct", None)
-        if reconstruct is not None:
-            shown = val[: train.GRID_IMAGES]
-            T.save_grid(ctx.run_dir / "reconstructions.png", [shown] + [reconstruct(model, shown, f) for f in train.GRID_FRACS],
-                        labels=train.grid_labels(), title=train.grid_title(cfg))
+        if hasattr(family, "reconstruct"):
+            train.save_reconstructions(ctx.run_dir / "reconstructions.png", family, model, val[: train.GRID_IMAGES],
+                                       train.grid_title(cfg))
     torch.save({"config": dataclasses.asdict(cfg), "model": model.state_dict()}, ctx.run_dir / "model.pt")
     steps = len(state["history"]) // max(state["epoch"], 1)
     last = {"epoch": state["epoch"], "train_loss": float(np.mean(state["history"][-steps:])),

@@ -1,17 +1,18 @@
 """Seeds 002 and 003 from a `seeds_h200` launch: PSNR-vs-time plots, reconstruction grids and a markdown table.
 
-    uv run python bench/seed_results.py --runs-root runs --out docs/results/seeds_h200
-    uv run python bench/seed_results.py --runs-root runs --out OUT --sweep seeds_h200 --lr-sweep seeds_h200_lr
+    uv run python bench/seed_results.py --runs-root runs --out docs/results/seeds_h200 [--sweep seeds_h200]
 
 Reads result rows (`nfjobs.results.load`) and metrics records (`nfjobs.results.load_metrics`), never log text.
 Writes into `--out`:
 - `ginr_psnr_vs_time.png`: val PSNR (the first `curve_images` val images) against wall-clock seconds, one line per
-  GINR train cell (labelled by its sweep group); `jepa_psnr_vs_time.png` the same for JEPA at obs_frac 0.1;
-- `recon_<group>.png`: each train cell's labelled reconstruction grid, and `ginr_variants.png` all GINR grids
-  stacked under their group names;
+  GINR train cell (labelled by its sweep group, a group of several cells by what varies in it: `ginr lr 4e-3`);
+  `jepa_psnr_vs_time.png` the same for JEPA at obs_frac 0.1; `lr_psnr_vs_time.png` the lr check's cells;
+- `recon_<label>.png`: each train cell's labelled reconstruction grid, and `ginr_variants.png` all GINR grids
+  stacked under their labels;
 - `results.md`: GINR val PSNR per variant (whole val split, at the end), JEPA recon PSNR at obs_frac 0.1 / 0.5, its
-  JEPA loss and collapse monitor (emb_std, z_std) per epoch, the linear probe's accuracy, the lr check when
-  `--lr-sweep` names a launched sweep, and every cell that did not end `ok`.
+  JEPA loss and collapse monitor (emb_std, z_std) per epoch, the linear probe's accuracy, the lr check (the GINR
+  cells that differ from `ginr_default` in `optim.lr` only: `ginr_default` and the `ginr_lr` group) and every
+  cell that did not end `ok`.
 """
 
 import argparse
@@ -24,9 +25,12 @@ import polars as pl
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nfjobs import plots, results  # noqa: E402
+from nfjobs import plots, results, typed  # noqa: E402
+from nfjobs.jobs import train  # noqa: E402
 
 GRID = "reconstructions.png"
+DEFAULT = "ginr_default"
+"""The GINR group the ablations and the lr check are compared with."""
 
 
 def _val(rows: pl.DataFrame, model: str) -> pl.DataFrame:
@@ -98,15 +102,32 @@ def _cells(rows: pl.DataFrame, model: str) -> list[tuple[str, str]]:
     return sorted(cells.rows(), key=lambda r: (r[1], r[0]))
 
 
-def _labels(cells: list[tuple[str, str]]) -> dict[str, str]:
-    """Group name per cell key, with the key's hash added where a group has several cells (an lr axis)."""
-    groups = [g for _, g in cells]
-    return {k: g if groups.count(g) == 1 else f"{g} {k.rsplit('-', 1)[-1][:6]}" for k, g in cells}
+def _num(v) -> str:
+    """A config value for a label: `4e-3`, `1.41e-3`, `128`."""
+    if isinstance(v, float) and v != 0 and not 1e-2 <= abs(v) < 1e4:
+        mantissa, exp = f"{v:.2e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exp)}"
+    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def curves(runs_root: Path, rows: pl.DataFrame, model: str) -> dict[str, pl.DataFrame]:
-    cells = _cells(rows, model)
-    return {label: results.load_metrics(runs_root, key, phase="epoch") for key, label in _labels(cells).items()}
+def _labels(rows: pl.DataFrame, cells: list[tuple[str, str]]) -> dict[str, str]:
+    """Label per cell key: its group name, or for a group of several cells (an axis) the family and the config
+    values that vary in the group (`ginr lr 4e-3`)."""
+    config = [c for c in typed.defaults_flat(train.Config) if c in rows.columns]
+    labels = {}
+    for key, group in cells:
+        if [g for _, g in cells].count(group) == 1:
+            labels[key] = group
+            continue
+        mine = rows.filter(pl.col("group") == group).unique("key", keep="first")
+        varying = [c for c in config if len({repr(v) for v in mine[c].to_list()}) > 1]
+        cell = mine.filter(pl.col("key") == key).row(0, named=True)
+        labels[key] = " ".join([cell["model"], *(f"{c.rsplit('.', 1)[-1]} {_num(cell[c])}" for c in varying)])
+    return labels
+
+
+def curves(runs_root: Path, labels: dict[str, str]) -> dict[str, pl.DataFrame]:
+    return {label: results.load_metrics(runs_root, key, phase="epoch") for key, label in labels.items()}
 
 
 def grids(runs_root: Path, rows: pl.DataFrame, out: Path) -> list[Path]:
@@ -115,7 +136,7 @@ def grids(runs_root: Path, rows: pl.DataFrame, out: Path) -> list[Path]:
 
     written, ginr = [], []
     for model in ("ginr", "jepa"):
-        for key, label in _labels(_cells(rows, model)).items():
+        for key, label in _labels(rows, _cells(rows, model)).items():
             src = results.run_dir_for(runs_root, key) / GRID
             if not src.is_file():
                 continue
@@ -138,13 +159,31 @@ def grids(runs_root: Path, rows: pl.DataFrame, out: Path) -> list[Path]:
     return written
 
 
-def lr_table(runs_root: Path, sweep: str) -> pl.DataFrame:
-    rows = results.load(sweep, runs_root).collect()
+def lr_cells(rows: pl.DataFrame) -> pl.DataFrame:
+    """Final val rows of the lr check: the GINR cells whose config equals `ginr_default`'s but for `optim.lr`."""
     val = _val(rows, "ginr")
-    if val.is_empty():
-        return val
-    return _cols(val.sort("optim.lr"), ["optim.lr", "psnr", "train_loss", "epoch", "batch_size",
-                                        "optim.warmup_steps", "train_s", "gpu_peak_gib", "key"])
+    default = val.filter(pl.col("group") == DEFAULT) if not val.is_empty() else val
+    if default.is_empty():
+        return default
+    same = [c for c in typed.defaults_flat(train.Config) if c in val.columns and c != "optim.lr"]
+    ref = [repr(v) for v in default.select(same).row(0)]
+    keys = [k for k, *config in val.select("key", *same).rows() if [repr(v) for v in config] == ref]
+    return val.filter(pl.col("key").is_in(keys)).sort("optim.lr")
+
+
+def lr_table(rows: pl.DataFrame) -> pl.DataFrame:
+    cells = lr_cells(rows)
+    if cells.is_empty():
+        return cells
+    cells = cells.with_columns(pl.col("optim.lr").map_elements(_num, return_dtype=pl.String).alias("lr"))
+    return _cols(cells, ["lr", "group", "psnr", "train_psnr", "train_loss", "epoch", "batch_size",
+                         "optim.warmup_steps", "train_s", "gpu_peak_gib", "key"])
+
+
+def lr_labels(rows: pl.DataFrame) -> dict[str, str]:
+    """`ginr lr 5e-4`, `ginr lr 1.41e-3 (ginr_default)`, ... per lr-check cell key."""
+    return {key: f"ginr lr {_num(lr)}" + (f" ({group})" if group == DEFAULT else "")
+            for key, group, lr in lr_cells(rows).select("key", "group", "optim.lr").rows()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,7 +191,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-root", default="runs")
     parser.add_argument("--out", required=True, help="folder for the plots, grids and results.md")
     parser.add_argument("--sweep", default="seeds_h200", help="launched sweep (name or .toml)")
-    parser.add_argument("--lr-sweep", default="", help="launched lr-check sweep (e.g. seeds_h200_lr); empty = none")
     a = parser.parse_args(argv)
     runs_root, out = Path(a.runs_root), Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -161,10 +199,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"seed_results: no result rows for {a.sweep!r} under {runs_root}", file=sys.stderr)
         return 1
 
-    plots.psnr_vs_wall(curves(runs_root, rows, "ginr"), out / "ginr_psnr_vs_time.png", metric="val_psnr@1.0",
-                       title="Mamba-GINR: val PSNR while training")
-    plots.psnr_vs_wall(curves(runs_root, rows, "jepa"), out / "jepa_psnr_vs_time.png", metric="val_psnr@0.1",
-                       title="NF+JEPA: val PSNR from 10 % of the pixels while training")
+    plots.psnr_vs_wall(curves(runs_root, _labels(rows, _cells(rows, "ginr"))), out / "ginr_psnr_vs_time.png",
+                       metric="val_psnr@1.0", title="Mamba-GINR: val PSNR while training")
+    plots.psnr_vs_wall(curves(runs_root, _labels(rows, _cells(rows, "jepa"))), out / "jepa_psnr_vs_time.png",
+                       metric="val_psnr@0.1", title="NF+JEPA: val PSNR from 10 % of the pixels while training")
+    plots.psnr_vs_wall(curves(runs_root, lr_labels(rows)), out / "lr_psnr_vs_time.png", metric="val_psnr@1.0",
+                       title="Mamba-GINR lr check: val PSNR while training")
     written = grids(runs_root, rows, out)
 
     md = lambda df: results.to_markdown(df) if not df.is_empty() else "(no rows)"  # noqa: E731
@@ -176,15 +216,13 @@ def main(argv: list[str] | None = None) -> int:
     for group, table in jepa_epochs(runs_root, rows).items():
         parts += [f"### {group}: per epoch (metrics.jsonl)", "", md(table), ""]
     parts += ["## Linear probe at obs_frac 0.1 (val accuracy)", "", md(probe_table(rows)), ""]
-    if a.lr_sweep:
-        parts += [f"## Learning-rate check (`{a.lr_sweep}`): GINR val PSNR (dB) per lr", "",
-                  md(lr_table(runs_root, a.lr_sweep)), ""]
-        plots.psnr_vs_wall(curves(runs_root, results.load(a.lr_sweep, runs_root).collect(), "ginr"),
-                           out / "lr_psnr_vs_time.png", metric="val_psnr@1.0", title="GINR lr check: val PSNR")
+    parts += [f"## Learning-rate check: val PSNR (dB) of the GINR cells that differ from {DEFAULT} in optim.lr only",
+              "", md(lr_table(rows)), ""]
     bad = not_ok(rows)
     parts += ["## Cells that did not end ok", "", md(bad) if not bad.is_empty() else "(none)", ""]
     parts += ["Files: " + ", ".join(sorted({p.name for p in written} | {"ginr_psnr_vs_time.png",
-                                                                        "jepa_psnr_vs_time.png"})), ""]
+                                                                        "jepa_psnr_vs_time.png",
+                                                                        "lr_psnr_vs_time.png"})), ""]
     (out / "results.md").write_text("\n".join(parts))
     print((out / "results.md").read_text())
     return 0

@@ -161,3 +161,25 @@ def test_evaluate_rows():
     rows = ginr.evaluate(ginr.build(cfg), _images(5), cfg)
     assert len(rows) == 1 and rows[0]["backend"] == "pure" and rows[0]["eval_context_frac"] == 1.0
     assert 0 < rows[0]["psnr"] < 60
+
+
+def test_the_reconstruction_grid_has_one_row_from_the_whole_image(tmp_path):
+    """GINR ignores the context fraction: the train job's grid shows its reconstruction once, labelled so, not
+    copies of it under "context 10 %", "20 %", "100 %" (a context-dependent family keeps a row per fraction)."""
+    from PIL import Image
+
+    from nfjobs.config import DataConfig, OptimConfig
+    from nfjobs.context import Context
+    from nfjobs.jobs import train
+    from nfjobs.models import perceiver
+
+    assert train.grid_rows(ginr) == ((1.0,), ["ground truth", "from the whole image"])
+    assert train.grid_rows(perceiver) == (train.GRID_FRACS, ["ground truth", "context 10%", "context 20%",
+                                                             "context 100%"])
+    cfg = train.Config(model="ginr", ginr=replace(TINY, image_size=32, patch_size=4), epochs=1, batch_size=8,
+                       data=DataConfig(name="builtin", builtin_n=20, val_frac=0.2), optim=OptimConfig(warmup_steps=1),
+                       curve_images=4, eval_batch_size=4, compile=False)
+    train.run(cfg, Context(key="g", kind="train", runs_root=tmp_path))
+    width, height = Image.open(tmp_path / "g" / "reconstructions.png").size
+    assert height == 20 + 2 * 32 * 4  # title band + ground truth + one reconstruction, 4x enlarged
+    assert width > 4 * 32 * 4  # the 4 val images beside a label margin

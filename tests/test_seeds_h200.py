@@ -1,6 +1,8 @@
-"""The H200 runs of seeds 002/003 (`seeds_h200.toml`, `seeds_h200_lr.toml`) and `bench/seed_results.py`: the stated
-recipe rules hold in the files, and a tiny copy of the sweep runs end to end on the CPU into the results folder."""
+"""The H200 run of seeds 002/003 (`seeds_h200.toml`, the lr check its `ginr_lr` group) and `bench/seed_results.py`:
+the stated recipe rules hold in the file, its way to lengthen the run keeps them, and a tiny copy of the sweep runs
+end to end on the CPU into the results folder."""
 
+import importlib.util
 import math
 import subprocess
 import sys
@@ -15,10 +17,11 @@ from nfjobs import results, sweep
 
 ROOT = Path(__file__).parent.parent
 SEEDS = ROOT / "configs" / "sweeps" / "seeds_h200.toml"
-LR = ROOT / "configs" / "sweeps" / "seeds_h200_lr.toml"
 RECIPE = {"ginr": (16, 5e-4), "jepa": (128, 5e-4)}
 """The seeds' recipes: (batch, lr) of seed 003 (GINR) and seed 002 (JEPA)."""
 N_TRAIN = 45_000
+ROUNDED = 5e-3
+"""Relative tolerance of a scaled lr: the file writes it to three significant digits (5e-4 * sqrt(8) = 1.41e-3)."""
 
 
 def _cells(path: Path, tmp_path: Path) -> list[sweep.Cell]:
@@ -26,42 +29,66 @@ def _cells(path: Path, tmp_path: Path) -> list[sweep.Cell]:
     return sweep.expand([path], [sweep.Override("data.root", str(tmp_path / "data"))])
 
 
-def test_the_seed_sweep_states_its_rules(tmp_path):
-    cells = _cells(SEEDS, tmp_path)
+def _check_rules(cells: list[sweep.Cell]) -> None:
+    """The rules the file's header states, on its expanded cells."""
     train = [c for c in cells if c.kind == "train"]
-    assert {c.group for c in train} == {"jepa_default", "ginr_default", "ginr_faithful_bias", "ginr_no_jitter",
-                                        "ginr_simple_decoder"}
-    assert len({c.config.epochs for c in train}) == 1  # the ablations at the same budget as the default
+    assert sorted(c.group for c in train) == ["ginr_default", "ginr_faithful_bias", "ginr_lr", "ginr_lr",
+                                              "ginr_no_jitter", "ginr_simple_decoder", "jepa_default"]
+    ginr = [c for c in train if c.config.model == "ginr"]
+    assert len({c.config.epochs for c in ginr}) == 1  # ablations and lr check at the default's budget
+    assert len({(c.config.batch_size, c.config.optim.warmup_steps) for c in ginr}) == 1
     for c in train:
         cfg = c.config
         assert cfg.data.name == "cifar10" and cfg.data.val_frac == 0.1 and cfg.data.n_train == 0  # last 5,000 held out
-        batch, lr = RECIPE[cfg.model]
-        assert cfg.optim.lr == pytest.approx(lr * math.sqrt(cfg.batch_size / batch))  # sqrt scaling
-        assert cfg.optim.warmup_steps == N_TRAIN // cfg.batch_size  # one epoch
-        assert cfg.compile and cfg.precision == "bf16" and cfg.curve_images > 0
+        steps = N_TRAIN // cfg.batch_size
+        assert 0 < cfg.optim.warmup_steps <= steps  # at most one epoch
+        assert not cfg.compile and cfg.precision == "bf16" and cfg.curve_images > 0
         assert getattr(cfg, cfg.model).mamba_backend == "auto"
+        batch, lr = RECIPE[cfg.model]
+        if c.group != "ginr_lr":  # square-root scaling
+            assert cfg.optim.lr == pytest.approx(lr * math.sqrt(cfg.batch_size / batch), rel=ROUNDED)
         if cfg.model == "jepa":  # the EMA momentum reaches 1 at the end of the run
-            assert cfg.jepa.ema_ramp_steps == cfg.epochs * (N_TRAIN // cfg.batch_size)
-    default = next(c.config.ginr for c in train if c.group == "ginr_default")
-    changed = {c.group: {k for k in vars(default) if getattr(c.config.ginr, k) != getattr(default, k)}
-               for c in train if c.config.model == "ginr"}
+            assert cfg.jepa.ema_ramp_steps == cfg.epochs * steps
+
+    # the lr check: unscaled, square-root (= ginr_default) and linear, everything else as ginr_default
+    default = next(c.config for c in ginr if c.group == "ginr_default")
+    check = [c.config for c in ginr if c.group in ("ginr_default", "ginr_lr")]
+    batch, lr = RECIPE["ginr"]
+    ratio = default.batch_size / batch
+    assert sorted(c.optim.lr for c in check) == pytest.approx([lr, lr * math.sqrt(ratio), lr * ratio], rel=ROUNDED)
+    for cfg in check:
+        assert cfg.ginr == default.ginr and cfg.optim.warmup_steps == default.optim.warmup_steps
+
+    changed = {c.group: {k for k in vars(default.ginr) if getattr(c.config.ginr, k) != getattr(default.ginr, k)}
+               for c in ginr}
     assert changed == {"ginr_default": set(), "ginr_no_jitter": {"jitter_std"}, "ginr_simple_decoder": {"decoder"},
-                       "ginr_faithful_bias": {"spatial_bias", "alpha", "alpha_learnable"}}
+                       "ginr_faithful_bias": {"spatial_bias", "alpha", "alpha_learnable"}, "ginr_lr": set()}
     probe = next(c for c in cells if c.kind == "probe")
     cache = next(c for c in cells if c.kind == "cache")
     assert probe.deps == (cache.key,) and cache.config.context_frac == 0.1
     assert cache.deps == (next(c.key for c in train if c.group == "jepa_default"),)
 
 
-def test_the_lr_check_compares_unscaled_sqrt_and_linear_scaling(tmp_path):
-    cells = _cells(LR, tmp_path)
-    batch, lr = RECIPE["ginr"]
-    ratio = cells[0].config.batch_size / batch
-    assert sorted(c.config.optim.lr for c in cells) == pytest.approx([lr, lr * math.sqrt(ratio), lr * ratio])
-    main = next(c.config for c in _cells(SEEDS, tmp_path / "b") if c.group == "ginr_default")
-    for c in cells:  # the default GINR of the main sweep but for lr, budget and warm-up
-        assert c.config.ginr == main.ginr and c.config.batch_size == main.batch_size
-    assert main.optim.lr in {c.config.optim.lr for c in cells}
+def test_the_seed_sweep_states_its_rules(tmp_path):
+    _check_rules(_cells(SEEDS, tmp_path))
+
+
+def test_the_headers_way_to_lengthen_the_run_keeps_the_rules(tmp_path):
+    """The header's sed command (run as written, into tmp_path) changes the epochs and JEPA's EMA ramp together."""
+    lines = SEEDS.read_text().splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("#   G="))
+    command = []
+    for line in lines[first:]:
+        command.append(line.removeprefix("#").strip().removesuffix("\\"))
+        if not line.endswith("\\"):
+            break
+    longer = tmp_path / "seeds_h200.toml"
+    script = " ".join(command).replace("/tmp/seeds_h200.toml", str(longer))
+    subprocess.run(["bash", "-c", script], cwd=ROOT, check=True)
+    cells = _cells(longer, tmp_path)
+    epochs = {c.config.model: c.config.epochs for c in cells if c.kind == "train"}
+    assert epochs == {"ginr": 6, "jepa": 12}
+    _check_rules(cells)
 
 
 def _edit(text: str, old: str, new: str, count: int) -> str:
@@ -75,22 +102,20 @@ def test_a_tiny_copy_runs_end_to_end_and_seed_results_writes_the_results_folder(
     tiny_ginr = ('ginr = { patch_size = 4, dim = 32, pos_emb_dim = 8, num_lp = 16, depth = 1, ff_dim = 64, '
                  'feature_dim = 16, head_dim = 8, d_state = 4, simple_hidden = 32, simple_freqs = 4, '
                  'mamba_backend = "pure"')
-    text = _edit(SEEDS.read_text(), 'ginr = { mamba_backend = "auto"', tiny_ginr, 4)
-    text = _edit(text, 'jepa = { ema_ramp_steps = 435, mamba_backend = "auto"',
+    text = _edit(SEEDS.read_text(), 'ginr = { mamba_backend = "auto"', tiny_ginr, 5)
+    text = _edit(text, 'jepa = { ema_ramp_steps = 522, mamba_backend = "auto"',
                  'jepa = { ema_ramp_steps = 3, dim = 16, depth = 1, ff_dim = 32, n_freqs = 4, pred_depth = 1, '
                  'transformer_heads = 2, recon_hidden = 32, d_state = 4, mamba_backend = "pure"', 1)
     (tmp_path / "sw").mkdir()
     path = tmp_path / "sw" / "seeds_h200.toml"  # same stem: the same sweep name as the shipped file
     path.write_text(text)
-    lr_path = tmp_path / "sw" / "seeds_h200_lr.toml"
-    lr_path.write_text(_edit(LR.read_text(), 'ginr = { mamba_backend = "auto"', tiny_ginr, 1))
     write_cifar(tmp_path / "data", n_per_batch=8, n_test=2)  # 40 images: 36 train, the last 4 val
     runs = tmp_path / "runs"
-    assert launch.main(["--sweep", str(path), str(lr_path), "--debug", "--runs-root", str(runs), "--log-root", str(tmp_path / "logs"),
+    assert launch.main(["--sweep", str(path), "--debug", "--runs-root", str(runs), "--log-root", str(tmp_path / "logs"),
                         "--data.root", str(tmp_path / "data"), "--epochs", "2", "--batch-size", "12",
                         "--curve-images", "4", "--eval-batch-size", "12", "--precision", "auto"]) == 0
     df = results.load(path, runs).collect()
-    assert df["key"].n_unique() == 7 and set(df["status"]) == {"ok"}
+    assert df["key"].n_unique() == 9 and set(df["status"]) == {"ok"}
     probe = df.filter(pl.col("kind") == "probe")
     assert probe["n_train"].to_list() == [36] and probe["n_val"].to_list() == [4]
     jepa = df.filter(pl.col("model") == "jepa", pl.col("split") == "val")
@@ -100,20 +125,30 @@ def test_a_tiny_copy_runs_end_to_end_and_seed_results_writes_the_results_folder(
 
     out = tmp_path / "results"
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "seed_results.py"), "--runs-root", str(runs),
-                           "--out", str(out), "--lr-sweep", "seeds_h200_lr"], capture_output=True, text=True, cwd=tmp_path)
+                           "--out", str(out)], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr + proc.stdout
     for name in ("ginr_psnr_vs_time.png", "jepa_psnr_vs_time.png", "ginr_variants.png", "recon_ginr_default.png",
                  "recon_ginr_faithful_bias.png", "recon_ginr_no_jitter.png", "recon_ginr_simple_decoder.png",
-                 "recon_jepa_default.png", "lr_psnr_vs_time.png"):
+                 "recon_ginr_lr_5e-4.png", "recon_ginr_lr_4e-3.png", "recon_jepa_default.png", "lr_psnr_vs_time.png"):
         assert (out / name).stat().st_size > 1000, name
     md = (out / "results.md").read_text()
-    ginr = df.filter(pl.col("model") == "ginr", pl.col("split") == "val").sort("group")
+    val = df.filter(pl.col("split") == "val")
+    ginr = val.filter(pl.col("model") == "ginr").sort("group")
     for group, psnr in ginr.select("group", "psnr").rows():  # the table holds the rows' numbers, not others
         assert f"| {group} | {psnr:.4f} |" in md
     psnr01 = jepa.filter(pl.col("eval_context_frac") == 0.1)["psnr"][0]
     assert f"| jepa_default | {psnr01:.4f} |" in md
     assert f"| {probe['accuracy'][0]:.4f} |" in md and "Cells that did not end ok\n\n(none)" in md
-    lrs = results.load(lr_path, runs).collect().filter(pl.col("split") == "val").sort("optim.lr")
-    assert len(lrs) == 3
-    for lr, psnr in lrs.select("optim.lr", "psnr").rows():
-        assert f"| {lr:.4f} | {psnr:.4f} |" in md
+    lr_part = md.split("## Learning-rate check")[1].split("##")[0]
+    lrs = ginr.filter(pl.col("group").is_in(["ginr_default", "ginr_lr"])).sort("optim.lr")
+    assert len(lrs) == 3 and lr_part.count("| train-") == 3  # the default and the ginr_lr group, no ablation
+    spec = importlib.util.spec_from_file_location("seed_results", ROOT / "bench" / "seed_results.py")
+    seed_results = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seed_results)
+    for lr, group, psnr in lrs.select("optim.lr", "group", "psnr").rows():
+        assert f"| {seed_results._num(lr)} | {group} | {psnr:.4f} |" in lr_part
+    assert sorted(seed_results.lr_labels(df).values()) == ["ginr lr 1.41e-3 (ginr_default)", "ginr lr 4e-3",
+                                                           "ginr lr 5e-4"]
+    labels = seed_results._labels(df, seed_results._cells(df, "ginr")).values()
+    assert sorted(labels) == ["ginr lr 4e-3", "ginr lr 5e-4", "ginr_default", "ginr_faithful_bias", "ginr_no_jitter",
+                              "ginr_simple_decoder"]

@@ -6,7 +6,8 @@ trained model (the sparse → NCE finetune). The model family (`model`) is a mod
 
 Writes under the run directory: `checkpoint.pt` (every epoch; exact resume), `model.pt`
 ({"config": dict, "model": state_dict}), `train_loss.npy` (loss of every step), `reconstructions.png`
-(rows, labelled: ground truth, then reconstructions from each of `GRID_FRACS` of the pixels) and `metrics.jsonl` (phase
+(rows, labelled: ground truth, then reconstructions from each of `GRID_FRACS` of the pixels, or one from the whole
+image for a family whose reconstruction ignores the context, `CONTEXT_FREE`) and `metrics.jsonl` (phase
 `step`: loss, lr and the family's logs every `ctx.metrics_every_s`; `epoch`: train loss, train time, log means and
 `val_psnr@<frac>` of the curve images; `final`: `val_psnr@<frac>` of the whole validation split).
 Rows: per epoch (`split="val_curve"`, first `curve_images` validation images) and at the end
@@ -140,9 +141,20 @@ def load_trained(run_dir: str | Path, device: Any = "cpu") -> tuple[Any, Config]
     return model.to(device).eval(), cfg
 
 
-def grid_labels() -> list[str]:
-    """What each row of `reconstructions.png` is."""
-    return ["ground truth", *(f"context {f:.0%}" for f in GRID_FRACS)]
+def grid_rows(family) -> tuple[tuple[float, ...], list[str]]:
+    """The context fractions of `reconstructions.png`'s reconstruction rows and what each row of it is: one row
+    for a family whose reconstruction does not depend on the context (`CONTEXT_FREE`), not copies of it."""
+    if getattr(family, "CONTEXT_FREE", False):
+        return (1.0,), ["ground truth", "from the whole image"]
+    return GRID_FRACS, ["ground truth", *(f"context {f:.0%}" for f in GRID_FRACS)]
+
+
+def save_reconstructions(path: Path, family, model, shown, title: str) -> None:
+    """`reconstructions.png`: the images `shown`, then the family's reconstructions of them (`grid_rows`)."""
+    from nfjobs.nf import training as T
+
+    fracs, labels = grid_rows(family)
+    T.save_grid(path, [shown] + [family.reconstruct(model, shown, f) for f in fracs], labels=labels, title=title)
 
 
 def grid_title(cfg: Config) -> str:
@@ -276,11 +288,10 @@ def run(cfg: Config, ctx) -> list[dict]:
     model.eval()
     with autocast:
         final = family.evaluate(model, held_out, cfg)
-        reconstruct = getattr(family, "reconstruct", None)
-        if reconstruct is not None:
+        if hasattr(family, "reconstruct"):
             shown = val[:GRID_IMAGES]
-            T.save_grid(ctx.run_dir / "reconstructions.png", [shown] + [reconstruct(model, shown, f) for f in GRID_FRACS],
-                        labels=grid_labels(), title=f"{grid_title(cfg)}: first {len(shown)} val images")
+            save_reconstructions(ctx.run_dir / "reconstructions.png", family, model, shown,
+                                 f"{grid_title(cfg)}: first {len(shown)} val images")
     for r in final:
         if "psnr" in r:
             ctx.log_metrics(int(step), {_psnr_name(r): r["psnr"]}, phase="final")

@@ -249,9 +249,13 @@ def training_loss(model: MambaGinr, images: Float[Tensor, "B 3 H W"], step: Tens
     return mse.mean(), logs
 
 
+CONTEXT_FREE = True
+"""`reconstruct` ignores `frac`: GINR always encodes the whole image (family contract, `nfjobs.models`)."""
+
+
 @torch.no_grad()
 def reconstruct(model: MambaGinr, images: Float[Tensor, "B 3 H W"], frac: float) -> Float[Tensor, "B 3 H W"]:
-    """Full-grid reconstruction; GINR always sees the whole image, so `frac` does not change it."""
+    """Full-grid reconstruction from the whole image (`frac` is ignored: `CONTEXT_FREE`)."""
     b, _, h, w = images.shape
     return model(images, _grid(images)).float().clamp(0, 1).transpose(1, 2).reshape(b, 3, h, w)
 
