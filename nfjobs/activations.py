@@ -19,6 +19,7 @@ once the one before is gone).
 Training that wants shuffled batches reads `ActivationCache.shuffled_batches` under the same budget.
 """
 
+import ctypes
 import json
 import threading
 import time
@@ -280,10 +281,11 @@ class ActivationCache:
             with lock:
                 buf = free.pop() if free else None
             if buf is None:
-                buf = bytearray(cap)
+                buf = np.empty(cap, np.uint8)
                 stats.hold(cap)
             rows = sum(hi - lo for _, lo, hi in pieces)
-            flat = np.frombuffer(buf, np.uint8, rows * self.bytes_per_image)  # every view of the chunk keeps it
+            # a view whose base is not an array: every later view of the chunk keeps `flat` (not `buf`) alive
+            flat = np.frombuffer((ctypes.c_char * (rows * self.bytes_per_image)).from_buffer(buf), np.uint8)
             weakref.finalize(flat, give_back, buf).atexit = False
             out = flat.view(dtype).reshape(rows, self.n_tokens, self.d)
             by_shard, at = {}, 0
@@ -303,7 +305,7 @@ class ActivationCache:
                     state["in_use"] += 1
                     force = False
 
-        def give_back(buf: bytearray):
+        def give_back(buf: np.ndarray):
             with lock:
                 state["in_use"] -= 1
                 if state["closed"] or state["in_use"] + len(free) >= 2:
