@@ -126,7 +126,8 @@ def test_local_mode_runs_torch_on_the_cells_cpus_at_most_its_share_of_the_cores(
     runs = tmp_path / "runs"
     path = sweep_file('[[group]]\nname = "one"\nkind = "toy"\nhead.width = 1\nreport_threads = true\n'
                       '[group.slurm]\ncpus_per_task = 1\n'
-                      '[[group]]\nname = "many"\nkind = "toy"\nreport_threads = true\n[group.slurm]\ncpus_per_task = 64\n')
+                      '[[group]]\nname = "many"\nkind = "toy"\nreport_threads = true\n'
+                      '[group.slurm]\ncpus_per_task = 64\n')
     assert run_launch("--sweep", str(path), "--max-parallel", "1", runs=runs) == 0
     rows = {r["group"]: r for r in results.load(path, runs).collect().iter_rows(named=True)}
     share = max(1, os.cpu_count() or 1)  # one cell at a time: all of this machine's cores

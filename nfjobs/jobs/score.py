@@ -97,7 +97,8 @@ class Config:
                 raise ValueError(f"n_prototypes = {self.n_prototypes} with sae = {self.sae!r}: the sae cell's width is "
                                  "the number of prototypes (rows say it in `prototypes`); leave n_prototypes out")
             object.__setattr__(self, "n_prototypes", 0)
-        for name in ("train_patches", "kmeans_iters", "sae_steps", "sae_batch", *(() if self.sae else ("n_prototypes",))):
+        counts = ("train_patches", "kmeans_iters", "sae_steps", "sae_batch", *(() if self.sae else ("n_prototypes",)))
+        for name in counts:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.n_train < 0:
