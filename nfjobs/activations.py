@@ -14,13 +14,16 @@ shards and resumes at the first missing one. Numpy only: readers need no torch.
 A cache can be written by several tasks at once (`cache` cells with `parts > 1`), each owning a disjoint range of
 shards (`part_shards`); `finish_cache` marks it complete once every shard is there. Consumers that must not hold a
 whole cache in memory read it with `ActivationCache.stream`: chunks in image order, read with plain file reads
-(no memory map), at most `max_resident_bytes` of them alive at once (one being used, one being read ahead).
+(no memory map), at most `max_resident_bytes` of them alive at once (one being used, one being read ahead
+once the one before is gone).
 Training that wants shuffled batches reads `ActivationCache.shuffled_batches` under the same budget.
 """
 
+import ctypes
 import json
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -200,11 +203,12 @@ class ActivationCache:
         """(first image index, activations) chunks in image order; a chunk never spans two shards.
 
         At most two chunks are alive at once (the one yielded, the next being read by a thread), each at most
-        half of `max_resident_bytes`; a chunk is released when the consumer asks for the next one, so it must
-        not keep references to earlier chunks (nor the loop variable: `del chunk` at the end of the loop body,
-        or the old chunk is still alive while the next-but-one is read). `images_per_chunk` fixes the chunk
-        size (for results that must not depend on the budget); 0 = as large as the budget allows. `stats`
-        records what was read.
+        half of `max_resident_bytes`: the next-but-one is read only once the consumer has dropped every
+        reference to an earlier chunk (holding one longer costs read-ahead, not memory; only a consumer that
+        keeps two chunks while asking for a third exceeds the budget, and `stats` shows it). A chunk's memory is
+        reused once it is dropped: keep a copy of what must outlive it. `images_per_chunk`
+        fixes the chunk size (for results that must not depend on the budget); 0 = as large as the budget
+        allows. `stats` records what was read and what is alive.
         """
         per_chunk = self._per_chunk(max_resident_bytes, images_per_chunk)
         plan, start = [], 0
@@ -259,35 +263,80 @@ class ActivationCache:
     def _read_ahead(self, plan: list[tuple[Any, list[tuple[int, int, int]]]],
                     stats: "StreamStats | None") -> Iterator[tuple[Any, np.ndarray]]:
         """(tag, chunk) for every (tag, pieces) of `plan`, a chunk being the row ranges `pieces` ((shard, lo,
-        hi), read one after another into one array); the next chunk is read by a thread meanwhile."""
+        hi), read one after another into one array), read by a thread ahead of the consumer.
+
+        Chunks are read into two buffers that are reused: a buffer is read into again only once the last
+        reference to the chunk in it (the consumer's loop variable, a view or tensor of it) is gone, so a
+        consumer that holds a chunk longer delays the read instead of raising the resident set, and nothing is
+        allocated while an old chunk is being freed. A consumer that asks for a chunk while keeping both
+        buffers gets a third (kept until one of them comes back); `stats` counts the buffers alive."""
         stats = stats if stats is not None else StreamStats()
         t0 = time.perf_counter()
+        cap = max((sum(hi - lo for _, lo, hi in pieces) for _, pieces in plan), default=0) * self.bytes_per_image
+        dtype = np.dtype(self.meta["dtype"])
+        lock, futures, free = threading.RLock(), {}, []
+        state = {"next": 0, "in_use": 0, "closed": False}  # next chunk to read; buffers being read or held
 
         def read(pieces):
-            out = np.empty((sum(hi - lo for _, lo, hi in pieces), self.n_tokens, self.d), self.meta["dtype"])
+            with lock:
+                buf = free.pop() if free else None
+            if buf is None:
+                buf = np.empty(cap, np.uint8)
+                stats.hold(cap)
+            rows = sum(hi - lo for _, lo, hi in pieces)
+            # a view whose base is not an array: every later view of the chunk keeps `flat` (not `buf`) alive
+            flat = np.frombuffer((ctypes.c_char * (rows * self.bytes_per_image)).from_buffer(buf), np.uint8)
+            weakref.finalize(flat, give_back, buf).atexit = False
+            out = flat.view(dtype).reshape(rows, self.n_tokens, self.d)
             by_shard, at = {}, 0
             for i, lo, hi in pieces:  # each shard opened once per chunk, its pieces read in file order
                 by_shard.setdefault(i, []).append((lo, hi, out[at : at + hi - lo]))
                 at += hi - lo
             for i, ranges in sorted(by_shard.items()):
                 read_row_ranges(shard_path(self.root, i), sorted(ranges, key=lambda r: r[0]))
-            stats.add(out.nbytes)
+            stats.read(out.nbytes)
             return out
 
-        with ThreadPoolExecutor(1) as pool:
-            ahead = pool.submit(read, plan[0][1]) if plan else None
+        def start_reads(force: bool = False):
+            with lock:
+                while not state["closed"] and state["next"] < len(plan) and (state["in_use"] < 2 or force):
+                    futures[state["next"]] = pool.submit(read, plan[state["next"]][1])
+                    state["next"] += 1
+                    state["in_use"] += 1
+                    force = False
+
+        def give_back(buf: np.ndarray):
+            with lock:
+                state["in_use"] -= 1
+                if state["closed"] or state["in_use"] + len(free) >= 2:
+                    stats.release(cap)  # the buffer is dropped with the chunk
+                else:
+                    free.append(buf)
+            start_reads()
+
+        pool = ThreadPoolExecutor(1)
+        try:
+            start_reads()
             for k, (tag, _) in enumerate(plan):
-                chunk = ahead.result()
-                ahead = pool.submit(read, plan[k + 1][1]) if k + 1 < len(plan) else None
+                if k not in futures:  # the consumer holds both buffers
+                    start_reads(force=True)
+                chunk = futures.pop(k).result()
                 yield tag, chunk
-                stats.release(chunk.nbytes)
                 del chunk
+        finally:
+            with lock:
+                state["closed"] = True
+                stats.release(cap * len(free))
+                free.clear()
+            pool.shutdown(wait=True, cancel_futures=True)
+            futures.clear()
         stats.seconds += time.perf_counter() - t0
 
 
 @dataclass
 class StreamStats:
-    """What `ActivationCache.stream` read: bytes, time, and the most bytes of chunks alive at once."""
+    """What `ActivationCache.stream` read (bytes, seconds) and the bytes of its buffers alive now and at most at
+    once (a buffer lives while the stream runs or a chunk in it is referenced)."""
 
     bytes_read: int = 0
     seconds: float = 0.0
@@ -295,9 +344,12 @@ class StreamStats:
     peak_resident_bytes: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add(self, n: int) -> None:
+    def read(self, n: int) -> None:
         with self._lock:
             self.bytes_read += n
+
+    def hold(self, n: int) -> None:
+        with self._lock:
             self.resident_bytes += n
             self.peak_resident_bytes = max(self.peak_resident_bytes, self.resident_bytes)
 

@@ -44,6 +44,13 @@ def visible_gpus() -> list[int]:
     return list(range(sum(line.startswith("GPU ") for line in out.splitlines())))
 
 
+def threads_env(cpus: int) -> dict[str, str]:
+    """Environment giving a cell's torch (OpenMP) `cpus` threads, the CPUs the cell was given, or the launcher's
+    own OMP_NUM_THREADS where it sets one; the one rule for local subprocesses and Slurm jobs (without it torch
+    starts a thread per core of the machine in every cell, however few CPUs the cell has)."""
+    return {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or str(max(1, cpus))}
+
+
 @contextlib.contextmanager
 def _environ(overrides: dict[str, str]) -> Iterator[None]:
     saved = {k: os.environ.get(k) for k in overrides}
@@ -90,7 +97,8 @@ def run_local(cells: Sequence[Cell], runs_root: Path, log_dir: Path, typed_flags
     same rule the worker applies, without starting a process). Resources as on Slurm (defaults < [slurm] tables
     < `typed_flags`), GPUs too: a cell asking for `gpus_per_node` GPUs waits until that many of this machine's
     are free and has them to itself (or shares each with at most `cells_per_gpu - 1` others), a cell asking for
-    none sees no GPU, and on a machine without GPUs every cell runs on the CPU. Records each pack's pid and log
+    none sees no GPU, and on a machine without GPUs every cell runs on the CPU; its torch gets `cpus_per_task`
+    threads, at most this machine's cores / `max_parallel` (`threads_env`). Records each pack's pid and log
     paths in the manifest and prints each cell's result as it ends. Blocks until all have ended; returns
     {key: outcome}."""
     import submitit
@@ -100,8 +108,7 @@ def run_local(cells: Sequence[Cell], runs_root: Path, log_dir: Path, typed_flags
 
     resources = {c.key: SlurmConfig(**{**c.slurm, **typed_flags}) for c in cells}
     limit = typed_flags.get("max_parallel") or max((r.max_parallel for r in resources.values()), default=0) or 2
-    # share the cores instead of oversubscribing them (torch would start one thread per core in every cell)
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // limit)))
+    cores_each = max(1, (os.cpu_count() or 1) // limit)  # per running pack: the cores are never oversubscribed
     env = job_env(code_dir) if code_dir is not None else {}  # the subprocesses import the frozen copy
     gpus = visible_gpus() if any(r.gpus_per_node for r in resources.values()) else []
     share = max((r.cells_per_gpu for r in resources.values()), default=1)
@@ -140,7 +147,7 @@ def run_local(cells: Sequence[Cell], runs_root: Path, log_dir: Path, typed_flags
             executor = submitit.LocalExecutor(folder=log_dir / "%j", max_num_timeout=res.max_requeues)
             timeout = max(1, int(res.n_hours * 60)) * len(pack)
             executor.update_parameters(timeout_min=timeout, gpus_per_node=len(assigned), visible_gpus=tuple(assigned))
-            with _environ(env):
+            with _environ({**env, **threads_env(min(res.cpus_per_task, cores_each))}):
                 job = submit_pack(executor, [by_key[c.key] for c in pack])
             running[id(job)] = (job, pack, assigned)
             waiting.remove(pack)

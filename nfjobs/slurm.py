@@ -65,7 +65,7 @@ def submit_slurm(cells: Sequence[Cell], runs_root: Path, log_dir: Path, typed_fl
     `typed_flags`. Returns {key: submitit job} (cells of one pack share their job)."""
     import submitit
 
-    from nfjobs.local import packs, submit_pack
+    from nfjobs.local import packs, submit_pack, threads_env
     from nfjobs.plan import specs
     from nfjobs.snapshot import CODE_ROOT, job_env
 
@@ -80,6 +80,7 @@ def submit_slurm(cells: Sequence[Cell], runs_root: Path, log_dir: Path, typed_fl
         cfg = SlurmConfig(**{**dict(resources), **typed_flags})
         params = slurm_parameters(cfg)
         env = job_env(code_dir or CODE_ROOT)  # without a frozen copy: the live tree, from any directory
+        env.update(threads_env(cfg.cpus_per_task))
         params["slurm_setup"] = [f"export {k}={shlex.quote(v)}" for k, v in env.items()]  # paths are data, not shell
         params["timeout_min"] *= max(len(pack) for pack in group)  # a pack's limit: n_hours per cell it holds
         if deps:

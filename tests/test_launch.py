@@ -1,5 +1,6 @@
 """launch.py end to end without Slurm: dry runs, debug and local dispatch, skipping, --force, failures, exit codes."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -118,6 +119,23 @@ def test_local_mode_reports_results_blocks_dependants_and_records_pids_logs_and_
     assert manifest["jobs"][row["up"][2]].startswith("local:") and row["down"][2] not in manifest["jobs"]
     assert Path(manifest["logs"][row["up"][2]]["stderr"]).read_text().count("toy job asked to fail") >= 1
     assert all((runs / k / "config.json").exists() for k in manifest["cells"])
+
+
+def test_local_mode_runs_torch_on_the_cells_cpus_at_most_its_share_of_the_cores(sweep_file, tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    runs = tmp_path / "runs"
+    path = sweep_file('[[group]]\nname = "one"\nkind = "toy"\nhead.width = 1\nreport_threads = true\n'
+                      '[group.slurm]\ncpus_per_task = 1\n'
+                      '[[group]]\nname = "many"\nkind = "toy"\nreport_threads = true\n'
+                      '[group.slurm]\ncpus_per_task = 64\n')
+    assert run_launch("--sweep", str(path), "--max-parallel", "1", runs=runs) == 0
+    rows = {r["group"]: r for r in results.load(path, runs).collect().iter_rows(named=True)}
+    share = max(1, os.cpu_count() or 1)  # one cell at a time: all of this machine's cores
+    assert (rows["one"]["omp_threads"], rows["one"]["torch_threads"]) == ("1", 1)
+    assert (rows["many"]["omp_threads"], rows["many"]["torch_threads"]) == (str(min(64, share)), min(64, share))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the launcher's own setting wins
+    assert run_launch("--sweep", str(path), "--max-parallel", "1", "--force", runs=runs) == 0
+    assert set(results.load(path, runs).collect()["omp_threads"]) == {"1"}
 
 
 def test_local_mode_gives_each_gpu_cell_its_own_gpus_and_the_rest_none(sweep_file, tmp_path, monkeypatch):

@@ -118,7 +118,7 @@ def test_a_sweep_chains_cache_sae_and_score_and_sweeps_the_sae(tmp_path):
     assert sweep.expand([one])[0].key == cache_cell[0].key
 
 
-def test_an_sae_cell_run_by_the_launcher_gives_ok_rows_and_a_score_cell_scores_with_it(tmp_path):
+def test_an_sae_cell_run_by_the_launcher_gives_ok_rows_and_a_score_cell_scores_with_it(tmp_path, capsys):
     import launch
     import polars as pl
 
@@ -140,8 +140,30 @@ def test_an_sae_cell_run_by_the_launcher_gives_ok_rows_and_a_score_cell_scores_w
     scored = df.filter((pl.col("kind") == "score") & pl.col("prototype").is_not_null())
     assert scored.height > 0 and scored["prototype"].max() < 8
     summary = df.filter(pl.col("row_type") == "summary").row(0, named=True)
-    assert summary["prototypes"] == 8 and summary["n_prototypes"] == 128  # the sae's width; n_prototypes unused
+    assert summary["prototypes"] == 8 and summary["n_prototypes"] == 0  # the sae's width; not a default that lies
     assert summary["representation"] == "original" and summary["layer"] == ""
     from nfjobs.scoring import report
 
     assert report.table(df)["Prototypes"].to_list() == [8]  # the table counts what was offered
+    capsys.readouterr()
+    assert launch.main(["report", "--sweep", str(path), "--runs-root", str(tmp_path / "runs"), "--by", "n_prototypes",
+                        "--metric", "map", "--where", "row_type=summary", "--format", "csv"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("n_prototypes,") and table[1].startswith("0,")  # 0 (= the sae's width), not 128
+    assert launch.main(["report", "--sweep", str(path), "--runs-root", str(tmp_path / "runs"), "--by", "prototypes",
+                        "--metric", "map", "--where", "row_type=summary", "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith("8,")  # the width, where it is known
+
+
+def test_a_score_cell_scored_by_an_sae_cell_takes_no_prototype_count(tmp_path):
+    """Its count is the sae cell's width (known once that cell has run): n_prototypes is 0, and any other count
+    is refused rather than shown in the rows."""
+    import dataclasses
+
+    cfg = score.Config(scorer="sae", sae="sae-0123456789ab")
+    assert cfg.n_prototypes == 0 and dataclasses.replace(cfg, seed=1).n_prototypes == 0
+    with pytest.raises(ValueError, match="n_prototypes = 16 with sae"):
+        score.Config(scorer="sae", sae="sae-0123456789ab", n_prototypes=16)
+    assert score.Config(scorer="sae").n_prototypes == 128  # an autoencoder trained by the score cell: its width
+    with pytest.raises(ValueError, match="n_prototypes must be >= 1"):
+        score.Config(n_prototypes=0)

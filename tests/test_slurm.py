@@ -174,6 +174,21 @@ def test_gpu_requests_reach_sbatch(sweep_file, tmp_path):
     assert "--gpus-per-node=2" in script and "--partition=gpu" in script
 
 
+def test_a_job_runs_torch_on_its_cpus_per_task_threads(sweep_file, tmp_path, monkeypatch):
+    """The dev cluster pins no CPUs: without OMP_NUM_THREADS torch would start a thread per core of the node."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    path = sweep_file('kind = "toy"\nreport_threads = true\n', "threads.toml")
+    proc = subprocess.run(
+        [sys.executable, "launch.py", "--sweep", str(path), "--runs-root", str(tmp_path / "runs"), "--log-root",
+         str(tmp_path / "logs"), "--slurm-acct", ACCOUNT, "--slurm-partition", PARTITION, "--cpus-per-task", "1",
+         "--wait"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    row = results.load(path, tmp_path / "runs").collect().row(0, named=True)
+    assert (row["omp_threads"], row["torch_threads"]) == ("1", 1)  # not the node's 8 (nor this machine's cores)
+    script = next((tmp_path / "logs" / "threads").glob("*/*_submission.sh")).read_text()
+    assert "--cpus-per-task=1" in script and "export OMP_NUM_THREADS=1" in script
+
+
 def test_relaunching_while_cells_are_queued_or_running_does_not_submit_them_twice(sweep_file, tmp_path):
     path = sweep_file('kind = "smoke"\nsteps = 30\nstep_seconds = 1.0\nlabel = ["a", "b"]\n', "twice.toml")
     assert launch(path, tmp_path).returncode == 0

@@ -30,9 +30,39 @@ def test_stream_stays_under_the_budget_and_yields_every_image_in_order(cache, bu
     for first, chunk in c.stream(budget, stats=stats):
         assert first == sum(len(s) for s in seen) and chunk.nbytes <= budget // 2
         seen.append(chunk.copy())
-    assert 0 < stats.peak_resident_bytes <= budget and stats.resident_bytes == 0
+    assert 0 < stats.peak_resident_bytes <= budget
+    assert chunk.nbytes <= stats.resident_bytes <= budget // 2  # the loop variable still holds the last chunk
+    del chunk
+    assert stats.resident_bytes == 0
     assert stats.bytes_read == c.n_images * IMAGE_BYTES
     np.testing.assert_array_equal(np.concatenate(seen), c.load_all())
+
+
+def test_the_stats_count_every_chunk_a_consumer_keeps_alive(cache):
+    """The loop variable holds one of the two buffers of the budget: a consumer that keeps another chunk alive
+    makes the stream read into a third, and the stats show it rather than what the stream itself let go of."""
+    c = open_cache(cache / "train")
+    budget, half = 4 * IMAGE_BYTES, 2 * IMAGE_BYTES
+    for keep, peak in ((1, 3 * half), (c.n_images, None)):
+        stats, kept = StreamStats(), []
+        for _, chunk in c.stream(budget, stats=stats):
+            if len(kept) < keep:
+                kept.append(chunk)
+        del chunk
+        assert stats.resident_bytes == len(kept) * half
+        assert stats.peak_resident_bytes == (peak or len(kept) * half) > budget
+        kept.clear()
+        assert stats.resident_bytes == 0
+
+
+def test_a_chunk_is_not_overwritten_while_a_view_of_it_lives(cache):
+    """Buffers are reused only once every reference to the chunk in them is gone (views, tensors)."""
+    c = open_cache(cache / "train")
+    whole, views = c.load_all(), []
+    for first, chunk in c.stream(4 * IMAGE_BYTES):
+        views.append((first, torch.from_numpy(chunk[:1])))  # a tensor of a view: all that keeps the chunk
+    for first, t in views:
+        np.testing.assert_array_equal(t.numpy(), whole[first : first + 1])
 
 
 def test_budget_too_small_or_fixed_chunks_that_do_not_fit_are_refused(cache):
@@ -225,3 +255,59 @@ def test_every_tdsm_head_trains_streamed(maps_cache, tmp_path, kind):
     (row,) = probe.run(cfg, Context(key=kind, kind="probe", runs_root=tmp_path / "runs"))
     assert row["streamed"] and 0 < row["peak_resident_bytes"] <= PROBE_BUDGET_GB * 1e9
     assert 0 <= row["accuracy"] <= 1 and row["n_val"] == 90
+
+
+def _traced_peak(fn) -> int:
+    """Most numpy/Python bytes allocated at once while `fn()` runs (above what was allocated before), with the
+    reader thread and the consumer switching every 10 us (so a read that may start too early does)."""
+    import sys
+    import tracemalloc
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        fn()
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+        sys.setswitchinterval(interval)
+
+
+@pytest.fixture
+def big_cache(tmp_path):
+    """Train split ten times the budget of the tests below (20 images of 64 x 256 float32)."""
+    return write_cache(tmp_path / "big", n_train=200, n_val=40, tokens=64, d=256, shard_size=32, dtype="float32")
+
+
+BIG_BUDGET = 20 * 64 * 256 * 4
+SLACK = BIG_BUDGET // 4
+"""What does not scale with the cache (reader thread, file buffers, labels, traits, rows: ~0.1 MB); a third
+chunk alive would be BIG_BUDGET // 2."""
+
+
+def test_scoring_really_holds_the_budget_not_the_cache(big_cache, tmp_path):
+    """Traced memory of a score job streaming a cache ten times its budget (after a first run, so imports, the
+    trained scorer and compiled AP code are not counted): the budget plus a constant, not a third chunk."""
+    cfg = score.Config(activations=str(big_cache), scorer="random", n_prototypes=8, train_patches=64, device="cpu",
+                       batch_patches=256, max_resident_bytes=BIG_BUDGET, pictures_top_k=0)
+    score.run(cfg, Context(key="warm", kind="score", runs_root=tmp_path / "runs"))
+    rows = []
+    peak = _traced_peak(lambda: rows.extend(score.run(cfg, Context(key="s", kind="score",
+                                                                   runs_root=tmp_path / "runs"))))
+    assert rows[-1]["peak_resident_bytes"] == BIG_BUDGET
+    assert rows[-1]["cache_gb_read"] == pytest.approx(240 * 64 * 256 * 4 / 1e9)
+    assert BIG_BUDGET < peak < BIG_BUDGET + SLACK, peak
+
+
+def test_sae_training_really_holds_the_budget_not_the_cache(big_cache, tmp_path):
+    """The same for an sae job (moments pass, two epochs, checkpoints)."""
+    cfg = sae.Config(activations=str(big_cache), **{**TINY, "epochs": 2, "shuffle_images": 10},
+                     max_resident_bytes=BIG_BUDGET)
+    sae.run(cfg, Context(key="warm", kind="sae", runs_root=tmp_path / "runs"))
+    rows = []
+    peak = _traced_peak(lambda: rows.extend(sae.run(cfg, Context(key="a", kind="sae", runs_root=tmp_path / "runs"))))
+    assert [r["peak_resident_bytes"] for r in rows] == [BIG_BUDGET] * 2
+    assert BIG_BUDGET < peak < BIG_BUDGET + SLACK, peak

@@ -215,6 +215,7 @@ HOSTILE = [
     ("probe_max_resident_zero.toml", "max_resident_gb", "max_resident_gb must be > 0, got 0.0"),
     ("score_device_newline.toml", "device", "expected auto, cpu, cuda or cuda:N"),
     ("score_sae_outside_runs.toml", "sae", "neither a cell of this launch nor a run directory"),
+    ("score_sae_with_n_prototypes.toml", "n_prototypes", "the sae cell's width is the number of prototypes"),
     ("train_test_split_missing.toml", "data.name", "no test"),
     ("init_from_outside_runs.toml", "init_from", "neither a cell of this launch nor a run directory"),
     ("probe_unknown_activations.toml", "activations", "no cell of this launch has that key"),

@@ -24,6 +24,8 @@ CHECKPOINTABLE = True
 """Resumable: a checkpoint per epoch."""
 
 SAE_FILE = "sae.pt"
+MOMENT_ROWS = 65536
+"""Patches cast to float64 at once while summing the moments."""
 
 
 @dataclass(frozen=True)
@@ -93,8 +95,9 @@ def _moments(cache, budget: int, device) -> tuple["object", float]:
 
     total, sq, n = 0.0, 0.0, 0
     for _, chunk in cache.stream(budget):
-        x = torch.from_numpy(chunk).to(device).reshape(-1, chunk.shape[2]).double()
-        total, sq, n = total + x.sum(0), sq + x.square().sum(), n + len(x)
+        for x in torch.from_numpy(chunk).to(device).reshape(-1, chunk.shape[2]).split(MOMENT_ROWS):
+            x = x.double()  # a float64 copy of a few rows, not of the chunk
+            total, sq, n = total + x.sum(0), sq + x.square().sum(), n + len(x)
     mean = total / n
     return mean.float(), float(sq / n - mean.square().sum())
 
@@ -132,11 +135,12 @@ def run(cfg: Config, ctx) -> list[dict]:
         n = 0
         for first, chunk in cache.stream(cfg.max_resident_bytes, cfg.shuffle_images, stats):
             x = torch.from_numpy(chunk).to(device).reshape(-1, chunk.shape[2])
+            del chunk
             block = first // cfg.shuffle_images
             g = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.seed, epoch, block]).generate_state(1)[0]))
-            x = x[torch.randperm(len(x), generator=g).to(device)]
+            order = torch.randperm(len(x), generator=g).to(device)  # batches gathered one at a time: no shuffled copy
             for i in range(0, len(x), cfg.batch):
-                mse, l1, codes = sae.losses(x[i : i + cfg.batch])
+                mse, l1, codes = sae.losses(x[order[i : i + cfg.batch]])
                 opt.zero_grad(set_to_none=True)
                 (mse + cfg.l1 * l1).backward()
                 opt.step()
@@ -147,6 +151,7 @@ def run(cfg: Config, ctx) -> list[dict]:
                     fires += active.sum(0)
                     sums += torch.stack([mse.detach() * m, l1.detach() * m, active.sum().double()])
                 n += m
+            del x  # no chunk of this epoch outlives its stream (the next epoch's reads start at once)
         seconds = time.perf_counter() - start
         se, l1_sum, l0_sum = (sums / n).tolist()
         freq = fires / n

@@ -38,6 +38,7 @@ from nfjobs.context import looks_like_path
 
 BUILTIN_PIXELS = "builtin-pixels"
 PATCH = 4
+N_PROTOTYPES = 128
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,9 @@ class Config:
     """Cell key or run directory of a cache cell (with `train/` and `val/`), or `builtin-pixels`."""
     scorer: Literal["random", "kmeans", "pca", "sae"] = "random"
     """How prototypes are chosen: random unit vectors, k-means centres, principal directions, SAE codes."""
-    n_prototypes: int = 128
-    """Prototypes (K) the scorer offers every trait."""
+    n_prototypes: int = N_PROTOTYPES
+    """Prototypes (K) the scorer offers every trait; 0 with `sae` (the sae cell's width is K: rows say it in
+    `prototypes`)."""
     n_train: int = 0
     """Training images on which each trait's prototype is chosen (0 = all)."""
     train_patches: int = 200_000
@@ -68,7 +70,7 @@ class Config:
     """Patches per sparse-autoencoder step."""
     sae: str = ""
     """`scorer = "sae"`: cell key or run directory of an `sae` cell whose autoencoder scores (its width is the
-    number of prototypes; `sae_*` and `n_prototypes` are then unused); empty = train one here as above."""
+    number of prototypes; `sae_*` are then unused and `n_prototypes` is 0); empty = train one here as above."""
     data: DataConfig = field(default_factory=DataConfig)
     """Images of `builtin-pixels` (must be `builtin`); unused for a cache."""
     device: str = runtime_field("auto")
@@ -90,7 +92,13 @@ class Config:
             raise ValueError(f"device {problem}")
         if self.max_resident_bytes < 1:
             raise ValueError(f"max_resident_bytes must be >= 1, got {self.max_resident_bytes}")
-        for name in ("n_prototypes", "train_patches", "kmeans_iters", "sae_steps", "sae_batch"):
+        if self.sae:  # the prototype count is the sae cell's width, known once it has run: 0, never a wrong number
+            if self.n_prototypes not in (0, N_PROTOTYPES):
+                raise ValueError(f"n_prototypes = {self.n_prototypes} with sae = {self.sae!r}: the sae cell's width is "
+                                 "the number of prototypes (rows say it in `prototypes`); leave n_prototypes out")
+            object.__setattr__(self, "n_prototypes", 0)
+        counts = ("train_patches", "kmeans_iters", "sae_steps", "sae_batch", *(() if self.sae else ("n_prototypes",)))
+        for name in counts:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.n_train < 0:

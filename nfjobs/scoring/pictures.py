@@ -207,7 +207,7 @@ def write_for_score(cfg, ctx, scorer: Scorer, result, test_scores: Float[Tensor,
     ids = sorted({int(i) for pic in pictures for i in pic.image_ids})
     reader = open_split(data, split)
     images = dict(zip(ids, (im for batch in reader.batches(ids, 64) for im in batch)))
-    title = f"{cfg.scorer}, {cfg.n_prototypes} prototypes, n_train {cfg.n_train}: {cfg.activations} ({split})"
+    title = f"{cfg.scorer}, {test_scores.shape[1]} prototypes, n_train {cfg.n_train}: {cfg.activations} ({split})"
     index = write(Path(ctx.run_dir) / FOLDER, pictures, images, test_shards[0].shape[1], title, token_grid, cells)
     ctx.log(f"pictures of {len(pictures)} traits: {index}")
     return index.relative_to(ctx.run_dir).as_posix()

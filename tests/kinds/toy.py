@@ -35,6 +35,8 @@ class Config:
     """How often to log (does not change results)."""
     sleep_s: float = runtime_field(0.0)
     """Seconds to sleep before returning (to make cells overlap in dispatch tests)."""
+    report_threads: bool = runtime_field(False)
+    """Add the threads torch uses (`omp_threads`: the environment's, `torch_threads`) to the rows."""
 
 
 def depends_on(cfg: Config) -> list[str]:
@@ -59,5 +61,9 @@ def run(cfg: Config, ctx) -> list[dict]:
     extra = {"head.width": -1} if cfg.clash else {}
     # echoing a config value under its own name is harmless
     gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+    if cfg.report_threads:
+        import torch
+
+        extra |= {"omp_threads": os.environ.get("OMP_NUM_THREADS", "unset"), "torch_threads": torch.get_num_threads()}
     return [{"metric": score, "split": s, "upstream_ok": upstream, "seed": cfg.seed, "gpus": gpus, **extra}
             for s in ("train", "val")]
