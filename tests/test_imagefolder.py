@@ -168,5 +168,11 @@ def test_links_leading_out_of_the_root_are_not_images_of_the_folder(tmp_path):
     (root / paths[0]).rename(outside)
     (root / paths[0]).symlink_to(outside)
     (root / "dog" / "inside.png").symlink_to(root / paths[1])
+    elsewhere = tmp_path / "elsewhere"  # a class folder and a sub-folder linked from outside the root
+    elsewhere.mkdir()
+    (elsewhere / "x.png").write_bytes((root / paths[1]).read_bytes())
+    (root / "linked_class").symlink_to(elsewhere, target_is_directory=True)
+    (root / "dog" / "linked_sub").symlink_to(elsewhere, target_is_directory=True)
     lst = imagefolder.listing(DataConfig(name="imagefolder", root=str(root)))
     assert paths[0] not in lst.paths and "dog/inside.png" in lst.paths and len(lst.paths) == 12
+    assert not any("x.png" in p for p in lst.paths) and "linked_class" not in lst.class_names

@@ -17,6 +17,7 @@ DataLoader with `workers` processes: a split is never held in memory whole unles
 """
 
 import functools
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -53,14 +54,29 @@ class Listing:
 
 
 def _scan(root: Path) -> tuple[list[str], list[int], tuple[str, ...]]:
+    """Images under the class folders, in each class sorted as paths (part by part). Linked files and class
+    folders are kept only when they resolve inside the root; linked sub-folders are not entered. (`os.walk` and
+    string checks, not `Path.rglob` + a `resolve()` per file: 50,000 files took 8 s that way.)"""
     real_root = root.resolve()
-    classes = tuple(sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")))
+    classes = tuple(sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
+                           and (not d.is_symlink() or d.resolve().is_relative_to(real_root))))
     paths, labels = [], []
     for label, name in enumerate(classes):
-        for p in sorted((root / name).rglob("*")):
-            if p.suffix.lower() in SUFFIXES and p.is_file() and p.resolve().is_relative_to(real_root):
-                paths.append(p.relative_to(root).as_posix())
-                labels.append(label)
+        top = root / name
+        found = []
+        for folder, _, files in os.walk(top):
+            rel = Path(folder).relative_to(root).as_posix()
+            for file in files:
+                if os.path.splitext(file)[1].lower() not in SUFFIXES:
+                    continue
+                full = os.path.join(folder, file)
+                if os.path.islink(full) and not Path(full).resolve().is_relative_to(real_root):
+                    continue
+                if os.path.isfile(full):
+                    found.append(f"{rel}/{file}")
+        found.sort(key=lambda p: p.split("/"))
+        paths += found
+        labels += [label] * len(found)
     return paths, labels, classes
 
 
@@ -96,6 +112,9 @@ def _rows(root: Path, table, file: Path, key: str, index: dict[str, int]) -> np.
     for value in table["path"].cast(str).to_list():
         if value is None:
             raise FolderError(key, f"{file}: a row has an empty path")
+        if value in index:  # the scan's own relative paths: inside the root by construction
+            rows.append(index[value])
+            continue
         inside(root, value, key)
         norm = PurePosixPath(value).as_posix()
         if norm not in index:
