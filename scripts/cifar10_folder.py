@@ -37,6 +37,10 @@ def write(root: str, out: Path, val_frac: float = 0.1, workers: int = 0) -> dict
 
     from nfjobs.data import cifar10
 
+    if not 0.0 <= val_frac < 1.0:  # NaN fails too
+        raise ValueError(f"--val-frac: expected a number in [0, 1), got {val_frac}")
+    if workers < 0:
+        raise ValueError(f"--workers: expected a whole number >= 0, got {workers}")
     images, labels, names = cifar10.load_train(root)
     bad = [n for n in names if not SAFE_NAME.fullmatch(n) or n in ("path", "split")]
     if bad or len(set(names)) != len(names):

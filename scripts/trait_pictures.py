@@ -63,7 +63,7 @@ def collect(sweep: list[str], runs_root: Path, out: Path, key: str = "") -> dict
     md = report.markdown(table)
     (out / "summary.md").write_text(
         f"# {', '.join(Path(s).name for s in sweep)}: trait discovery\n\n"
-        f"Pictures (`pictures/index.html`): cell `{key}`, scorer {cell['scorer']}, {cell['n_prototypes']} "
+        f"Pictures (`pictures/index.html`): cell `{key}`, scorer {cell['scorer']}, {cell.get('prototypes') or cell['n_prototypes']} "
         f"prototypes, chosen on {cell['n_train_images']} training images; test mAP {cell['map']:.4f} (constant "
         f"predictor {cell['constant_map']:.4f}) over {cell['n_traits']} traits.\n\n"
         "![mAP vs training images](map_vs_train_images.png)\n\n" + md + "\n"

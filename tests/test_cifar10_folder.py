@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from data_fixtures import write_cifar
 
 from nfjobs.config import DataConfig
@@ -47,3 +48,12 @@ def test_class_names_that_are_not_plain_folder_names_are_refused(tmp_path):
     assert proc.returncode == 2 and "label_names" in proc.stderr and not (tmp_path / "escape").exists()
     missing = _run("--root", tmp_path / "nowhere", "--out", tmp_path / "folder2")
     assert missing.returncode == 2 and "cifar-10-batches-py" in missing.stderr
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--val-frac", "nan"), ("--val-frac", "-0.5"), ("--val-frac", "1.5"),
+                                             ("--workers", "-1")])
+def test_bad_flags_are_one_line_and_write_nothing(tmp_path, flag, value):
+    root = write_cifar(tmp_path / "cifar", n_per_batch=2, test=False)
+    proc = _run("--root", root, "--out", tmp_path / "folder", flag, value)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and flag in proc.stderr, proc.stderr
+    assert not (tmp_path / "folder").exists()
