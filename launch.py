@@ -253,7 +253,7 @@ def launch(args: Launch, overrides: list) -> int:
             plan.forget(c, runs_root)
     log_dir = Path(args.log_root) / "+".join(sweeps)
     if mode == "debug":
-        local.run_debug(p.to_run, runs_root)
+        local.run_debug(p.to_run, runs_root, typed_slurm)
         _next_steps(cells, args)
         return 0
     from nfjobs import snapshot

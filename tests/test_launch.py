@@ -138,6 +138,30 @@ def test_local_mode_runs_torch_on_the_cells_cpus_at_most_its_share_of_the_cores(
     assert set(results.load(path, runs).collect()["omp_threads"]) == {"1"}
 
 
+def test_debug_runs_each_cell_on_its_cpus_threads_and_gives_the_launcher_its_own_back(sweep_file, tmp_path,
+                                                                                        monkeypatch):
+    import torch
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    runs = tmp_path / "runs"
+    path = sweep_file('[[group]]\nname = "one"\nkind = "toy"\nhead.width = 1\nreport_threads = true\n'
+                      '[group.slurm]\ncpus_per_task = 1\n'
+                      '[[group]]\nname = "many"\nkind = "toy"\nreport_threads = true\n'
+                      '[group.slurm]\ncpus_per_task = 64\n')
+    before = torch.get_num_threads()
+    assert run_launch("--sweep", str(path), "--debug", runs=runs) == 0
+    rows = {r["group"]: r for r in results.load(path, runs).collect().iter_rows(named=True)}
+    cores = os.cpu_count() or 1  # one cell at a time, as local mode with --max-parallel 1
+    assert (rows["one"]["omp_threads"], rows["one"]["torch_threads"]) == ("1", 1)
+    assert (rows["many"]["omp_threads"], rows["many"]["torch_threads"]) == (str(min(64, cores)), min(64, cores))
+    assert torch.get_num_threads() == before and "OMP_NUM_THREADS" not in os.environ
+    assert run_launch("--sweep", str(path), "--debug", "--force", "--cpus-per-task", "1", runs=runs) == 0
+    assert set(results.load(path, runs).collect()["torch_threads"]) == {1}  # the flag overrides [slurm], as there
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the launcher's own setting wins
+    assert run_launch("--sweep", str(path), "--debug", "--force", runs=runs) == 0
+    assert set(results.load(path, runs).collect()["omp_threads"]) == {"1"}
+
+
 def test_local_mode_gives_each_gpu_cell_its_own_gpus_and_the_rest_none(sweep_file, tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
     runs = tmp_path / "runs"
