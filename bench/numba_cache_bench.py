@@ -2,9 +2,10 @@
 `average_precision_numba` in fresh processes that import the code from `snapshot.freeze` copies, as jobs do.
 
 Each launch whose code changed anywhere freezes a new copy (`runs/_code/<hash>/`), so the kernel file moves to a
-new path even when its text is the same. Rows: numba's default cache (`__pycache__` beside the source) and a
-stable `NUMBA_CACHE_DIR`, each for a first process in a snapshot, a second process in it, and a process in a
-second snapshot of the same code at another path.
+new path even when its text is the same. Rows: numba's default cache (`__pycache__` beside the source) for a
+first and a second process in a snapshot, a snapshot after an edit elsewhere under another runs root (nothing
+to carry over: what every new snapshot did before `freeze` carried caches) and under the same runs root
+(`freeze` copies the unchanged kernel's cache); then a stable `NUMBA_CACHE_DIR` instead.
 
     uv run python -m bench.numba_cache_bench
 """
@@ -51,22 +52,34 @@ def first_call(code_dir: Path, numba_cache: Path | None) -> dict:
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        snap = {name: snapshot.freeze(root / name)[0] for name in "abcd"}
+        for name, edit in (("project", ""), ("edited", "\n# an edit that leaves the AP kernel as it was\n")):
+            for rel in snapshot.source_files():
+                (root / name / rel).parent.mkdir(parents=True, exist_ok=True)
+                (root / name / rel).write_bytes((snapshot.CODE_ROOT / rel).read_bytes())
+            with open(root / name / "nfjobs" / "jobs" / "smoke.py", "a") as f:
+                f.write(edit)
+        first = snapshot.freeze(root / "runs", root / "project")[0]
+        default = "default (`__pycache__` beside the source)"
+        rows = [(default, "first process, snapshot 1", first_call(first, None)),
+                (default, "second process, snapshot 1", first_call(first, None))]
+        elsewhere = snapshot.freeze(root / "other-runs", root / "edited")[0]
+        rows.append((default, "snapshot 2 after an edit elsewhere, other runs root", first_call(elsewhere, None)))
+        carried = snapshot.freeze(root / "runs", root / "edited")[0]
+        rows.append((default, "snapshot 2 after an edit elsewhere, same runs root (carried)",
+                     first_call(carried, None)))
         stable = root / "numba-cache"
-        rows = []
-        for label, cache, (first, second) in (("default (__pycache__ beside the source)", None, "ab"),
-                                              ("NUMBA_CACHE_DIR, one folder for all", stable, "cd")):
-            rows.append((label, "first process, snapshot 1", first_call(snap[first], cache)))
-            rows.append((label, "second process, snapshot 1", first_call(snap[first], cache)))
-            rows.append((label, "first process, snapshot 2 (same code)", first_call(snap[second], cache)))
-        subdirs = sorted(p.name for p in stable.iterdir()) if stable.exists() else []
+        one, two = (snapshot.freeze(root / f"runs-{i}", root / "project")[0] for i in (3, 4))
+        label = "`NUMBA_CACHE_DIR`, one folder for all"
+        rows += [(label, "first process, snapshot 1", first_call(one, stable)),
+                 (label, "second process, snapshot 1", first_call(one, stable)),
+                 (label, "first process, snapshot 2 (same code, other path)", first_call(two, stable))]
+        subdirs = sorted(p.name for p in stable.iterdir())
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"python {platform.python_version()}")
-    print(f"| cache | process | import s | first call s | second call s | first / second |")
-    print("|---|---|---|---|---|---|")
+    print("| cache | process | import s | first call s | second call s |")
+    print("|---|---|---|---|---|")
     for label, what, r in rows:
-        print(f"| {label} | {what} | {r['import']:.2f} | {r['first']:.2f} | {r['second']:.4f} | "
-              f"{r['first'] / r['second']:.0f}x |")
+        print(f"| {label} | {what} | {r['import']:.2f} | {r['first']:.2f} | {r['second']:.4f} |")
     print(f"NUMBA_CACHE_DIR subfolders (one per source folder path): {len(subdirs)}: {', '.join(subdirs)}")
 
 
