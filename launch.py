@@ -253,7 +253,7 @@ def launch(args: Launch, overrides: list) -> int:
             plan.forget(c, runs_root)
     log_dir = Path(args.log_root) / "+".join(sweeps)
     if mode == "debug":
-        local.run_debug(p.to_run, runs_root)
+        local.run_debug(p.to_run, runs_root, typed_slurm)
         _next_steps(cells, args)
         return 0
     from nfjobs import snapshot
@@ -292,22 +292,56 @@ def _next_steps(cells: list, args: Launch) -> None:
     files = [results.result_path(runs_root, c.key) for c in cells]
     files = [f for f in files if f.exists()]
     pictures = sorted(p for f in files for p in f.parent.glob("*.png"))
-    columns = set()
-    for f in files[:50]:
-        columns |= set(pl.read_parquet_schema(f))
-    metric = next((m for m in ("psnr", "accuracy", "map") if m in columns), "METRIC")
+    rows = pl.concat([pl.read_parquet(f) for f in files[:50]], how="diagonal_relaxed") if files else pl.DataFrame()
+    hints = _report_hints(cells, rows)
     sweep = args.sweep[0]
     root = f" --runs-root {args.runs_root}" if args.runs_root != "runs" else ""
-    split = " --where split=val" if "split" in columns else ""
-    by = " ".join([*_axes(cells), *(["eval_context_frac"] if "eval_context_frac" in columns else [])]) or "group"
     print(f"\nrows: {len(files)} result file(s), runs/<key>/result.parquet under {runs_root}/ "
           f"(in Python: from nfjobs import results; results.load({results.sweep_name(sweep)!r}).collect())")
     if pictures:
         print("pictures: " + "\n          ".join(str(p) for p in pictures[:6])
               + (f"\n          ... and {len(pictures) - 6} more" if len(pictures) > 6 else ""))
-    print(f"report page: uv run launch.py report --sweep {sweep}{root} --metric {metric} --html reports/")
-    print(f"next: uv run launch.py report --sweep {sweep}{root} --by {by} --metric {metric}{split}\n"
-          f"      uv run launch.py status --sweep {sweep}{root}")
+    if hints:
+        print(f"report page: uv run launch.py report --sweep {sweep}{root} --metric {hints[-1][0]} --html reports/")
+    for i, (_, flags) in enumerate(hints):
+        print(f"{'next: ' if i == 0 else '      '}uv run launch.py report --sweep {sweep}{root} {flags}")
+    print(f"{'      ' if hints else 'next: '}uv run launch.py status --sweep {sweep}{root}\n")
+
+
+KNOWN_METRICS = ("psnr", "accuracy", "map")
+
+
+def _report_hints(cells: list, rows: "pl.DataFrame") -> list[tuple[str, str]]:  # noqa: F821
+    """(metric, `report` flags) per kind whose ok rows carry a known metric (else the last kind with a float result
+    column): grouped by what the sweep varied, on validation rows where the kind has them. Every column and value
+    named is in these rows, so the command prints a table."""
+    import polars as pl
+
+    from nfjobs import typed
+
+    kinds = list(dict.fromkeys(c.kind for c in cells))
+    found, fallback = [], []
+    for kind in kinds if {"kind", "status"} <= set(rows.columns) else []:
+        own = rows.filter((pl.col("kind") == kind) & (pl.col("status") == "ok"))
+        own = own.select(c for c in own.columns if own[c].null_count() < own.height)
+        config = set(typed.flatten(dataclasses.asdict(next(c.config for c in cells if c.kind == kind))))
+        floats = [c for c, t in own.schema.items() if t.is_float() and c not in config and not c.startswith("run.")]
+        metric = next((m for m in KNOWN_METRICS if m in own.columns), None)
+        if metric:
+            found.append((kind, metric, own))
+        elif floats:
+            fallback = [(kind, floats[0], own)]
+    hints = []
+    for kind, metric, own in found or fallback:
+        by = [a for a in _axes([c for c in cells if c.kind == kind])
+              if a in own.columns and not own.schema[a].is_nested()]
+        by += ["eval_context_frac"] if "eval_context_frac" in own.columns and "eval_context_frac" not in by else []
+        where = [f"kind={kind}"] if len(kinds) > 1 else []
+        if "split" in own.columns and (own.filter(pl.col(metric).is_not_null())["split"] == "val").any():
+            where.append("split=val")
+        hints.append((metric, f"--by {' '.join(by) or 'group'} --metric {metric}"
+                      + "".join(f" --where {w}" for w in where)))
+    return hints
 
 
 def _axes(cells: list) -> list[str]:

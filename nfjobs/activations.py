@@ -210,12 +210,15 @@ class ActivationCache:
         fixes the chunk size (for results that must not depend on the budget); 0 = as large as the budget
         allows. `stats` records what was read and what is alive.
         """
-        per_chunk = self._per_chunk(max_resident_bytes, images_per_chunk)
-        plan, start = [], 0
-        for i, shard in enumerate(self.shards):
-            plan += [(start + r, [(i, r, min(r + per_chunk, len(shard)))]) for r in range(0, len(shard), per_chunk)]
-            start += len(shard)
+        starts = np.cumsum([0, *map(len, self.shards)])
+        plan = [(int(starts[i]) + lo, [(i, lo, hi)]) for i, lo, hi in self.chunks(max_resident_bytes, images_per_chunk)]
         yield from self._read_ahead(plan, stats)
+
+    def chunks(self, max_resident_bytes: int, images_per_chunk: int = 0) -> list[tuple[int, int, int]]:
+        """(shard, first image, end image) of each chunk `stream` yields, in order (nothing is read)."""
+        per_chunk = self._per_chunk(max_resident_bytes, images_per_chunk)
+        return [(i, r, min(r + per_chunk, len(shard))) for i, shard in enumerate(self.shards)
+                for r in range(0, len(shard), per_chunk)]
 
     def shuffled_batches(self, max_resident_bytes: int, batch_size: int, rng: np.random.Generator,
                          stats: "StreamStats | None" = None

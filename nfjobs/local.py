@@ -19,13 +19,33 @@ from nfjobs.sweep import Cell
 
 
 # ---------------------------------------------------------------------------------------------- debug
-def run_debug(cells: Sequence[Cell], runs_root: Path) -> None:
-    """In this process (the live source, not a frozen copy), one after another; the first exception propagates
-    with its full traceback."""
-    for spec in specs(cells, runs_root):
+def run_debug(cells: Sequence[Cell], runs_root: Path, typed_flags: dict[str, Any] | None = None) -> None:
+    """In this process (the live source, not a frozen copy), one after another, each with the torch threads it
+    would have here as a subprocess (`threads_env`: `cpus_per_task`, at most this machine's cores); the first
+    exception propagates with its full traceback."""
+    cores = os.cpu_count() or 1
+    for cell, spec in zip(cells, specs(cells, runs_root)):
         print(f"[debug] {spec.kind} {spec.key} ({spec.group})", file=sys.stderr, flush=True)
-        for task in parts.task_specs(spec):
-            run_cell(task)
+        cpus = SlurmConfig(**{**cell.slurm, **(typed_flags or {})}).cpus_per_task
+        with _torch_threads(threads_env(min(cpus, cores))["OMP_NUM_THREADS"]):
+            for task in parts.task_specs(spec):
+                run_cell(task)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: str) -> Iterator[None]:
+    """OMP_NUM_THREADS = `n` for the duration of a cell run in this process, and torch's thread count with it
+    (torch read the variable once, when it was imported), both restored after."""
+    import torch
+
+    saved = torch.get_num_threads()
+    with _environ({"OMP_NUM_THREADS": n}):
+        if n.isdigit() and int(n) > 0:  # else the launcher's own setting, in a form only OpenMP reads
+            torch.set_num_threads(int(n))
+        try:
+            yield
+        finally:
+            torch.set_num_threads(saved)
 
 
 # ---------------------------------------------------------------------------------------------- local

@@ -4,6 +4,7 @@ Editing the tree while cells queue, run or requeue changes nothing they run; row
 (`run.code_hash`) beside the commit and dirty flag.
 """
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -37,11 +38,39 @@ def freeze(runs_root: Path | str, root: Path = CODE_ROOT) -> tuple[Path, str]:
         for rel in source_files(root):
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(root / rel, tmp / rel)
+        _carry_numba_caches(dest.parent, tmp)
         try:
             tmp.rename(dest)  # atomic: a concurrent launch either wins or finds the finished copy
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
     return dest, digest
+
+
+def _carry_numba_caches(code_root: Path, new: Path) -> None:
+    """Copy numba's on-disk cache of each kernel whose source file is unchanged, from the newest earlier copy
+    that has one, into the new copy. numba keys its cache folder on the source file's path (`NUMBA_CACHE_DIR`
+    too), so every new copy compiled the AP kernel again (~17 s a cell, BENCHMARKS.md). numba checks each entry
+    before loading it (source bytes, bytecode, CPU, numba version): one that does not match is recompiled."""
+    indexes = []
+    for index in code_root.glob("[!.]*/**/__pycache__/*.nbi"):  # not the unfinished copies (.<hash>.<pid>.tmp)
+        with contextlib.suppress(OSError):
+            indexes.append((index.stat().st_mtime, index))
+    carried = set()
+    for _, index in sorted(indexes, reverse=True):
+        old = code_root / index.relative_to(code_root).parts[0]
+        rel = index.parent.parent.relative_to(old) / f"{index.name.split('.')[0]}.py"
+        if (rel, index.name) in carried or not (new / rel).is_file():
+            continue
+        try:
+            if (old / rel).read_bytes() != (new / rel).read_bytes():
+                continue
+            cache = (new / rel).parent / "__pycache__"
+            cache.mkdir(exist_ok=True)
+            for f in [index, *index.parent.glob(f"{index.name[:-len('.nbi')]}.*.nbc")]:
+                shutil.copy2(f, cache / f.name)
+        except OSError:  # an earlier copy being removed: compile instead
+            continue
+        carried.add((rel, index.name))
 
 
 def job_env(code_dir: Path) -> dict[str, str]:

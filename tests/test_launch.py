@@ -138,6 +138,30 @@ def test_local_mode_runs_torch_on_the_cells_cpus_at_most_its_share_of_the_cores(
     assert set(results.load(path, runs).collect()["omp_threads"]) == {"1"}
 
 
+def test_debug_runs_each_cell_on_its_cpus_threads_and_gives_the_launcher_its_own_back(sweep_file, tmp_path,
+                                                                                        monkeypatch):
+    import torch
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    runs = tmp_path / "runs"
+    path = sweep_file('[[group]]\nname = "one"\nkind = "toy"\nhead.width = 1\nreport_threads = true\n'
+                      '[group.slurm]\ncpus_per_task = 1\n'
+                      '[[group]]\nname = "many"\nkind = "toy"\nreport_threads = true\n'
+                      '[group.slurm]\ncpus_per_task = 64\n')
+    before = torch.get_num_threads()
+    assert run_launch("--sweep", str(path), "--debug", runs=runs) == 0
+    rows = {r["group"]: r for r in results.load(path, runs).collect().iter_rows(named=True)}
+    cores = os.cpu_count() or 1  # one cell at a time, as local mode with --max-parallel 1
+    assert (rows["one"]["omp_threads"], rows["one"]["torch_threads"]) == ("1", 1)
+    assert (rows["many"]["omp_threads"], rows["many"]["torch_threads"]) == (str(min(64, cores)), min(64, cores))
+    assert torch.get_num_threads() == before and "OMP_NUM_THREADS" not in os.environ
+    assert run_launch("--sweep", str(path), "--debug", "--force", "--cpus-per-task", "1", runs=runs) == 0
+    assert set(results.load(path, runs).collect()["torch_threads"]) == {1}  # the flag overrides [slurm], as there
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the launcher's own setting wins
+    assert run_launch("--sweep", str(path), "--debug", "--force", runs=runs) == 0
+    assert set(results.load(path, runs).collect()["omp_threads"]) == {"1"}
+
+
 def test_local_mode_gives_each_gpu_cell_its_own_gpus_and_the_rest_none(sweep_file, tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
     runs = tmp_path / "runs"
@@ -288,3 +312,51 @@ def test_a_finished_launch_says_where_its_results_are_and_what_to_run_next(sweep
     assert f"rows: 2 result file(s), runs/<key>/result.parquet under {runs}/" in out
     assert f"next: uv run launch.py report --sweep {path} --runs-root {runs} --by head.width" in out
     assert f"uv run launch.py status --sweep {path} --runs-root {runs}" in out
+
+
+def _hinted_reports(out: str) -> list[list[str]]:
+    """The `report` commands a launch printed as next steps, as launch.py arguments."""
+    import shlex
+
+    return [shlex.split(line.split("uv run launch.py ", 1)[1]) for line in out.splitlines()
+            if "uv run launch.py report" in line and "--html" not in line]
+
+
+TINY_FIELD = """data = { name = "builtin", builtin_n = 48, val_frac = 0.25 }
+perceiver = { fourier_size = 4, latent_dims = [8], num_latents = 4, cross_heads = 1, cross_dim_head = 4, self_heads = 1, self_dim_head = 4, ff_mult = 1, processor_depth = 1 }
+epochs = 1
+batch_size = 16
+curve_images = 0
+compile = false
+"""
+SCORE_ON_CACHE = """[[group]]
+name = "cache"
+kind = "cache"
+data = { name = "builtin", builtin_n = 48, val_frac = 0.25 }
+shard_size = 16
+[[group]]
+name = "score"
+kind = "score"
+activations = "@cache"
+scorer = ["random", "kmeans"]
+n_prototypes = 4
+train_patches = 200
+kmeans_iters = 2
+device = "cpu"
+"""
+
+
+@pytest.mark.parametrize("text, metrics", [
+    ('kind = "train"\ncontext_frac = [1.0, 0.5]\n' + TINY_FIELD, ["psnr"]),
+    (SCORE_ON_CACHE, ["map"]),  # cache rows have a `split` config column, score rows none: no split=val here
+    ('[[group]]\nname = "field"\nkind = "train"\n' + TINY_FIELD + SCORE_ON_CACHE, ["psnr", "map"]),
+], ids=["train", "cache+score", "train+cache+score"])
+def test_the_hinted_report_commands_print_a_table_of_the_metric(text, metrics, sweep_file, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert run_launch("--sweep", str(sweep_file(text)), "--debug", runs=runs) == 0
+    hints = _hinted_reports(capsys.readouterr().out)
+    assert [h[h.index("--metric") + 1] for h in hints] == metrics
+    for hint in hints:
+        assert launch.main([*hint, "--format", "csv"]) == 0
+        table = pl.read_csv(capsys.readouterr().out.strip().encode())
+        assert table.height >= 1 and table["mean"].is_not_null().all(), (hint, table)

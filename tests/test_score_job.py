@@ -1,5 +1,6 @@
 """The score job end to end: builtin pixels and a real activation cache, scorer reuse, the seed-004 table."""
 
+import re
 import warnings
 
 import numpy as np
@@ -63,7 +64,8 @@ def test_scorer_is_trained_once_and_reused_across_n_train(tmp_path):
     assert len(list((tmp_path / "scorers").iterdir())) == 2
 
 
-def test_reads_an_activation_cache(tmp_path):
+def _write_cache(tmp_path):
+    """A float32 cache of 40 train / 30 val images, 5 tokens of 6 dims (120 bytes) each, shards of 16."""
     rng = np.random.default_rng(0)
     cache = tmp_path / "cache-run"
     for split, n in (("train", 40), ("val", 30)):
@@ -75,6 +77,11 @@ def test_reads_an_activation_cache(tmp_path):
         for i in range(writer.n_shards):
             writer.write_shard(i, rng.normal(size=(len(writer.shard_range(i)), 5, 6)).astype(np.float32))
         writer.finish()
+    return cache
+
+
+def test_reads_an_activation_cache(tmp_path):
+    cache = _write_cache(tmp_path)
     cfg = score.Config(activations=str(cache), scorer="pca", n_prototypes=4, device="cpu")
     assert score.check(cfg) == [] and score.depends_on(cfg) == [str(cache)]  # a run dir is a reference too
     rows = run(cfg, tmp_path)
@@ -82,6 +89,20 @@ def test_reads_an_activation_cache(tmp_path):
     assert rows[-1]["n_traits_no_test_pos"] == 1 and rows[-1]["n_train_images"] == 40
     assert rows[-1]["pictures"] == ""  # the cache does not say which images it holds
     assert (rows[-1]["representation"], rows[-1]["layer"], rows[-1]["prototypes"]) == ("backbone", "layer3", 4)
+
+
+@pytest.mark.parametrize("max_resident_bytes, batch_patches", [(1 << 30, 16384), (1 << 30, 20), (1440, 20), (240, 5)])
+def test_the_score_progress_line_announces_the_batches_it_runs(max_resident_bytes, batch_patches, tmp_path, capsys):
+    # 1440 bytes: chunks of 6 images inside shards of 16, read 4 images (20 patches) a batch: 2 + 2 + 1 per shard
+    cfg = score.Config(activations=str(_write_cache(tmp_path)), scorer="random", n_prototypes=4, device="cpu",
+                       max_resident_bytes=max_resident_bytes, batch_patches=batch_patches)
+    ctx = Context(key="k", kind="score", runs_root=tmp_path, log_every_s=0.0)
+    score.run(cfg, ctx)
+    err = capsys.readouterr().err
+    for split in ("train", "val"):
+        counts = re.findall(rf"score {split} images (?:done )?(\d+)/(\d+)", err)
+        assert counts and all(n == counts[-1][1] for _, n in counts), err
+        assert counts[-1][0] == counts[-1][1], err  # the last line: every announced batch ran, and no more
 
 
 def test_check_and_depends_on():

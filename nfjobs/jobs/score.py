@@ -192,9 +192,12 @@ def scorer_key(cfg: Config, ctx) -> str:
     return f"{cfg.scorer}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
-def _n_batches(shards, n_tokens_per_batch: int) -> int:
-    """About how many batches `batches` yields (for progress: streamed chunks may split shards differently)."""
-    return sum(-(-len(s) // max(1, n_tokens_per_batch // s.shape[1])) for s in shards)
+def _n_batches(source, n_tokens_per_batch: int, max_resident_bytes: int) -> int:
+    """How many batches `batches` yields: each chunk it streams is sliced on its own."""
+    step = max(1, n_tokens_per_batch // _shards(source)[0].shape[1])
+    sizes = ([hi - lo for _, lo, hi in source.chunks(max_resident_bytes)] if hasattr(source, "chunks")
+             else [len(a) for a in source])
+    return sum(-(-n // step) for n in sizes)
 
 
 def batches(source, n_tokens_per_batch: int, max_resident_bytes: int, stats=None):
@@ -281,8 +284,9 @@ def run(cfg: Config, ctx) -> list[dict]:
     dtype = torch.bfloat16 if uses_bf16(cfg.precision, device) else torch.float32
     scores = {}
     for split, src in (("train", train_src), ("val", val_src)):
+        total = _n_batches(src, cfg.batch_patches, cfg.max_resident_bytes)
         chunks = ctx.progress(batches(src, cfg.batch_patches, cfg.max_resident_bytes, stats),
-                              total=_n_batches(_shards(src), cfg.batch_patches), desc=f"score {split} images")
+                              total=total, desc=f"score {split} images")
         scores[split] = protocol.image_scores(scorer, chunks, device, dtype)
     seconds_score = time.perf_counter() - start
     ctx.log_metrics(0, {"train_images": len(scores["train"]), "val_images": len(scores["val"]),
