@@ -513,7 +513,7 @@ def _expand_file(path: Path, data: dict[str, Any], overrides: list[Override], p:
     cells: list[Cell] = []
     size_of: dict[str, int] = {}
     targets: dict[str, dict[str, list[tuple[str, str]]]] = {}
-    """Per group: referenced group -> (dotted key set, the referenced cell's key read, "" = its cell key)."""
+    """Per group: referenced group -> (key it sets, key of the referenced cell it reads; "" = that cell's key)."""
     for g in groups:  # groups referenced by "@name" must come earlier in the file
         targets[g.name] = {}
         for key, ref in g.refs.items():
@@ -548,8 +548,8 @@ def _expand_file(path: Path, data: dict[str, Any], overrides: list[Override], p:
         # one axis per referenced group: its keys take their values from the same cell of that group
         axes, known = list(g.axes), len(p.items)
         for target, reads in targets[g.name].items():
-            points = [tuple(_check_value(p, f"group {g.name}: {key} (@{target}.{read})", _value_at(cfg, read), info.leaves[key])
-                            if read else ref_key for key, read in reads)
+            points = [tuple(_check_value(p, f"group {g.name}: {key} (@{target}.{read})", _value_at(cfg, read),
+                                         info.leaves[key]) if read else ref_key for key, read in reads)
                       for ref_key, cfg in cells_of[target]]
             axes.append((tuple(key for key, _ in reads), points))
         if len(p.items) > known:  # a referenced value of the wrong type (reported once per value)
