@@ -309,6 +309,9 @@ def _parse_group(p: _Problems, raw: dict[str, Any], common: dict[str, Any], inde
             continue
         tp = info.leaves[key]
         if isinstance(value, str) and value.startswith("@"):
+            if key in info.runtime:  # a reference is an axis over the referenced cells
+                p.add(where + key, RUNTIME_AXIS)
+                continue
             group.refs[key] = value[1:]
             group.seeded_axis |= key == "seed"
             continue

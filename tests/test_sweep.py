@@ -132,6 +132,7 @@ def test_references_to_one_group_count_once_against_the_cell_limit(sweep_file):
     ('head.act = "@up.head.width"', "group mid: head.act (@up.head.width): expected one of 'relu', 'gelu', got 4"),
     ('upstream = "@later.upstream"', "references @later.upstream: it is defined later"),
     ('upstream = "@nowhere.upstream"', "references @nowhere.upstream: no such group"),
+    ('log_every = "@up.log_every"', "log_every: is a runtime field"),
 ])
 def test_a_bad_reference_to_a_groups_key_is_named(text, words, sweep_file):
     msg = problems_of(sweep_file('[[group]]\nname = "up"\nkind = "toy"\nhead.width = [4, 8]\n'
