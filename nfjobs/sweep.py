@@ -235,7 +235,7 @@ class _Group:
     index: int
     fixed: dict[str, Any]
     axes: list[tuple[tuple[str, ...], list[tuple[Any, ...]]]]  # (keys, values per point)
-    refs: dict[str, str]  # dotted key -> referenced group name
+    refs: dict[str, str]  # dotted key -> what follows the "@": a group name, or a group name + "." + its key
     slurm: dict[str, Any]
     seeded_axis: bool
 
@@ -309,7 +309,11 @@ def _parse_group(p: _Problems, raw: dict[str, Any], common: dict[str, Any], inde
             continue
         tp = info.leaves[key]
         if isinstance(value, str) and value.startswith("@"):
+            if key in info.runtime:  # a reference is an axis over the referenced cells
+                p.add(where + key, RUNTIME_AXIS)
+                continue
             group.refs[key] = value[1:]
+            group.seeded_axis |= key == "seed"
             continue
         if _is_axis(value, tp):
             if not value:
@@ -362,6 +366,24 @@ def _parse_group(p: _Problems, raw: dict[str, Any], common: dict[str, Any], inde
         for field_name, msg in shared.SlurmConfig.problems(_unchecked(shared.SlurmConfig, group.slurm)):
             p.add(f"{where}slurm.{field_name}", msg)
     return group
+
+
+def _split_reference(ref: str, groups: dict[str, Any]) -> tuple[str, str]:
+    """`name` -> (name, ""); `name.dotted.key` -> (name, "dotted.key"), the longest group name that fits (group
+    names may hold dots). An unknown name is returned whole, to be reported."""
+    if ref in groups:
+        return ref, ""
+    for i in reversed([i for i, ch in enumerate(ref) if ch == "."]):
+        if ref[:i] in groups:
+            return ref[:i], ref[i + 1:]
+    return ref, ""
+
+
+def _value_at(cfg: Any, dotted: str) -> Any:
+    """The value of a config's field at a dotted key (`data.root`)."""
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
 
 
 def _unchecked(cls: type, values: dict[str, Any]) -> Any:
@@ -488,21 +510,31 @@ def _expand_file(path: Path, data: dict[str, Any], overrides: list[Override], p:
         if g.name in by_name:
             p.add(f"group {g.name}", "two groups share this name")
         by_name[g.name] = g
-    keys_of: dict[str, list[str]] = {}
+    cells_of: dict[str, list[tuple[str, Any]]] = {}
+    """Per group built so far: (key, config) of its cells, what references to it take."""
     stage_of: dict[str, int] = {}
     cells: list[Cell] = []
     size_of: dict[str, int] = {}
+    targets: dict[str, dict[str, list[tuple[str, str]]]] = {}
+    """Per group: referenced group -> (key it sets, key of the referenced cell it reads; "" = that cell's key)."""
     for g in groups:  # groups referenced by "@name" must come earlier in the file
+        targets[g.name] = {}
         for key, ref in g.refs.items():
-            if ref not in size_of:
-                hint = "it is defined later; move it above" if ref in by_name else \
+            target, read = _split_reference(ref, by_name)
+            if target not in size_of:
+                hint = "it is defined later; move it above" if target in by_name else \
                     f"no such group; groups: {', '.join(by_name)}"
                 p.add(f"group {g.name}: {key}", f"references @{ref}: {hint}")
+            elif read and read not in kind_info(by_name[target].kind).leaves:
+                leaves = sorted(kind_info(by_name[target].kind).leaves)
+                p.add(f"group {g.name}: {key}", f"references @{ref}: group {target} (kind "
+                                                 f"{by_name[target].kind!r}) has no key {read!r}{_suggest(read, leaves)}")
+            targets[g.name].setdefault(target, []).append((key, read))
         if p.items:
             return []
         # count before building: the product of the axis lengths, stopping as soon as it passes the limit
         size = 1
-        for n in [len(pts) for _, pts in g.axes] + [size_of[r] for r in g.refs.values()]:
+        for n in [len(pts) for _, pts in g.axes] + [size_of[r] for r in targets[g.name]]:
             size *= n
             if launch.counted + size > launch.max_cells:
                 break
@@ -515,12 +547,21 @@ def _expand_file(path: Path, data: dict[str, Any], overrides: list[Override], p:
                          "with --max-cells N")
             return []
     for g in groups:
-        axes = list(g.axes) + [((key,), [(k,) for k in keys_of[ref]]) for key, ref in g.refs.items()]
         info = kind_info(g.kind)
+        # one axis per referenced group: its keys take their values from the same cell of that group
+        axes, known = list(g.axes), len(p.items)
+        for target, reads in targets[g.name].items():
+            points = [tuple(_check_value(p, f"group {g.name}: {key} (@{target}.{read})", _value_at(cfg, read),
+                                         info.leaves[key]) if read else ref_key for key, read in reads)
+                      for ref_key, cfg in cells_of[target]]
+            axes.append((tuple(key for key, _ in reads), points))
+        if len(p.items) > known:  # a referenced value of the wrong type (reported once per value)
+            p.items = list(dict.fromkeys(p.items))
+            return []
         kinds_seen.add(g.kind)
-        stage = 1 + max((stage_of[r] for r in g.refs.values()), default=-1)
+        stage = 1 + max((stage_of[r] for r in targets[g.name]), default=-1)
         stage_of[g.name] = stage
-        keys_of[g.name] = []
+        cells_of[g.name] = []
         slurm = dict(g.slurm)
         for point in itertools.product(*[pts for _, pts in axes]):
             flat = dict(info.defaults)
@@ -547,7 +588,7 @@ def _expand_file(path: Path, data: dict[str, Any], overrides: list[Override], p:
             for dotted, msg in found:
                 p.add(dotted, msg)
             launch.keys.add(key)
-            keys_of[g.name].append(key)
+            cells_of[g.name].append((key, cfg))
             cells.append(Cell(g.kind, cfg, key, name, g.name, stage, str(path), deps, slurm))
     # dedupe repeated check messages (one per cell otherwise)
     p.items = list(dict.fromkeys(p.items))

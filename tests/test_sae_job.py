@@ -167,3 +167,23 @@ def test_a_score_cell_scored_by_an_sae_cell_takes_no_prototype_count(tmp_path):
     assert score.Config(scorer="sae").n_prototypes == 128  # an autoencoder trained by the score cell: its width
     with pytest.raises(ValueError, match="n_prototypes must be >= 1"):
         score.Config(n_prototypes=0)
+
+
+def test_trains_on_builtin_pixels_the_patches_a_score_cell_of_that_name_scores(tmp_path):
+    from dataclasses import replace
+
+    from nfjobs.config import DataConfig
+
+    data = DataConfig(builtin_n=40)
+    cfg = sae.Config(activations=score.BUILTIN_PIXELS, data=data, **TINY)
+    assert sae.check(cfg) == [] and sae.depends_on(cfg) == []
+    assert sae.check(replace(cfg, data=DataConfig(name="cifar10")))[0][0] == "data.name"
+    train = score.builtin_pixels(data, "train")[0]
+    rows = sae.run(cfg, _ctx(tmp_path, "sae-0123456789ab"))
+    assert [r["patches"] for r in rows] == [train.shape[0] * 64] * 3 and rows[-1]["mse"] < rows[0]["mse"]
+    assert all(r["gb_read"] == 0 for r in rows)  # held in memory, nothing read from a cache
+    model = scorers.load(sae.sae_file(tmp_path / "runs" / "sae-0123456789ab"))
+    torch.testing.assert_close(model.mean, torch.from_numpy(train).reshape(-1, 48).mean(0))
+    out = score.run(score.Config(scorer="sae", sae="sae-0123456789ab", data=data, device="cpu", pictures_top_k=0),
+                    Context(key="s", kind="score", runs_root=tmp_path / "runs"))
+    assert out[-1]["prototypes"] == 16 and out[-1]["n_train_images"] == train.shape[0]

@@ -129,9 +129,10 @@ def test_prototype_sweeps_expand_and_the_tiny_one_runs_to_the_table(tmp_path, ca
     from nfjobs import results, sweep
     from nfjobs.runner import CellSpec, run_cell
 
-    full = sweep.expand(["configs/sweeps/prototypes.toml"])
+    full = [c for c in sweep.expand(["configs/sweeps/prototypes.toml"]) if c.kind == "score"]
     assert len(full) == 4 * 4 * 5 and {c.config.n_train for c in full} == {16, 64, 256, 1024, 0}
-    cells = [c for c in sweep.expand(["configs/sweeps/prototypes_tiny.toml"]) if c.config.scorer == "random"]
+    cells = [c for c in sweep.expand(["configs/sweeps/prototypes_tiny.toml"])
+             if c.kind == "score" and c.config.scorer == "random"]
     for c in cells:
         run_cell(CellSpec(c.kind, c.config, c.key, c.sweep, c.group, str(tmp_path), {}))
     table = report.table(results.load(tmp_path, warn=False).collect())

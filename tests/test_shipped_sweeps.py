@@ -1,5 +1,6 @@
 """Every sweep in configs/sweeps/ validates, and every CPU-sized one runs end to end through launch.py."""
 
+import re
 from pathlib import Path
 
 import polars as pl
@@ -68,6 +69,40 @@ def test_every_shipped_sweep_validates(path, tmp_path, monkeypatch):
     assert cells
 
 
+SEED_004 = ["prototypes.toml", "prototypes_tiny.toml", "prototypes_folder.toml", "prototypes_folder_tiny.toml",
+            "traits_ginr_cifar.toml", "traits_ginr_cifar_tiny.toml"]
+
+
+@pytest.mark.parametrize("name", SEED_004)
+def test_seed_004_sweeps_train_every_sae_in_its_own_cell_one_chain_per_cache(name, tmp_path, monkeypatch, capsys):
+    path = ROOT / "configs" / "sweeps" / name
+    overrides = []
+    if "imagefolder" in path.read_text():
+        _folder_stand_in(tmp_path, monkeypatch)
+    if 'checkpoint = ""' in path.read_text():
+        overrides += _finished_field(tmp_path / "runs")
+    cells = sweep.expand([path], overrides, runs_root=tmp_path / "runs")
+    scores, saes = [c for c in cells if c.kind == "score"], [c for c in cells if c.kind == "sae"]
+    assert saes and all(bool(c.config.sae) == (c.config.scorer == "sae") for c in scores)  # none trains one inside
+    widths = {c.config.n_prototypes for c in scores if c.config.scorer != "sae"}
+    sources = {c.config.activations for c in scores}
+    # one sae cell per cache and prototype count the other scorers offer
+    assert {(c.config.activations, c.config.width) for c in saes} == {(a, w) for a in sources for w in widths}
+    assert len(saes) == len(sources) * len(widths)
+    n_train = sorted(c.config.n_train for c in scores if c.config.scorer == "random" and c.config.n_prototypes ==
+                     min(widths) and c.config.activations == saes[0].config.activations)
+    for s in saes:  # read by one score cell per n_train, on the cache it was trained on, after it has ended
+        readers = [c for c in scores if c.config.sae == s.key]
+        assert sorted(c.config.n_train for c in readers) == n_train
+        for c in readers:
+            assert c.config.activations == s.config.activations and set(c.deps) == {s.key, *s.deps}
+            assert c.stage > s.stage
+    # what --dry-run prints: the sae cells counted as a kind of their own
+    flags = [arg for o in overrides for arg in (f"--{o.key}", o.text)]
+    assert launch.main(["--sweep", str(path), "--dry-run", "--runs-root", str(tmp_path / "runs"), *flags]) == 0
+    assert re.search(rf"^ +sae +{len(saes)} to run", capsys.readouterr().out, re.M)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", CPU_SIZED)
 def test_cpu_sized_sweeps_run_end_to_end(name, tmp_path, monkeypatch):
@@ -95,6 +130,11 @@ def test_cpu_sized_sweeps_run_end_to_end(name, tmp_path, monkeypatch):
         for key in curve["key"].unique():
             psnr = curve.filter(pl.col("key") == key).sort("epoch")["psnr"]
             assert psnr[-1] > psnr[0] + 2.0, psnr.to_list()
+    if name in ("prototypes_tiny.toml", "prototypes_folder_tiny.toml", "traits_ginr_cifar_tiny.toml"):
+        summary = df.filter(pl.col("row_type") == "summary")
+        by_sae = summary.filter(pl.col("scorer") == "sae")  # scored by the sweep's sae cells, at their widths
+        assert set(by_sae["sae"]) == set(df.filter(pl.col("kind") == "sae")["key"])
+        assert set(by_sae["prototypes"]) == set(summary.filter(pl.col("scorer") == "pca")["n_prototypes"])
     if name == "prototypes_folder_tiny.toml":
         summary = df.filter(pl.col("row_type") == "summary")
         assert set(summary["scorer"]) == {"random", "kmeans", "pca", "sae"} and len(summary) == 32

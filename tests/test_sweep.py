@@ -86,6 +86,68 @@ kind = "smoke"
     assert {c.sweep for c in cells} == {"two-stage"}
 
 
+CHAIN = """
+[sweep]
+seeds = "fixed"
+
+[[group]]
+name = "up"
+kind = "toy"
+head.width = [4, 8, 16]
+
+[[group]]
+name = "mid"
+kind = "toy"
+upstream = "@up"
+head.width = "@up.head.width"
+optim.lr = [0.1, 0.2]
+
+[[group]]
+name = "down"
+kind = "toy"
+upstream = "@mid.upstream"
+"""
+
+
+def test_a_reference_to_a_groups_key_takes_it_from_the_same_cell_as_the_groups_other_references(sweep_file):
+    cells = expand([sweep_file(CHAIN)])
+    up = {c.key: c for c in cells if c.group == "up"}
+    mid = [c for c in cells if c.group == "mid"]
+    assert len(mid) == 3 * 2  # one axis over up's cells (paired), crossed with lr; not 3 x 3 x 2
+    for c in mid:  # the width is the width of the very cell it reads
+        assert c.config.head.width == up[c.config.upstream].config.head.width and c.deps == (c.config.upstream,)
+        assert c.stage == 1
+    down = [c for c in cells if c.group == "down"]  # six mid cells read three up cells: three distinct cells
+    assert sorted(c.config.upstream for c in down) == sorted(up) and all(c.stage == 2 for c in down)
+
+
+def test_references_to_one_group_count_once_against_the_cell_limit(sweep_file):
+    path = sweep_file(CHAIN.split('[[group]]\nname = "down"')[0])
+    assert len(expand([path], max_cells=3 + 6)) == 9
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ('head.width = "@up.head.widht"', "references @up.head.widht: group up (kind 'toy') has no key 'head.widht'; "
+                                      "did you mean 'head.width'?"),
+    ('head.act = "@up.head.width"', "group mid: head.act (@up.head.width): expected one of 'relu', 'gelu', got 4"),
+    ('upstream = "@later.upstream"', "references @later.upstream: it is defined later"),
+    ('upstream = "@nowhere.upstream"', "references @nowhere.upstream: no such group"),
+    ('log_every = "@up.log_every"', "log_every: is a runtime field"),
+])
+def test_a_bad_reference_to_a_groups_key_is_named(text, words, sweep_file):
+    msg = problems_of(sweep_file('[[group]]\nname = "up"\nkind = "toy"\nhead.width = [4, 8]\n'
+                                 f'[[group]]\nname = "mid"\nkind = "toy"\n{text}\n'
+                                 '[[group]]\nname = "later"\nkind = "toy"\n'))
+    assert words in msg
+
+
+def test_group_names_with_dots_are_read_before_keys(sweep_file):
+    cells = expand([sweep_file('[[group]]\nname = "a.b"\nkind = "toy"\nhead.width = 5\n'
+                               '[[group]]\nname = "c"\nkind = "toy"\nhead.width = "@a.b.head.width"\n'
+                               'upstream = "@a.b"\n')])
+    assert [c.config.head.width for c in cells if c.group == "c"] == [5]
+
+
 def test_group_tables_merge_with_the_files_tables_key_by_key(sweep_file):
     cells = expand([sweep_file('optim = { lr = 0.5, warmup_steps = 7 }\n'
                                '[[group]]\nkind = "toy"\noptim = { lr = 0.25 }\n')])

@@ -7,6 +7,9 @@ reconstruction error + `l1` · L1 of the codes, decoder rows kept at unit norm (
 the scorer a `score` cell with `scorer = "sae"` and `sae = <this cell>` uses). A checkpoint after every epoch
 (weights, Adam state, rows so far) lets a requeued job continue at the next epoch.
 
+`activations = "builtin-pixels"` trains on the builtin dataset's 4x4 pixel patches (`data`), what a `score` cell of
+that name scores, held in memory (so `gb_read` is 0).
+
 One row per epoch: `mse` (per patch), `fvu` (mse / variance of the patches), `code_l1` (L1 of the codes per patch;
 not `l1`, the coefficient's column), `l0` (active latents per patch), `frac_dead` (latents that never fired in the
 epoch), `frac_dense` (latents firing on more than `dense_frac` of the patches), and what was read (`gb_read`,
@@ -14,11 +17,12 @@ epoch), `frac_dense` (latents firing on more than `dense_frac` of the patches), 
 """
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from nfjobs.config import device_problem, runtime_field
+from nfjobs.config import DataConfig, device_problem, runtime_field
 from nfjobs.context import looks_like_path
+from nfjobs.jobs.score import BUILTIN_PIXELS, builtin_pixels
 
 CHECKPOINTABLE = True
 """Resumable: a checkpoint per epoch."""
@@ -35,7 +39,7 @@ class Config:
     seed: int = 0
     """Seeds the initialisation and the patch order."""
     activations: str = ""
-    """Cell key or run directory of a cache cell (its `train/` split is read)."""
+    """Cell key or run directory of a cache cell (its `train/` split is read), or `builtin-pixels`."""
     width: int = 1024
     """Latents (prototypes a scorer built from it offers)."""
     l1: float = 1e-3
@@ -50,6 +54,8 @@ class Config:
     """Images whose patches are shuffled together (the unit of reading; must fit in half the memory budget)."""
     dense_frac: float = 0.1
     """A latent firing on more than this fraction of an epoch's patches counts as dense."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Images of `builtin-pixels` (must be `builtin`); unused for a cache."""
     device: str = runtime_field("auto")
     """`auto` (GPU when visible), `cpu`, `cuda`, ..."""
     max_resident_bytes: int = runtime_field(1 << 30)
@@ -72,8 +78,12 @@ class Config:
 
 
 def check(cfg: Config) -> list[tuple[str, str]]:
+    if cfg.activations == BUILTIN_PIXELS:
+        if cfg.data.name != "builtin":
+            return [("data.name", f"{BUILTIN_PIXELS} cuts the builtin images into patches; got {cfg.data.name!r}")]
+        return []
     if not cfg.activations:
-        return [("activations", "name the cell key or run directory of a cache cell")]
+        return [("activations", f"name the cell key or run directory of a cache cell, or {BUILTIN_PIXELS!r}")]
     if looks_like_path(cfg.activations) and not (Path(cfg.activations).expanduser() / "train" / "meta.json").is_file():
         return [("activations", f"{cfg.activations} holds no train/meta.json (a cache cell writes it)")]
     return []
@@ -81,12 +91,34 @@ def check(cfg: Config) -> list[tuple[str, str]]:
 
 def depends_on(cfg: Config) -> list[str]:
     """The cache cell it trains on (a key or a run dir)."""
-    return [cfg.activations] if cfg.activations else []
+    return [cfg.activations] if cfg.activations not in ("", BUILTIN_PIXELS) else []
 
 
 def sae_file(run_dir: Path) -> Path:
     """Where a finished `sae` cell keeps its autoencoder (a `scorers.save` file)."""
     return Path(run_dir) / SAE_FILE
+
+
+class _InMemory:
+    """(images, tokens, d) activations held in memory, streamed in image order as `ActivationCache.stream` does
+    (the same chunks for the same `images_per_chunk`; nothing is read, so `stats` stays empty)."""
+
+    def __init__(self, acts):
+        self.acts = acts
+
+    def stream(self, max_resident_bytes: int, images_per_chunk: int = 0, stats=None):
+        step = images_per_chunk or len(self.acts)
+        for first in range(0, len(self.acts), step):
+            yield first, self.acts[first : first + step]
+
+
+def _training_set(cfg: Config, ctx):
+    """The training patches: the cache's `train/` split, or the builtin dataset's pixel patches in memory."""
+    if cfg.activations == BUILTIN_PIXELS:
+        return _InMemory(builtin_pixels(cfg.data, "train")[0])
+    from nfjobs.activations import open_cache
+
+    return open_cache(ctx.resolve(cfg.activations) / "train")
 
 
 def _moments(cache, budget: int, device) -> tuple["object", float]:
@@ -110,11 +142,11 @@ def run(cfg: Config, ctx) -> list[dict]:
     import numpy as np
     import torch
 
-    from nfjobs.activations import StreamStats, open_cache
+    from nfjobs.activations import StreamStats
     from nfjobs.scoring import scorers
 
     device = ctx.device() if cfg.device == "auto" else torch.device(cfg.device)
-    cache = open_cache(ctx.resolve(cfg.activations) / "train")
+    cache = _training_set(cfg, ctx)
     sae = scorers.SparseAutoencoder(cfg.width, cfg.seed, l1=cfg.l1, lr=cfg.lr)
     state = ctx.load_checkpoint(map_location=device)
     if state is None:
