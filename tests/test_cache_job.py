@@ -121,6 +121,20 @@ def test_backbone_resnet(tmp_path):
     assert open_cache(ctx.run_dir / "val").meta["layer"] == "layer2"
 
 
+def test_a_random_backbone_is_the_same_for_the_same_key_in_any_process(tmp_path):
+    """Without weights the backbone is drawn from `seed`, not from whatever the global RNG holds: one cache key,
+    one set of activations (it was a different random network in each process)."""
+    kw = dict(source="backbone", backbone="resnet18", layer="layer2", backbone_size=32, split="val")
+    torch.manual_seed(1)
+    _, a, _ = _run(tmp_path / "a", **kw)
+    torch.manual_seed(2)
+    _, b, _ = _run(tmp_path / "b", **kw)
+    _, c, _ = _run(tmp_path / "c", seed=1, **kw)
+    first, second, other = (open_cache(ctx.run_dir / "val").load_all() for ctx in (a, b, c))
+    np.testing.assert_array_equal(first, second)
+    assert not np.array_equal(first, other)
+
+
 def test_resume_and_reuse(tmp_path, field_dir):
     run_dir, loads = field_dir
     cfg, ctx, _ = _run(tmp_path, source="nf", checkpoint=str(run_dir), split="train")

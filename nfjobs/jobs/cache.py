@@ -91,7 +91,7 @@ class Config:
     backbone: Backbone = "resnet18"
     """`backbone`: torchvision architecture."""
     backbone_weights: str = ""
-    """`backbone`: local state-dict file; empty = random initialisation (tests only)."""
+    """`backbone`: local state-dict file; empty = random initialisation drawn from `seed` (tests only)."""
     backbone_size: int = 224
     """`backbone`: images are resized to this side (ViT-B/16 is built for it)."""
     layer: str = ""
@@ -196,7 +196,9 @@ def _build_backbone(cfg: Config, device):
         names = {n for n, _ in getattr(tvm, cfg.backbone)(**kwargs).named_modules()}
     if cfg.backbone_layer not in names:
         raise ValueError(f"{cfg.backbone} has no layer {cfg.backbone_layer!r}; valid: {', '.join(backbone_layers(cfg.backbone))}")
-    model = getattr(tvm, cfg.backbone)(**kwargs)
+    with torch.random.fork_rng(devices=[]):  # without weights, the same random backbone for the same key in any process
+        torch.manual_seed(cfg.seed)
+        model = getattr(tvm, cfg.backbone)(**kwargs)
     if cfg.backbone_weights:
         from nfjobs.context import load_tensors
 
