@@ -121,13 +121,17 @@ def test_local_mode_reports_results_blocks_dependants_and_records_pids_logs_and_
     assert all((runs / k / "config.json").exists() for k in manifest["cells"])
 
 
+THREADS_SWEEP = ('[[group]]\nname = "one"\nkind = "toy"\nhead.width = 1\nreport_threads = true\n'
+                 '[group.slurm]\ncpus_per_task = 1\n'
+                 '[[group]]\nname = "many"\nkind = "toy"\nreport_threads = true\n'
+                 '[group.slurm]\ncpus_per_task = 64\n')
+"""Two toy cells that report their thread counts: one asks for 1 CPU, one for 64."""
+
+
 def test_local_mode_runs_torch_on_the_cells_cpus_at_most_its_share_of_the_cores(sweep_file, tmp_path, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     runs = tmp_path / "runs"
-    path = sweep_file('[[group]]\nname = "one"\nkind = "toy"\nhead.width = 1\nreport_threads = true\n'
-                      '[group.slurm]\ncpus_per_task = 1\n'
-                      '[[group]]\nname = "many"\nkind = "toy"\nreport_threads = true\n'
-                      '[group.slurm]\ncpus_per_task = 64\n')
+    path = sweep_file(THREADS_SWEEP)
     assert run_launch("--sweep", str(path), "--max-parallel", "1", runs=runs) == 0
     rows = {r["group"]: r for r in results.load(path, runs).collect().iter_rows(named=True)}
     share = max(1, os.cpu_count() or 1)  # one cell at a time: all of this machine's cores
@@ -144,10 +148,7 @@ def test_debug_runs_each_cell_on_its_cpus_threads_and_gives_the_launcher_its_own
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     runs = tmp_path / "runs"
-    path = sweep_file('[[group]]\nname = "one"\nkind = "toy"\nhead.width = 1\nreport_threads = true\n'
-                      '[group.slurm]\ncpus_per_task = 1\n'
-                      '[[group]]\nname = "many"\nkind = "toy"\nreport_threads = true\n'
-                      '[group.slurm]\ncpus_per_task = 64\n')
+    path = sweep_file(THREADS_SWEEP)
     before = torch.get_num_threads()
     assert run_launch("--sweep", str(path), "--debug", runs=runs) == 0
     rows = {r["group"]: r for r in results.load(path, runs).collect().iter_rows(named=True)}
