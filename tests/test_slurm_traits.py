@@ -13,7 +13,8 @@ from nfjobs import results, sweep
 from nfjobs.context import Context
 from nfjobs.jobs import sae
 from nfjobs.scoring import scorers
-from test_slurm import launch, manifest_jobs, wait_for
+from test_slurm import launch, manifest_jobs
+from waiting import wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
