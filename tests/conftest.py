@@ -17,12 +17,13 @@ def _slurm_problem() -> str | None:
     if shutil.which("sinfo") is None:
         return "sinfo is not on PATH"
     try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20)
+        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError) as err:
         return f"sinfo failed: {err}"
     if out.returncode != 0:
         return f"sinfo failed: {out.stderr.strip()}"
-    if not any(s in out.stdout for s in ("idle", "mixed", "allocated")):
+    # "completing": jobs of a run just before are still being cleaned up; the node takes new ones
+    if not any(s in out.stdout for s in ("idle", "mixed", "allocated", "completing")):
         return f"no usable node (sinfo says {out.stdout.strip()!r})"
     return None
 

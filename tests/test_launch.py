@@ -7,11 +7,11 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from waiting import open_gate_when
 
 import launch
 from nfjobs import results
 from nfjobs.sweep import expand
-from waiting import open_gate_when
 
 ROOT = Path(__file__).parent.parent
 FIXTURES = Path(__file__).parent / "sweeps"

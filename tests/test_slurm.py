@@ -12,9 +12,9 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from waiting import open_gate_when, wait_for
 
 from nfjobs import results, sweep
-from waiting import open_gate_when, wait_for
 
 ROOT = Path(__file__).parent.parent
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
