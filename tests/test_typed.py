@@ -4,7 +4,7 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from nfjobs.typed import TypeMismatch, coerce, describe, parse_string
@@ -38,7 +38,6 @@ def test_parse_string_reads_command_line_values(text, tp, expected):
     assert parse_string(text, tp) == expected
 
 
-@settings(deadline=None)  # a loaded CI machine can stall one example past the 200 ms default
 @given(st.integers(-10**9, 10**9))
 def test_integers_round_trip_through_the_command_line(n):
     assert parse_string(str(n), int) == n and parse_string(str(n), float) == float(n)
