@@ -1,3 +1,4 @@
+import json
 import os
 import shutil
 import subprocess
@@ -41,6 +42,20 @@ def slurm_cluster() -> None:
     if os.environ.get("NFJOBS_REQUIRE_SLURM") == "1":
         pytest.fail(f"Slurm is required here (NFJOBS_REQUIRE_SLURM=1) but {problem}")
     pytest.skip(f"no Slurm cluster ({problem}); start one with `bash scripts/dev-slurm.sh up`")
+
+
+@pytest.fixture(autouse=True)
+def _cancel_leftover_slurm_jobs(request):
+    """A Slurm test that fails midway must not leave its jobs holding the cluster's CPUs for the tests after it
+    (they launch under tmp_path/runs; the manifests there name their jobs)."""
+    if request.node.get_closest_marker("slurm") is None:
+        yield
+        return
+    sweeps = request.getfixturevalue("tmp_path") / "runs" / "_sweeps"
+    yield
+    ids = {j.split("_")[0] for m in sweeps.glob("*.json") for j in json.loads(m.read_text()).get("jobs", {}).values()}
+    if ids:
+        subprocess.run(["scancel", *sorted(ids)], capture_output=True, timeout=60)
 
 
 @pytest.fixture(scope="session")

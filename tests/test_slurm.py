@@ -33,14 +33,9 @@ def manifest_jobs(tmp_path: Path, sweep: str) -> dict[str, str]:
     return json.loads((tmp_path / "runs" / "_sweeps" / f"{sweep}.json").read_text())["jobs"]
 
 
-@pytest.fixture(autouse=True)
-def _cancel_leftover_jobs(tmp_path):
-    """A test that fails midway must not leave its long jobs holding the cluster's CPUs for the tests after it."""
-    yield
-    ids = {j.split("_")[0] for m in (tmp_path / "runs" / "_sweeps").glob("*.json")
-           for j in json.loads(m.read_text()).get("jobs", {}).values()}
-    if ids:
-        subprocess.run(["scancel", *sorted(ids)], capture_output=True, timeout=60)
+def in_queue(job_id: str) -> bool:
+    """Whether squeue still lists the job (pending, running or completing)."""
+    return job_id in subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True).stdout.split()
 
 
 def test_an_array_sweep_returns_one_result_per_cell(sweep_file, tmp_path):
@@ -195,7 +190,8 @@ def test_a_job_runs_torch_on_its_cpus_per_task_threads(sweep_file, tmp_path, mon
 
 
 def test_relaunching_while_cells_are_queued_or_running_does_not_submit_them_twice(sweep_file, tmp_path):
-    # 10 minutes: still queued or running when the second launch looks, however slow it starts (then cancelled)
+    # 10 minutes: still queued or running when the second launch looks, however slow it starts (the teardown
+    # cancels them)
     path = sweep_file('kind = "smoke"\nsteps = 600\nstep_seconds = 1.0\nlabel = ["a", "b"]\n', "twice.toml")
     assert launch(path, tmp_path).returncode == 0
     first = manifest_jobs(tmp_path, "twice")
@@ -254,11 +250,6 @@ def test_an_upstream_failure_blocks_its_dependants_without_leaving_them_pending(
     # nothing waits forever on a dependency that can never be met (the last job may be COMPLETING a moment)
     wait_for(lambda: not subprocess.run(["squeue", "-h", "-j", ",".join(arrays)], capture_output=True,
                                         text=True).stdout.strip(), 60, "every job to leave the queue")
-
-
-def in_queue(job_id: str) -> bool:
-    """Whether squeue still lists the job (pending, running or completing)."""
-    return job_id in subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True).stdout.split()
 
 
 def test_a_preempted_cell_whose_kind_cannot_resume_is_not_requeued_and_says_why(sweep_file, tmp_path):
