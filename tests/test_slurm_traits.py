@@ -3,7 +3,6 @@ its first epoch is requeued and resumes to the same autoencoder an uninterrupted
 reading it waits for the requeued run."""
 
 import subprocess
-import time
 
 import polars as pl
 import pytest
@@ -39,10 +38,7 @@ def test_a_preempted_sae_cell_is_requeued_and_resumes_to_the_uninterrupted_resul
     runs = tmp_path / "runs"
     job_id = manifest_jobs(tmp_path, "saereq")[cell.key]
     checkpoint = runs / cell.key / "checkpoint.pt"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and not checkpoint.exists():
-        time.sleep(0.02)
-    assert checkpoint.exists(), "the sae cell never saved its first epoch"
+    wait_for(checkpoint.exists, 180, "the sae cell's first epoch", poll_s=0.02)
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True)  # a preempting scheduler's grace signal
     wait_for(lambda: results.cell_status(runs, scorer.key) is not None, 300, "the score cell's result")
 
