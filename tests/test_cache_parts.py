@@ -7,12 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
+from waiting import wait_for
 
 from nfjobs import activations, parts
 from nfjobs.activations import CacheError, open_cache, part_shards, shard_path
@@ -83,17 +83,19 @@ def test_a_failed_part_fails_the_cell_and_a_relaunch_finishes_it(tmp_path, monke
     assert pl.read_parquet(runs / "cache-parts" / RESULT_FILE)["shards_written"].to_list() == [8, 3]  # this launch: part 1 only
 
 
-SLOW_PART = """
+HANGING_PART = """
 import sys, time
 from nfjobs import activations
 from nfjobs.runner import run_cell
 import pickle
 spec = pickle.loads(bytes.fromhex(sys.argv[1]))
 write = activations.CacheWriter.write_shard
-def slow(self, i, acts):  # slow enough to be killed between two shards
+written = []
+def hang(self, i, acts):  # killed while it hangs after its second shard (a sleep between shards races the kill)
     write(self, i, acts)
-    time.sleep(1.0)
-activations.CacheWriter.write_shard = slow
+    written.append(i)
+    time.sleep(600 if len(written) == 2 else 0)
+activations.CacheWriter.write_shard = hang
 run_cell(spec)
 """
 
@@ -108,16 +110,16 @@ def test_a_killed_part_resumes_from_its_own_shards_and_leaves_the_others_alone(t
     run_dir = runs / "cache-parts"
     others = _fingerprints(run_dir)
     mine = [shard_path(run_dir / "train", i) for i in part_shards(15, 1, 4)]  # shards 3..6 of train
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_PART, pickle.dumps(tasks[1]).hex()], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-c", HANGING_PART, pickle.dumps(tasks[1]).hex()], cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
-    deadline = time.monotonic() + 60
-    while not mine[1].exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    try:
+        wait_for(lambda: mine[1].exists(), 120, "the part's second shard", poll_s=0.05)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
     before = _fingerprints(run_dir)
     written = [p for p in mine if p.exists()]
-    assert 2 <= len(written) < len(mine) and not (run_dir / RESULT_FILE).exists()
+    assert written == mine[:2] and not (run_dir / RESULT_FILE).exists()
     assert not parts.marker(run_dir, 1, 4).exists()
 
     rows = run_cell(tasks[1])  # the relaunched part: resumes, then finds every marker and finalises

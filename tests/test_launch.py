@@ -7,9 +7,11 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from waiting import open_gate_when
 
 import launch
 from nfjobs import results
+from nfjobs.sweep import expand
 
 ROOT = Path(__file__).parent.parent
 FIXTURES = Path(__file__).parent / "sweeps"
@@ -88,10 +90,13 @@ def test_local_mode_runs_cells_in_subprocesses_and_reports_failures(sweep_file, 
 
 
 def test_local_mode_starts_a_cell_when_its_upstream_ends_not_when_its_stage_does(sweep_file, tmp_path):
-    runs = tmp_path / "runs"
-    path = sweep_file('[[group]]\nname = "slow"\nkind = "toy"\nsleep_s = 6.0\n'
+    runs, gate = tmp_path / "runs", tmp_path / "gate"
+    path = sweep_file(f'[[group]]\nname = "slow"\nkind = "toy"\ngate = "{gate}"\n'
                       '[[group]]\nname = "up"\nkind = "toy"\nhead.width = 4\n'
                       '[[group]]\nname = "down"\nkind = "toy"\nupstream = "@up"\n')
+    (down,) = [c.key for c in expand([path]) if c.group == "down"]
+    # `slow` ends only once `down` has a result (not after a fixed time, which a loaded machine can outlast)
+    open_gate_when(gate, lambda: results.cell_status(runs, down) is not None)
     assert run_launch("--sweep", str(path), "--max-parallel", "3", runs=runs) == 0
     df = results.load(path, runs).collect().group_by("group").agg(pl.col("run.start").min(), pl.col("run.end").max())
     t = {g: (s, e) for g, s, e in df.iter_rows()}
@@ -165,10 +170,12 @@ def test_debug_runs_each_cell_on_its_cpus_threads_and_gives_the_launcher_its_own
 
 def test_local_mode_gives_each_gpu_cell_its_own_gpus_and_the_rest_none(sweep_file, tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
-    runs = tmp_path / "runs"
-    path = sweep_file('[[group]]\nname = "gpu"\nkind = "toy"\nsleep_s = 2.0\nhead.width = [1, 2, 3]\n'
+    runs, gate = tmp_path / "runs", tmp_path / "gate"
+    path = sweep_file(f'[[group]]\nname = "gpu"\nkind = "toy"\ngate = "{gate}"\nhead.width = [1, 2, 3]\n'
                       '[group.slurm]\ngpus_per_node = 1\n'
-                      '[[group]]\nname = "cpu"\nkind = "toy"\nsleep_s = 1.0\n')
+                      '[[group]]\nname = "cpu"\nkind = "toy"\n')
+    (cpu_key,) = [c.key for c in expand([path]) if c.group == "cpu"]
+    open_gate_when(gate, lambda: results.cell_status(runs, cpu_key) is not None)  # GPU cells end after the CPU one
     assert run_launch("--sweep", str(path), "--max-parallel", "4", runs=runs) == 0
     df = results.load(path, runs).collect().unique("key")
     cpu, gpu = df.filter(pl.col("group") == "cpu"), df.filter(pl.col("group") == "gpu").sort("run.start")
@@ -182,8 +189,11 @@ def test_local_mode_gives_each_gpu_cell_its_own_gpus_and_the_rest_none(sweep_fil
 
 def test_local_mode_shares_a_gpu_between_cells_only_when_asked(sweep_file, tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
-    runs = tmp_path / "runs"
-    path = sweep_file('kind = "toy"\nsleep_s = 2.0\nhead.width = [1, 2]\n[slurm]\ngpus_per_node = 1\n')
+    runs, gate = tmp_path / "runs", tmp_path / "gate"
+    path = sweep_file(f'kind = "toy"\ngate = "{gate}"\nhead.width = [1, 2]\n[slurm]\ngpus_per_node = 1\n')
+    keys = [c.key for c in expand([path])]
+    # each cell ends only once both have started (config.json): they overlap exactly when they share the GPU
+    open_gate_when(gate, lambda: all((runs / k / "config.json").exists() for k in keys))
     assert run_launch("--sweep", str(path), "--max-parallel", "2", "--cells-per-gpu", "2", runs=runs) == 0
     df = results.load(path, runs).collect().unique("key").sort("run.start")
     assert df["gpus"].to_list() == ["3", "3"] and df["run.start"][1] < df["run.end"][0]

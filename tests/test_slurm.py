@@ -12,8 +12,9 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from waiting import open_gate_when, wait_for
 
-from nfjobs import results
+from nfjobs import results, sweep
 
 ROOT = Path(__file__).parent.parent
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
@@ -30,6 +31,11 @@ def launch(sweep: Path, tmp_path: Path, *extra: str, timeout: float = 300) -> su
 
 def manifest_jobs(tmp_path: Path, sweep: str) -> dict[str, str]:
     return json.loads((tmp_path / "runs" / "_sweeps" / f"{sweep}.json").read_text())["jobs"]
+
+
+def in_queue(job_id: str) -> bool:
+    """Whether squeue still lists the job (pending, running or completing)."""
+    return job_id in subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True).stdout.split()
 
 
 def test_an_array_sweep_returns_one_result_per_cell(sweep_file, tmp_path):
@@ -50,9 +56,7 @@ def test_fire_and_forget_prints_job_ids_and_the_status_command(sweep_file, tmp_p
     proc = launch(path, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "submitted 2 cells as job array(s)" in proc.stdout and "launch.py status --sweep" in proc.stdout
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and results.load(path, tmp_path / "runs").collect().height < 2:
-        time.sleep(1)
+    wait_for(lambda: results.load(path, tmp_path / "runs").collect().height == 2, 240, "both results")
     status = subprocess.run([sys.executable, "launch.py", "status", "--sweep", str(path), "--runs-root",
                              str(tmp_path / "runs")], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert "2 cells | ok 2" in status.stdout
@@ -76,14 +80,15 @@ def test_a_cancelled_job_is_reported_not_hung_on(sweep_file, tmp_path):
          str(tmp_path / "logs"), "--slurm-acct", ACCOUNT, "--slurm-partition", PARTITION, "--cpus-per-task", "1",
          "--wait"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     manifest = tmp_path / "runs" / "_sweeps" / "cancel.json"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (manifest.exists() and json.loads(manifest.read_text())["jobs"]):
-        time.sleep(0.5)
+    wait_for(lambda: manifest.exists() and json.loads(manifest.read_text())["jobs"], 120, "the submission")
     (job_id,) = manifest_jobs(tmp_path, "cancel").values()
     subprocess.run(["scancel", job_id.split("_")[0]], check=True)
     out, err = waiter.communicate(timeout=120)
     assert waiter.returncode == 1, out + err
     assert "0 ok, 1 not ok" in out and "no result" in out
+    # sacct says CANCELLED at once, but the job stays in squeue (COMPLETING, its process alive) for KillWait
+    # seconds: until then status honestly says running
+    wait_for(lambda: not in_queue(job_id), 120, "the cancelled job to leave the queue")
     status = subprocess.run([sys.executable, "launch.py", "status", "--sweep", str(path), "--runs-root",
                              str(tmp_path / "runs")], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert "cancelled" in status.stdout
@@ -94,7 +99,7 @@ def test_a_job_that_hits_its_time_limit_is_requeued_and_resumes_from_its_checkpo
     # 30-60 s in, checkpoints and is requeued (docs/slurm-notes.md). 80 s of work cannot fit in one run.
     path = sweep_file('kind = "smoke"\nsteps = 32\nstep_seconds = 2.5\n', "timeout.toml")
     proc = launch(path, tmp_path, "--wait", "--n-hours", str(2 / 60), "--signal-delay-s", "60",
-                  "--max-requeues", "5", timeout=480)
+                  "--max-requeues", "5", timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     df = results.load(path, tmp_path / "runs").collect()
     assert df.height == 1 and df["status"][0] == "ok"
@@ -131,15 +136,10 @@ def test_a_preempted_job_is_requeued_and_resumes_from_its_checkpoint(sweep_file,
     assert proc.returncode == 0, proc.stderr
     ((key, job_id),) = manifest_jobs(tmp_path, "preempt").items()
     run_dir = tmp_path / "runs" / key
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (run_dir / "checkpoint.pt").exists():
-        time.sleep(0.5)
-    assert (run_dir / "checkpoint.pt").exists(), "the job never started"
+    wait_for(lambda: (run_dir / "checkpoint.pt").exists(), 240, "the job to start")
     # what a preempting scheduler sends (Slurm's PreemptMode=REQUEUE with a grace signal): USR2 to the job
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and results.cell_status(tmp_path / "runs", run_dir.name) is None:
-        time.sleep(1)
+    wait_for(lambda: results.cell_status(tmp_path / "runs", run_dir.name) is not None, 240, "the requeued run")
     df = results.load(path, tmp_path / "runs").collect()
     assert df.height == 1 and df["status"][0] == "ok"
     assert df["steps_done"][0] == 8 and df["starts"][0] == 2
@@ -190,7 +190,9 @@ def test_a_job_runs_torch_on_its_cpus_per_task_threads(sweep_file, tmp_path, mon
 
 
 def test_relaunching_while_cells_are_queued_or_running_does_not_submit_them_twice(sweep_file, tmp_path):
-    path = sweep_file('kind = "smoke"\nsteps = 30\nstep_seconds = 1.0\nlabel = ["a", "b"]\n', "twice.toml")
+    # 10 minutes: still queued or running when the second launch looks, however slow it starts (the teardown
+    # cancels them)
+    path = sweep_file('kind = "smoke"\nsteps = 600\nstep_seconds = 1.0\nlabel = ["a", "b"]\n', "twice.toml")
     assert launch(path, tmp_path).returncode == 0
     first = manifest_jobs(tmp_path, "twice")
     again = launch(path, tmp_path)
@@ -198,7 +200,6 @@ def test_relaunching_while_cells_are_queued_or_running_does_not_submit_them_twic
     assert "2 cell(s) already queued or running on Slurm" in again.stdout
     assert "nothing to do" in again.stdout
     assert manifest_jobs(tmp_path, "twice") == first
-    subprocess.run(["scancel", next(iter(first.values())).split("_")[0]], check=True)
 
 
 # ---------------------------------------------------------------------------------------------- the job contract
@@ -208,12 +209,16 @@ def rows_by_group(path: Path, tmp_path: Path) -> dict[str, dict]:
 
 
 def test_independent_chains_run_in_parallel_each_cell_waiting_only_for_what_it_reads(sweep_file, tmp_path):
+    gate = tmp_path / "gate"
     path = sweep_file(
-        '[[group]]\nname = "train_a"\nkind = "toy"\nhead.width = 1\nsleep_s = 20.0\n'
+        f'[[group]]\nname = "train_a"\nkind = "toy"\nhead.width = 1\ngate = "{gate}"\n'
         '[[group]]\nname = "train_b"\nkind = "toy"\nhead.width = 2\n'
         '[[group]]\nname = "cache_a"\nkind = "toy"\nupstream = "@train_a"\n'
         '[[group]]\nname = "cache_b"\nkind = "toy"\nupstream = "@train_b"\n'
         '[[group]]\nname = "probe_b"\nkind = "toy"\nupstream = "@cache_b"\n', "chains.toml")
+    (probe_b,) = [c.key for c in sweep.expand([path]) if c.group == "probe_b"]
+    # train_a ends only once chain B has run to its end (not after a fixed time, which a loaded machine can outlast)
+    open_gate_when(gate, lambda: results.cell_status(tmp_path / "runs", probe_b) is not None, 240)
     proc = launch(path, tmp_path, "--wait")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = rows_by_group(path, tmp_path)
@@ -242,25 +247,19 @@ def test_an_upstream_failure_blocks_its_dependants_without_leaving_them_pending(
     assert "Traceback" not in rows["mid"]["error"] + rows["down"]["error"]
     assert "blocked 2" in proc.stderr and f"{rows['mid']['key']} (mid): blocked: upstream" in proc.stdout
     arrays = {j.split("_")[0] for j in manifest_jobs(tmp_path, "blocked").values()}
-    queued = subprocess.run(["squeue", "-h", "-j", ",".join(arrays)], capture_output=True, text=True).stdout
-    assert queued.strip() == ""  # nothing waits forever on a dependency that can never be met
-
-
-def wait_for(predicate, timeout: float = 60, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not predicate():
-        time.sleep(0.5)
-    assert predicate(), f"timed out waiting for {what}"
+    # nothing waits forever on a dependency that can never be met (the last job may be COMPLETING a moment)
+    wait_for(lambda: not subprocess.run(["squeue", "-h", "-j", ",".join(arrays)], capture_output=True,
+                                        text=True).stdout.strip(), 60, "every job to leave the queue")
 
 
 def test_a_preempted_cell_whose_kind_cannot_resume_is_not_requeued_and_says_why(sweep_file, tmp_path):
     path = sweep_file('kind = "toy"\nsleep_s = 40.0\n', "noresume.toml")
     assert launch(path, tmp_path).returncode == 0
     ((key, job_id),) = manifest_jobs(tmp_path, "noresume").items()
-    wait_for(lambda: (tmp_path / "runs" / key / "config.json").exists(), 60, "the cell to start")
+    wait_for(lambda: (tmp_path / "runs" / key / "config.json").exists(), 120, "the cell to start")
     time.sleep(2)  # submitit installs its signal handlers before the cell starts; give it a moment anyway
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
-    wait_for(lambda: results.cell_status(tmp_path / "runs", key) is not None, 60, "a result")
+    wait_for(lambda: results.cell_status(tmp_path / "runs", key) is not None, 120, "a result")
     row = results.load(path, tmp_path / "runs").collect().row(0, named=True)
     assert row["status"] == "failed" and "not requeued" in row["error"] and "'toy'" in row["error"]
     assert row["run.slurm_restarts"] == 0 and row["run.seconds"] < 30
@@ -274,9 +273,9 @@ def test_a_packed_task_runs_ten_cells_each_with_its_own_result_and_resumes_at_th
     jobs = manifest_jobs(tmp_path, "packed")
     assert len(jobs) == 10 and len(set(jobs.values())) == 1  # one array task for all ten
     runs = tmp_path / "runs"
-    wait_for(lambda: sum(results.cell_status(runs, k) is not None for k in jobs) >= 3, 90, "three cells")
+    wait_for(lambda: sum(results.cell_status(runs, k) is not None for k in jobs) >= 3, 180, "three cells")
     subprocess.run(["scancel", "--signal=USR2", next(iter(jobs.values()))], check=True)  # preempt mid-pack
-    wait_for(lambda: all(results.cell_status(runs, k) is not None for k in jobs), 120, "all ten results")
+    wait_for(lambda: all(results.cell_status(runs, k) is not None for k in jobs), 240, "all ten results")
     df = results.load(path, runs).collect()
     assert df.height == 10 and set(df["status"]) == {"ok"}
     assert set(df["run.slurm_restarts"]) == {0, 1}  # the early cells ran once; the requeue did only the rest
@@ -315,7 +314,7 @@ def test_a_source_edit_after_launch_does_not_reach_a_queued_cell(sweep_file, tmp
     (key,) = manifest_jobs(tmp_path, "frozen")
     assert subprocess.run(["squeue", "-h", "-j", manifest_jobs(tmp_path, "frozen")[key]], capture_output=True,
                           text=True).stdout.strip(), "the cell should still be queued when the tree changes"
-    wait_for(lambda: results.cell_status(tmp_path / "runs", key) is not None, 60, "the result")
+    wait_for(lambda: results.cell_status(tmp_path / "runs", key) is not None, 120, "the result")
     row = results.load(path, tmp_path / "runs").collect().row(0, named=True)
     assert row["steps_done"] == 2 and row["status"] == "ok"
     assert (tmp_path / "runs" / "_code" / row["run.code_hash"] / "nfjobs" / "jobs" / "smoke.py").exists()
@@ -323,14 +322,14 @@ def test_a_source_edit_after_launch_does_not_reach_a_queued_cell(sweep_file, tmp
 
 
 def test_a_relaunch_that_resumes_a_cell_says_so_in_its_row(sweep_file, tmp_path):
-    path = sweep_file('kind = "smoke"\nsteps = 24\nstep_seconds = 0.5\n', "resume.toml")
+    # 20 s of steps: submitit ignores scancel's SIGTERM, so the job steps on for KillWait (5 s) until SIGKILL;
+    # it must still be far from its end then, on a loaded machine too
+    path = sweep_file('kind = "smoke"\nsteps = 40\nstep_seconds = 0.5\n', "resume.toml")
     assert launch(path, tmp_path).returncode == 0
     ((key, job_id),) = manifest_jobs(tmp_path, "resume").items()
-    wait_for(lambda: (tmp_path / "runs" / key / "checkpoint.pt").exists(), 60, "a checkpoint")
-    time.sleep(1.5)
+    wait_for(lambda: (tmp_path / "runs" / key / "checkpoint.pt").exists(), 120, "a checkpoint")
     subprocess.run(["scancel", job_id], check=True)  # cancelled: no result, a checkpoint
-    wait_for(lambda: not subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True)
-             .stdout.strip(), 60, "the cancelled job to leave the queue")
+    wait_for(lambda: not in_queue(job_id), 120, "the cancelled job to leave the queue")
     assert results.cell_status(tmp_path / "runs", key) is None
     proc = launch(path, tmp_path, "--wait")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -451,10 +450,7 @@ def test_status_logs_and_cancel_on_slurm(sweep_file, tmp_path):
     assert cancel.returncode == 0 and f"cancelled 1 cell(s): {long['key']}" in cancel.stdout, cancel.stderr
     out, _ = follower.communicate(timeout=120)  # ... and returns once the job has ended
     assert f"==> {long['log']} <==" in out
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and long["job_id"] in subprocess.run(
-            ["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True).stdout.split():
-        time.sleep(1)
+    wait_for(lambda: not in_queue(long["job_id"]), 120, "the cancelled job to leave the queue")
     rows = pl.read_parquet(results.result_path(tmp_path / "runs", long["key"]))
     assert rows["status"].to_list() == ["cancelled"]  # one result, saying what happened
     final = launch_cmd(tmp_path, "status", "--sweep", str(path)).stdout

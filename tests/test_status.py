@@ -6,11 +6,11 @@ tests/test_slurm.py runs the same commands against the real Slurm."""
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import polars as pl
 import pytest
+from waiting import wait_for
 
 import launch
 from nfjobs import results
@@ -122,9 +122,7 @@ def test_cancel_stops_a_local_cell_and_leaves_it_one_cancelled_result(tmp_path, 
     key, proc = smoke_cell(runs, steps=600, log_dir=tmp_path / "logs")
     write_result(runs, "done-1", "ok")
     manifest(runs, {key: "long", "done-1": "quick"}, {key: f"local:{proc.pid}", "done-1": "local:1"})
-    deadline = time.monotonic() + 60
-    while not (runs / key / "checkpoint.pt").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)  # it has started stepping
+    wait_for(lambda: (runs / key / "checkpoint.pt").exists(), 120, "the cell to start stepping", poll_s=0.2)
     assert results.cell_states("s", runs).filter(pl.col("key") == key)["state"][0] == "running"
 
     assert launch.main(["cancel", "--sweep", "s", "--runs-root", str(runs)]) == 0
@@ -141,7 +139,8 @@ def test_cancel_stops_a_local_cell_and_leaves_it_one_cancelled_result(tmp_path, 
 
 def test_cancel_failed_only_and_by_cell_leave_the_other_cells_running(tmp_path, capsys):
     runs = tmp_path / "runs"
-    sleepers = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) for _ in range(3)]
+    # they outlive the test however slow the machine is (killed at its end): "fresh" must still run at the end
+    sleepers = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"]) for _ in range(3)]
     try:
         write_result(runs, "retrying", "failed", "RuntimeError: first try failed")
         manifest(runs, {"retrying": "g", "fresh": "g", "other": "g"},

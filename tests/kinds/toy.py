@@ -3,6 +3,7 @@
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from nfjobs.config import DataConfig, OptimConfig, runtime_field
@@ -35,6 +36,8 @@ class Config:
     """How often to log (does not change results)."""
     sleep_s: float = runtime_field(0.0)
     """Seconds to sleep before returning (to make cells overlap in dispatch tests)."""
+    gate: str = runtime_field("")
+    """A file to wait for (5 minutes at most) before returning: orders cells in dispatch tests without a clock."""
     report_threads: bool = runtime_field(False)
     """Add the threads torch uses (`omp_threads`: the environment's, `torch_threads`) to the rows."""
 
@@ -51,6 +54,9 @@ def check(cfg: Config) -> list[tuple[str, str]]:
 
 def run(cfg: Config, ctx) -> list[dict]:
     time.sleep(cfg.sleep_s)
+    deadline = time.monotonic() + 300
+    while cfg.gate and not Path(cfg.gate).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
     if cfg.fail:
         raise ValueError("toy job asked to fail")
     upstream = ""
