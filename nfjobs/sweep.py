@@ -39,8 +39,10 @@ class SweepError(Exception):
     """One or more problems with sweep files; `str()` lists them, one per line."""
 
     def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("\n".join(problems))
+        # one line per problem whatever the files and flags hold: a newline or other control character in a
+        # name, key or value is written as its escape
+        self.problems = ["".join(c if c.isprintable() else repr(c)[1:-1] for c in text) for text in problems]
+        super().__init__("\n".join(self.problems))
 
 
 @dataclass(frozen=True)

@@ -141,6 +141,22 @@ def test_a_bad_reference_to_a_groups_key_is_named(text, words, sweep_file):
     assert words in msg
 
 
+@pytest.mark.parametrize(("text", "words"), [
+    ('head.width = "@up.head.width\\nINJECT"', "references @up.head.width\\nINJECT: group up"),
+    ('upstream = "@up\\nx"', "references @up\\nx: no such group"),
+    ('"head\\nx" = 1', "head\\nx: unknown key"),
+])
+def test_a_newline_from_the_file_is_escaped_so_each_problem_is_one_line(text, words, sweep_file):
+    msg = problems_of(sweep_file('[[group]]\nname = "up"\nkind = "toy"\n'
+                                 f'[[group]]\nname = "mid"\nkind = "toy"\n{text}\n'))
+    assert words in msg and len(msg.splitlines()) == 1
+
+
+def test_a_newline_in_a_flag_is_escaped_so_its_problem_is_one_line(sweep_file):
+    msg = problems_of(sweep_file('kind = "toy"\n'), overrides=[Override("optim.l\nr", "1")])
+    assert "command line: --optim.l\\nr: unknown key" in msg and len(msg.splitlines()) == 1
+
+
 def test_group_names_with_dots_are_read_before_keys(sweep_file):
     cells = expand([sweep_file('[[group]]\nname = "a.b"\nkind = "toy"\nhead.width = 5\n'
                                '[[group]]\nname = "c"\nkind = "toy"\nhead.width = "@a.b.head.width"\n'
