@@ -449,7 +449,7 @@ def cancel(args: Cancel) -> int:
 
 
 def kinds(args: Kinds) -> int:
-    from nfjobs.jobs import UnknownKind, describe_kinds
+    from nfjobs.kinds import UnknownKind, describe_kinds
 
     try:
         print(describe_kinds())

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import tyro
 
-from nfjobs.jobs import load_kind
+from nfjobs.kinds import load_kind
 
 
 @dataclass(frozen=True)

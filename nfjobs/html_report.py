@@ -104,7 +104,7 @@ def outcome(runs_root: Path, key: str) -> tuple[str, str]:
 def config_columns(kind: str, columns: list[str]) -> list[str]:
     """The result columns of `kind` that are config fields (from its Config's defaults), in table order."""
     try:
-        from nfjobs.jobs import load_kind
+        from nfjobs.kinds import load_kind
         from nfjobs.runner import config_columns as flatten
 
         names = set(flatten(load_kind(kind).Config()))

@@ -81,7 +81,7 @@ def plan(cells: Sequence[Cell], runs_root: Path, force: bool = False,
 
 def specs(cells: Sequence[Cell], runs_root: Path, code_hash: str = "") -> list[CellSpec]:
     """What each worker needs, with this launch's provenance (one launch id: a requeued pack knows what it did)."""
-    from nfjobs.jobs import load_kind
+    from nfjobs.kinds import load_kind
 
     launch_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     prov = {**git_provenance(), "run.code_hash": code_hash, "run.launch_id": launch_id}

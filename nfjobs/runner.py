@@ -22,7 +22,7 @@ from typing import Any
 
 from nfjobs import parts, results, typed
 from nfjobs.context import Context, atomic_write_bytes
-from nfjobs.jobs import load_kind
+from nfjobs.kinds import load_kind
 from nfjobs.results import result_path, write_rows
 
 RESERVED_COLUMNS = {"sweep", "key", "kind", "group", "status", "error"}

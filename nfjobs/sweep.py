@@ -18,7 +18,7 @@ from typing import Any
 
 from nfjobs import config as shared
 from nfjobs import typed
-from nfjobs.jobs import UnknownKind, load_kind
+from nfjobs.kinds import UnknownKind, load_kind
 
 RESERVED = {"kind", "name", "zip", "group", "slurm", "sweep"}
 """Top-level / group keys that are not config fields."""

@@ -11,7 +11,7 @@ import tyro
 
 import launch
 from nfjobs import sweep
-from nfjobs.jobs import load_kind
+from nfjobs.kinds import load_kind
 
 ROOT = Path(__file__).parent.parent
 

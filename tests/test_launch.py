@@ -280,7 +280,7 @@ def test_run_single_runs_one_config_and_then_skips_it(tmp_path, capsys):
 
 
 def test_no_job_kind_imports_torch_at_import_time():
-    code = ("import sys; from nfjobs.jobs import KINDS, load_kind; [load_kind(k) for k in KINDS]; "
+    code = ("import sys; from nfjobs.kinds import KINDS, load_kind; [load_kind(k) for k in KINDS]; "
             "import launch, nfjobs.sweep, nfjobs.plan, nfjobs.local, nfjobs.slurm, nfjobs.results; "
             "print(sorted(m for m in ('torch', 'torchvision', 'sklearn', 'numba') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

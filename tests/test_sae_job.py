@@ -7,7 +7,8 @@ import torch
 
 from nfjobs.activations import CacheWriter
 from nfjobs.context import Context
-from nfjobs.jobs import KINDS, sae, score
+from nfjobs.jobs import sae, score
+from nfjobs.kinds import KINDS
 from nfjobs.scoring import scorers
 
 TINY = dict(width=16, l1=1e-3, lr=3e-3, epochs=3, batch=64, shuffle_images=4, device="cpu")

@@ -307,7 +307,7 @@ PROJECT = '[tool.nfjobs.kinds]\ntoy = "tests.kinds.toy"\nbroken = "tests.kinds.b
 
 @pytest.fixture
 def declared_broken_kind():
-    from nfjobs.jobs import register, unregister
+    from nfjobs.kinds import register, unregister
 
     register("broken", "tests.kinds.broken")
     yield
@@ -401,7 +401,7 @@ def test_the_cell_limit_counts_every_group_and_is_raised_by_a_flag(sweep_file):
 
 
 def test_kind_names_are_declared_not_imported(sweep_file):
-    from nfjobs.jobs import UnknownKind, describe_kinds, register
+    from nfjobs.kinds import UnknownKind, describe_kinds, register
 
     assert "valid kinds: broken" not in problems_of(sweep_file('kind = "nfjobs.jobs.smoke"\n'))
     assert "unknown job kind 'nfjobs.jobs.smoke'" in problems_of(sweep_file('kind = "nfjobs.jobs.smoke"\n'))
@@ -420,7 +420,7 @@ def test_an_installed_packages_entry_point_declares_a_kind(tmp_path, monkeypatch
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: mykinds\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[nfjobs.kinds]\nplugged = tests.kinds.toy\n")
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    from nfjobs.jobs import describe_kinds
+    from nfjobs.kinds import describe_kinds
 
     assert "entry point (mykinds)" in describe_kinds()
     cells = expand([sweep_file('kind = "plugged"\nhead.width = [1, 2]\n')])
