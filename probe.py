@@ -3,7 +3,7 @@ Sweeps (caches and probes together) go through launch.py."""
 
 import sys
 
-from nfjobs.cli import run_single
+from nfjobs.commands.single import run_single
 
 if __name__ == "__main__":
     sys.exit(run_single("probe"))

@@ -2,7 +2,7 @@
 
 import sys
 
-from nfjobs.cli import run_single
+from nfjobs.commands.single import run_single
 
 if __name__ == "__main__":
     sys.exit(run_single("train"))

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from nfjobs import snapshot
+from nfjobs.store import snapshot
 
 PROBE = """
 import time

@@ -17,6 +17,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from nfjobs.store.layout import run_dir
+from nfjobs.store import rows as stored
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -51,7 +53,7 @@ def main() -> None:
 
     runs = Path(args.runs_root or tempfile.mkdtemp(prefix="packing-bench-"))
     cells = sweep.expand([args.sweep])
-    upstream = [c for c in cells if c.kind != args.kind and results.cell_status(runs, c.key) != "ok"]
+    upstream = [c for c in cells if c.kind != args.kind and stored.status(runs, c.key) != "ok"]
     targets = [c for c in cells if c.kind == args.kind]
     t0 = time.monotonic()
     local.run_debug(upstream, runs)
@@ -69,7 +71,7 @@ def main() -> None:
         outcomes = slurm.wait(jobs, runs, poll_s=1.0)
         wall = time.monotonic() - start
         times = sacct_times({j.job_id for j in jobs.values()})
-        rows = pl.concat([pl.read_parquet(results.result_path(runs, c.key), columns=["run.seconds"]) for c in targets])
+        rows = pl.concat([pl.read_parquet(run_dir(runs, c.key).result, columns=["run.seconds"]) for c in targets])
         queue = sum((s - sub).total_seconds() for sub, s, _ in times)
         task = sum((e - s).total_seconds() for _, s, e in times)
         cell = float(rows["run.seconds"].sum())

@@ -27,6 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 from nfjobs import plots, results, typed  # noqa: E402
 from nfjobs.jobs import train  # noqa: E402
+from nfjobs.store.layout import run_dir
+from nfjobs import reporting
 
 GRID = "reconstructions.png"
 DEFAULT = "ginr_default"
@@ -137,7 +139,7 @@ def grids(runs_root: Path, rows: pl.DataFrame, out: Path) -> list[Path]:
     written, ginr = [], []
     for model in ("ginr", "jepa"):
         for key, label in _labels(rows, _cells(rows, model)).items():
-            src = results.run_dir_for(runs_root, key) / GRID
+            src = run_dir(runs_root, key).path / GRID
             if not src.is_file():
                 continue
             dst = out / f"recon_{label.replace(' ', '_')}.png"
@@ -207,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                        title="Mamba-GINR lr check: val PSNR while training")
     written = grids(runs_root, rows, out)
 
-    md = lambda df: results.to_markdown(df) if not df.is_empty() else "(no rows)"  # noqa: E731
+    md = lambda df: reporting.to_markdown(df) if not df.is_empty() else "(no rows)"  # noqa: E731
     parts = [f"# Seeds 002 and 003: `{a.sweep}` under `{runs_root}`", "",
              "## Mamba-GINR (seed 003): val PSNR (dB, whole val split) per variant, at the end", "",
              md(ginr_table(rows)), "",

@@ -33,6 +33,16 @@ def is_runtime(f: dataclasses.Field) -> bool:
     return bool(f.metadata.get(RUNTIME, False))
 
 
+FLAG = "nfjobs.flag"
+"""Field metadata: the launcher flag that sets this Slurm setting, where it is not the field's own name."""
+
+
+def slurm_flags() -> dict[str, str]:
+    """Launcher flag (as a field name: `slurm_acct`) -> SlurmConfig field (`account`), for every Slurm setting:
+    `launch.py run` has one flag per SlurmConfig field, made from it."""
+    return {f.metadata.get(FLAG, f.name): f.name for f in dataclasses.fields(SlurmConfig)}
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Which images a job reads."""
@@ -115,9 +125,9 @@ class OptimConfig:
 class SlurmConfig:
     """Where and how cells run. Empty `account` means no Slurm (local subprocesses)."""
 
-    account: str = ""
+    account: str = field(default="", metadata={FLAG: "slurm_acct"})
     """Slurm account (`--account`). Empty: run on this machine instead of submitting."""
-    partition: str = ""
+    partition: str = field(default="", metadata={FLAG: "slurm_partition"})
     """Slurm partition (`--partition`); empty uses the cluster's default."""
     n_hours: float = 1.0
     """Time limit of each job in hours."""
@@ -131,7 +141,7 @@ class SlurmConfig:
     """Quality of service (`--qos`)."""
     constraint: str = ""
     """Node features (`--constraint`), e.g. `a100|h100`."""
-    extra: tuple[str, ...] = ()
+    extra: tuple[str, ...] = field(default=(), metadata={FLAG: "sbatch"})
     """Extra sbatch parameters as `key=value`, e.g. `reservation=mine` or `exclude=node03`."""
     max_parallel: int = 0
     """Most cells running at once (Slurm array `%N`, or local subprocesses); 0 = no limit on Slurm, 2 locally."""

@@ -3,7 +3,6 @@
 Jobs never talk to Slurm; this is their whole view of where and how they run.
 """
 
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -11,54 +10,10 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, TypeVar
 
 from nfjobs.metrics import MetricsLog, Progress
+from nfjobs.store.files import atomic_write_bytes, atomic_write_with, load_tensors, UnsafeCheckpoint  # noqa: F401  (moving to nfjobs.store)
+from nfjobs.store.layout import RunDir, is_safe_name, looks_like_path  # noqa: F401
 
 T = TypeVar("T")
-OUTPUTS_FILE = "outputs.json"
-
-
-def run_dir_for(runs_root: Path | str, key: str) -> Path:
-    """Directory holding every artefact of the cell `key` (checkpoints, images, result.parquet)."""
-    return Path(runs_root) / key
-
-
-def looks_like_path(ref: str) -> bool:
-    """A reference (`init_from`, `checkpoint`, `activations`, ...) written as a path rather than a cell key."""
-    return "/" in ref or ref.startswith((".", "~"))
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so a reader sees the old file or the new one, never a torn one."""
-    atomic_write_with(path, lambda f: f.write(data))
-
-
-def atomic_write_with(path: Path, write) -> None:
-    """`write(binary file)` into a temporary file beside `path`, then rename it to `path` (atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-class UnsafeCheckpoint(ValueError):
-    """A checkpoint that holds more than tensors and plain containers (loading it would run arbitrary code)."""
-
-
-def load_tensors(path: Path | str, map_location: Any = "cpu") -> Any:
-    """A `torch.save` file holding only tensors and plain containers (dicts, lists, numbers, strings), read with
-    `weights_only=True`: a file that needs arbitrary unpickling is refused, never executed."""
-    import pickle
-
-    import torch
-
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise UnsafeCheckpoint(f"{path}: not a plain checkpoint (tensors, dicts, lists, numbers and strings only); "
-                               f"it needs arbitrary unpickling, which is refused: {first}") from None
 
 
 @dataclass
@@ -88,17 +43,22 @@ class Context:
     _last_record: dict = field(default_factory=dict, init=False, repr=False)
 
     @property
+    def files(self) -> RunDir:
+        """The run directory's layout (created on first use)."""
+        found = RunDir(self.runs_root, self.key)
+        found.ensure()
+        return found
+
+    @property
     def run_dir(self) -> Path:
-        d = run_dir_for(self.runs_root, self.key)
-        d.mkdir(parents=True, exist_ok=True)
-        return d
+        return self.files.path
 
     def resolve(self, ref: str) -> Path:
         """Run directory of another cell (by key), or `ref` itself if it is an existing path."""
         path = Path(ref).expanduser()
         if path.exists():
             return path
-        candidate = run_dir_for(self.runs_root, ref)
+        candidate = RunDir(self.runs_root, ref).path if is_safe_name(ref) else path
         if candidate.exists():
             return candidate
         raise FileNotFoundError(f"{ref!r} is neither an existing path nor a cell key under {self.runs_root}")
@@ -113,7 +73,7 @@ class Context:
     # ---------------------------------------------------------------- checkpoints
     @property
     def checkpoint_path(self) -> Path:
-        return self.run_dir / "checkpoint.pt"
+        return self.files.checkpoint
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         """Atomically save `state` (anything `torch.save` takes); the last one wins."""
@@ -145,7 +105,7 @@ class Context:
         scorer under `<runs_root>/scorers/`): `--force` deletes it with the run directory, so it is rebuilt."""
         import json
 
-        index = self.run_dir / OUTPUTS_FILE
+        index = self.files.outputs
         known = json.loads(index.read_text()) if index.exists() else []
         if str(Path(path).resolve()) not in known:
             atomic_write_bytes(index, json.dumps([*known, str(Path(path).resolve())]).encode())

@@ -17,9 +17,11 @@ from typing import Any
 
 import polars as pl
 
-from nfjobs import plots, results
-from nfjobs.context import run_dir_for
-from nfjobs.metrics import METRICS_FILE
+from nfjobs import plots, reporting, results
+from nfjobs.kinds import load_kind
+from nfjobs.store import manifest as manifests
+from nfjobs.store import rows as stored
+from nfjobs.store.layout import RECONSTRUCTIONS, run_dir
 
 SAFE_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -88,13 +90,13 @@ def outcome(runs_root: Path, key: str) -> tuple[str, str]:
     if found is not None:
         got = found(runs_root, key)
         return got if got is not None else ("no result", "")
-    state = results.cell_status(runs_root, key)
+    state = stored.status(runs_root, key)
     if state is None:
         return "no result", ""
     if state == "ok":
         return "ok", ""
     try:
-        errors = pl.read_parquet(results.result_path(runs_root, key), columns=["error"])["error"].drop_nulls()
+        errors = pl.read_parquet(run_dir(runs_root, key).result, columns=["error"])["error"].drop_nulls()
     except Exception:  # noqa: BLE001 - an unreadable error column leaves the line empty
         errors = pl.Series([], dtype=pl.String)
     lines = [x.strip() for x in (errors[0] if len(errors) else "").splitlines() if x.strip()]
@@ -104,10 +106,7 @@ def outcome(runs_root: Path, key: str) -> tuple[str, str]:
 def config_columns(kind: str, columns: list[str]) -> list[str]:
     """The result columns of `kind` that are config fields (from its Config's defaults), in table order."""
     try:
-        from nfjobs.kinds import load_kind
-        from nfjobs.runner import config_columns as flatten
-
-        names = set(flatten(load_kind(kind).Config()))
+        names = set(stored.config_columns(load_kind(kind).Config()))
     except Exception:  # noqa: BLE001 - a kind that cannot be loaded here: show no config columns
         return []
     return [c for c in columns if c in names]
@@ -166,11 +165,11 @@ def _tables_and_figures(rows: pl.DataFrame, runs_root: Path, out: Path) -> tuple
             val = _with_fields(mine.filter(pl.col("split") == "val"))
             if not val.is_empty():
                 tables.append("<h3>train: val PSNR (dB)</h3>"
-                              + html_table(results.report(val, ["field", "eval_context_frac"], "psnr")))
+                              + html_table(reporting.report(val, ["field", "eval_context_frac"], "psnr")))
                 figure("psnr_vs_context", plots.psnr_vs_context, mine)
             curves = {}
             for key in mine["key"].unique().sort().to_list():
-                if safe_key(key) and (run_dir_for(runs_root, key) / METRICS_FILE).exists():
+                if safe_key(key) and run_dir(runs_root, key).metrics.exists():
                     label = f"{_with_fields(mine.filter(pl.col('key') == key))['field'][0]} {key[:8]}"
                     curves[label] = results.load_metrics(runs_root, key, phase="epoch")
             if any(not c.is_empty() for c in curves.values()):
@@ -208,7 +207,7 @@ def _cells_section(cells: dict[str, dict], states: dict[str, tuple[str, str]], r
         state = states[key][0]
         _cell_page(key, info, state, rows, runs_root, out)
         grid = ""
-        if copy_png(run_dir_for(runs_root, key) / "reconstructions.png", out / "cells" / f"{key}.png", runs_root):
+        if copy_png(run_dir(runs_root, key) / RECONSTRUCTIONS, out / "cells" / f"{key}.png", runs_root):
             grid = (f'<figure><img src="cells/{esc(key)}.png" alt="reconstructions of {esc(key)}">'
                     f"<figcaption>{esc(key)}: reconstruction grid</figcaption></figure>")
         items.append(f'<tr><td class="t"><a href="cells/{esc(key)}.html">{esc(key)}</a></td>'
@@ -220,8 +219,7 @@ def _cells_section(cells: dict[str, dict], states: dict[str, tuple[str, str]], r
 
 def _cell_page(key: str, info: dict, state: str, rows: pl.DataFrame, runs_root: Path, out: Path) -> None:
     """`cells/<key>.html`: the cell's config (its config.json, else the config columns of its result rows)."""
-    run_dir = run_dir_for(runs_root, key)
-    config_file = run_dir / "config.json"
+    config_file = run_dir(runs_root, key).config
     body = ""
     if config_file.is_file() and not config_file.is_symlink() and _inside(config_file, runs_root):
         try:
@@ -256,7 +254,7 @@ def write(sweep: str, runs_root: Path | str, out_dir: Path | str) -> Path:
     """Write the page of `sweep` (its name, or its .toml) under `out_dir`; returns `out_dir/index.html`."""
     runs_root, out = Path(runs_root), Path(out_dir)
     name = results.sweep_name(sweep)
-    manifest = results.read_manifest(runs_root, name)
+    manifest = manifests.read(runs_root, name)
     if not manifest["cells"]:
         raise FileNotFoundError(f"no launched sweep named {name!r} under {runs_root}")
     cells: dict[str, dict] = {str(k): v if isinstance(v, dict) else {} for k, v in manifest["cells"].items()}

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+from nfjobs.errors import UserError
+
 KINDS: dict[str, str] = {
     "train": "nfjobs.jobs.train",
     "cache": "nfjobs.jobs.cache",
@@ -39,7 +41,7 @@ NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
 MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
-class UnknownKind(ValueError):
+class UnknownKind(UserError, ValueError):
     pass
 
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-METRICS_FILE = "metrics.jsonl"
+from nfjobs.store.layout import METRICS as METRICS_FILE  # noqa: E402
 RECORD_FIELDS = ("step", "wall_s", "time", "phase", "attempt")
 """Fields of a metrics record beside its metrics (no metric may be named like one)."""
 TRACKERS_ENV = "NFJOBS_TRACKERS"

@@ -267,3 +267,22 @@ def parse_tokens(tokens: str | tuple[str, ...] | list[str], tp: Any) -> Any:
     if len(tokens) != 1:
         raise TypeMismatch(describe(tp) if tp is not bool else "true or false", " ".join(tokens))
     return parse_string(tokens[0], tp)
+
+
+@functools.cache
+def attribute_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of a dataclass (what tyro shows as its help), by field name."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    except (OSError, TypeError, SyntaxError, IndexError, AttributeError):
+        return {}
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs

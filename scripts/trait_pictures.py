@@ -14,6 +14,7 @@ import argparse
 import shutil
 import sys
 from pathlib import Path
+from nfjobs.store.layout import run_dir
 
 MAX_BYTES = 16 << 20
 
@@ -23,7 +24,6 @@ def collect(sweep: list[str], runs_root: Path, out: Path, key: str = "") -> dict
     import polars as pl
 
     from nfjobs import plots, results
-    from nfjobs.context import run_dir_for
     from nfjobs.scoring import report
 
     rows = pl.concat([results.load(s, runs_root).collect() for s in sweep], how="diagonal_relaxed")
@@ -47,7 +47,7 @@ def collect(sweep: list[str], runs_root: Path, out: Path, key: str = "") -> dict
     elif key not in rows["key"].to_list():
         raise ValueError(f"--key {key!r} is not a finished score cell of {', '.join(sweep)}")
     cell = rows.filter(pl.col("key") == key).row(0, named=True)
-    source = run_dir_for(runs_root, key) / "pictures"
+    source = run_dir(runs_root, key).path / "pictures"
     if not (source / "index.html").is_file():
         raise ValueError(f"{source} has no index.html (was the cell run with pictures_top_k = 0?)")
     target = out / "pictures"

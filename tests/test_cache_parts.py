@@ -18,8 +18,9 @@ from nfjobs import activations, parts
 from nfjobs.activations import CacheError, open_cache, part_shards, shard_path
 from nfjobs.config import DataConfig
 from nfjobs.jobs import cache
-from nfjobs.results import RESULT_FILE, cell_status
-from nfjobs.runner import CellSpec, run_cell
+from nfjobs.store.layout import RESULT as RESULT_FILE
+from nfjobs.store.rows import status as cell_status
+from nfjobs.worker import CellSpec, run_cell
 
 DATA = DataConfig(builtin_n=40, val_frac=0.25)  # 30 train, 10 val images
 ROOT = Path(__file__).parent.parent
@@ -86,7 +87,7 @@ def test_a_failed_part_fails_the_cell_and_a_relaunch_finishes_it(tmp_path, monke
 HANGING_PART = """
 import sys, time
 from nfjobs import activations
-from nfjobs.runner import run_cell
+from nfjobs.worker import run_cell
 import pickle
 spec = pickle.loads(bytes.fromhex(sys.argv[1]))
 write = activations.CacheWriter.write_shard

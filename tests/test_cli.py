@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import tyro
 
-import launch
+from nfjobs import commands as launch
 from nfjobs import sweep
 from nfjobs.kinds import load_kind
 
@@ -20,7 +20,7 @@ def launch_config(kind: str, flags: list[str], sweep_file) -> object:
     """The config launch.py builds for a one-cell sweep of `kind` with these override flags."""
     data = '[data]\nname = "builtin"\n' if kind == "train" else ""
     path = sweep_file(f'kind = "{kind}"\n{data}[sweep]\nseeds = "fixed"\n')  # seeds as typed, not per cell
-    rest, overrides = launch.split_overrides(["--sweep", str(path), *flags], {"sweep"})
+    rest, overrides = launch.run.split_overrides(["--sweep", str(path), *flags], {"sweep"})
     assert rest == ["--sweep", str(path)]
     (cell,) = sweep.expand([path], overrides)
     return cell.config
@@ -74,7 +74,7 @@ def test_each_subcommand_has_its_own_help(command, own, not_own):
 def test_the_top_level_help_lists_every_subcommand():
     proc = subprocess.run([sys.executable, "launch.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0
-    assert all(c in proc.stdout for c in launch.COMMANDS)
+    assert all(c in proc.stdout for c in launch.VERBS)
 
 
 def test_kinds_lists_the_registered_job_kinds(capsys):

@@ -15,7 +15,10 @@ from nfjobs import html_report, results
 from nfjobs.context import Context
 from nfjobs.jobs import smoke
 from nfjobs.nf.training import save_grid
-from nfjobs.runner import CellSpec, run_cell
+from nfjobs.worker import CellSpec, run_cell
+from nfjobs.store.layout import run_dir
+from nfjobs.store import rows as stored
+from nfjobs.store import manifest
 
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 
@@ -77,7 +80,7 @@ def sweep(tmp_path_factory) -> Path:
         ctx.close()
         save_grid(ctx.run_dir / "reconstructions.png", [torch.rand(4, 3, 8, 8) for _ in range(4)],
                   labels=["ground truth", "context 10%", "context 20%", "context 100%"], title=model)
-        results.write_rows(results.result_path(runs, key), [
+        stored.write_rows(run_dir(runs, key).result, [
             {"sweep": "demo", "key": key, "kind": "train", "group": "nf", "status": "ok", "error": "",
              "model": model, "context_frac": frac, "nce_weight": 0.0, "init_from": "", "seed": 0, "split": split,
              "eval_context_frac": f, "psnr": 20.0 + 5 * f + i, "epoch": 2}
@@ -85,19 +88,19 @@ def sweep(tmp_path_factory) -> Path:
         cells[key] = {"kind": "train", "group": "nf", "stage": 0, "source": "s.toml"}
     for seed in (0, 1):
         key = f"probe-{seed}"
-        results.write_rows(results.result_path(runs, key), [
+        stored.write_rows(run_dir(runs, key).result, [
             {"sweep": "demo", "key": key, "kind": "probe", "group": "probes", "status": "ok", "error": "", "seed": seed,
              "representation": HOSTILE, "context": "full", "probe": "linear", "tdsm_mode": "frozen",
              "accuracy": 0.5 + 0.1 * seed, "train_s": 1.0}])
         cells[key] = {"kind": "probe", "group": "probes", "stage": 1, "source": "s.toml"}
-    results.write_rows(results.result_path(runs, "score-0"), [
+    stored.write_rows(run_dir(runs, "score-0").result, [
         {"sweep": "demo", "key": "score-0", "kind": "score", "group": "traits", "status": "ok", "error": "",
          "row_type": "summary", "scorer": "kmeans", "n_prototypes": 8, "n_train_images": n, "map": 0.3,
          "ap_q05": 0.1, "ap_q95": 0.7, "constant_map": 0.1} for n in (16, 64)])
     cells["score-0"] = {"kind": "score", "group": "traits", "stage": 2, "source": "s.toml"}
     cells["not-run"] = {"kind": "smoke", "group": "g", "stage": 0, "source": "s.toml"}
     cells["../../etc"] = {"kind": "smoke", "group": "g", "stage": 0, "source": "s.toml"}  # never a file name
-    results.write_manifest(runs, {"sweep": "demo", "cells": cells, "jobs": {}})
+    manifest.write(runs, {"sweep": "demo", "cells": cells, "jobs": {}})
     return runs
 
 

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 import torch
 
-import launch
+from nfjobs import commands as launch
 from nfjobs import results
 from nfjobs.activations import open_cache
 from nfjobs.config import DataConfig

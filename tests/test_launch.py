@@ -9,9 +9,11 @@ import polars as pl
 import pytest
 from waiting import open_gate_when
 
-import launch
+from nfjobs import commands as launch
 from nfjobs import results
 from nfjobs.sweep import expand
+from nfjobs.store import rows as stored
+from nfjobs.store import manifest as manifests
 
 ROOT = Path(__file__).parent.parent
 FIXTURES = Path(__file__).parent / "sweeps"
@@ -96,7 +98,7 @@ def test_local_mode_starts_a_cell_when_its_upstream_ends_not_when_its_stage_does
                       '[[group]]\nname = "down"\nkind = "toy"\nupstream = "@up"\n')
     (down,) = [c.key for c in expand([path]) if c.group == "down"]
     # `slow` ends only once `down` has a result (not after a fixed time, which a loaded machine can outlast)
-    open_gate_when(gate, lambda: results.cell_status(runs, down) is not None)
+    open_gate_when(gate, lambda: stored.status(runs, down) is not None)
     assert run_launch("--sweep", str(path), "--max-parallel", "3", runs=runs) == 0
     df = results.load(path, runs).collect().group_by("group").agg(pl.col("run.start").min(), pl.col("run.end").max())
     t = {g: (s, e) for g, s, e in df.iter_rows()}
@@ -118,7 +120,7 @@ def test_local_mode_reports_results_blocks_dependants_and_records_pids_logs_and_
     assert row["down"][:2] == ("blocked", f"upstream {row['up'][2]} failed")
     assert f"{row['up'][2]} (up): failed: ValueError: toy job asked to fail" in err  # the result, not FINISHED
     assert f"{row['down'][2]} (down): blocked: upstream {row['up'][2]} failed" in err and "FINISHED" not in err
-    manifest = results.read_manifest(runs, "s")
+    manifest = manifests.read(runs, "s")
     first_stage = [k for k, c in manifest["cells"].items() if c["group"] != "down"]
     assert len({manifest["jobs"][k] for k in first_stage}) == 1  # four cells of one stage packed in one worker
     assert manifest["jobs"][row["up"][2]].startswith("local:") and row["down"][2] not in manifest["jobs"]
@@ -175,7 +177,7 @@ def test_local_mode_gives_each_gpu_cell_its_own_gpus_and_the_rest_none(sweep_fil
                       '[group.slurm]\ngpus_per_node = 1\n'
                       '[[group]]\nname = "cpu"\nkind = "toy"\n')
     (cpu_key,) = [c.key for c in expand([path]) if c.group == "cpu"]
-    open_gate_when(gate, lambda: results.cell_status(runs, cpu_key) is not None)  # GPU cells end after the CPU one
+    open_gate_when(gate, lambda: stored.status(runs, cpu_key) is not None)  # GPU cells end after the CPU one
     assert run_launch("--sweep", str(path), "--max-parallel", "4", runs=runs) == 0
     df = results.load(path, runs).collect().unique("key")
     cpu, gpu = df.filter(pl.col("group") == "cpu"), df.filter(pl.col("group") == "gpu").sort("run.start")
@@ -268,7 +270,7 @@ def test_single_config_clis_show_readable_help(script, flag):
 
 
 def test_run_single_runs_one_config_and_then_skips_it(tmp_path, capsys):
-    from nfjobs.cli import run_single
+    from nfjobs.commands.single import run_single
 
     argv = ["--steps", "2", "--label", "cli", "--runs-root", str(tmp_path)]
     assert run_single("smoke", argv) == 0
@@ -281,7 +283,7 @@ def test_run_single_runs_one_config_and_then_skips_it(tmp_path, capsys):
 
 def test_no_job_kind_imports_torch_at_import_time():
     code = ("import sys; from nfjobs.kinds import KINDS, load_kind; [load_kind(k) for k in KINDS]; "
-            "import launch, nfjobs.sweep, nfjobs.plan, nfjobs.local, nfjobs.slurm, nfjobs.results; "
+            "import launch, nfjobs.sweep, nfjobs.orchestration.launching, nfjobs.commands, nfjobs.results; "
             "print(sorted(m for m in ('torch', 'torchvision', 'sklearn', 'numba') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -312,7 +314,7 @@ def test_report_says_what_it_excluded_and_fails_cleanly_on_bad_input(sweep_file,
     with pytest.raises(SystemExit) as exc:
         launch.main(["report", "--sweep", "unknown", "--runs-root", str(runs), "--metric", "m"])
     err = capsys.readouterr().err
-    assert exc.value.code == 2 and "no sweep named 'unknown'" in err and len(err.strip().splitlines()) == 1
+    assert exc.value.code == 2 and "no launched sweep named 'unknown'" in err and len(err.strip().splitlines()) == 1
 
 
 def test_a_finished_launch_says_where_its_results_are_and_what_to_run_next(sweep_file, tmp_path, capsys):
@@ -320,7 +322,8 @@ def test_a_finished_launch_says_where_its_results_are_and_what_to_run_next(sweep
     path = sweep_file('kind = "toy"\nhead.width = [4, 8]\n')
     assert run_launch("--sweep", str(path), "--debug", runs=runs) == 0
     out = capsys.readouterr().out
-    assert f"rows: 2 result file(s), runs/<key>/result.parquet under {runs}/" in out
+    assert f"rows: 2 result file(s), <key>/result.parquet under {runs}/" in out
+    assert f"results.load('s', runs_root={str(runs)!r})" in out  # the Python hint finds them too
     assert f"next: uv run launch.py report --sweep {path} --runs-root {runs} --by head.width" in out
     assert f"uv run launch.py status --sweep {path} --runs-root {runs}" in out
 

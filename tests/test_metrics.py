@@ -13,7 +13,7 @@ from nfjobs.config import DataConfig
 from nfjobs.context import Context
 from nfjobs.jobs import smoke
 from nfjobs.metrics import METRICS_FILE, Progress
-from nfjobs.runner import CellSpec, run_cell
+from nfjobs.worker import CellSpec, run_cell
 
 
 def lines(runs: Path, key: str) -> list[dict]:

@@ -127,7 +127,7 @@ def test_report_table(tmp_path):
 
 def test_prototype_sweeps_expand_and_the_tiny_one_runs_to_the_table(tmp_path, capsys):
     from nfjobs import results, sweep
-    from nfjobs.runner import CellSpec, run_cell
+    from nfjobs.worker import CellSpec, run_cell
 
     full = [c for c in sweep.expand(["configs/sweeps/prototypes.toml"]) if c.kind == "score"]
     assert len(full) == 4 * 4 * 5 and {c.config.n_train for c in full} == {16, 64, 256, 1024, 0}

@@ -11,7 +11,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-import launch
+from nfjobs import commands as launch
 from data_fixtures import write_cifar
 from nfjobs import results, sweep
 

@@ -6,9 +6,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-import launch
+from nfjobs import commands as launch
 from data_fixtures import write_trait_folder
 from nfjobs import results, sweep
+from nfjobs.store.layout import run_dir
+from nfjobs.store import rows as stored
 
 ROOT = Path(__file__).parent.parent
 SWEEPS = sorted((ROOT / "configs" / "sweeps").glob("*.toml"))
@@ -53,7 +55,7 @@ def _finished_field(runs: Path) -> list[sweep.Override]:
     run_dir = runs / "train-0123456789ab"
     run_dir.mkdir(parents=True)
     (run_dir / "model.pt").touch()
-    results.write_rows(results.result_path(runs, run_dir.name), [{"status": "ok"}])
+    stored.write_rows(run_dir(runs, run_dir.name).result, [{"status": "ok"}])
     return [sweep.Override("checkpoint", run_dir.name)]
 
 

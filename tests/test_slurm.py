@@ -15,6 +15,8 @@ import pytest
 from waiting import open_gate_when, wait_for
 
 from nfjobs import results, sweep
+from nfjobs.store.layout import run_dir
+from nfjobs.store import rows as stored
 
 ROOT = Path(__file__).parent.parent
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
@@ -139,7 +141,7 @@ def test_a_preempted_job_is_requeued_and_resumes_from_its_checkpoint(sweep_file,
     wait_for(lambda: (run_dir / "checkpoint.pt").exists(), 240, "the job to start")
     # what a preempting scheduler sends (Slurm's PreemptMode=REQUEUE with a grace signal): USR2 to the job
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
-    wait_for(lambda: results.cell_status(tmp_path / "runs", run_dir.name) is not None, 240, "the requeued run")
+    wait_for(lambda: stored.status(tmp_path / "runs", run_dir.name) is not None, 240, "the requeued run")
     df = results.load(path, tmp_path / "runs").collect()
     assert df.height == 1 and df["status"][0] == "ok"
     assert df["steps_done"][0] == 8 and df["starts"][0] == 2
@@ -148,7 +150,7 @@ def test_a_preempted_job_is_requeued_and_resumes_from_its_checkpoint(sweep_file,
 
 def test_cells_beyond_max_array_size_go_in_several_arrays(sweep_file, tmp_path, monkeypatch):
     import launch as launcher
-    from nfjobs import slurm
+    from nfjobs.backends import slurm
 
     monkeypatch.setattr(slurm, "max_array_size", lambda: 3)  # indices 0..2: at most 2 cells per array here
     path = sweep_file('kind = "smoke"\nlabel = ["a", "b", "c", "d", "e"]\n', "chunks.toml")
@@ -218,7 +220,7 @@ def test_independent_chains_run_in_parallel_each_cell_waiting_only_for_what_it_r
         '[[group]]\nname = "probe_b"\nkind = "toy"\nupstream = "@cache_b"\n', "chains.toml")
     (probe_b,) = [c.key for c in sweep.expand([path]) if c.group == "probe_b"]
     # train_a ends only once chain B has run to its end (not after a fixed time, which a loaded machine can outlast)
-    open_gate_when(gate, lambda: results.cell_status(tmp_path / "runs", probe_b) is not None, 240)
+    open_gate_when(gate, lambda: stored.status(tmp_path / "runs", probe_b) is not None, 240)
     proc = launch(path, tmp_path, "--wait")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = rows_by_group(path, tmp_path)
@@ -259,7 +261,7 @@ def test_a_preempted_cell_whose_kind_cannot_resume_is_not_requeued_and_says_why(
     wait_for(lambda: (tmp_path / "runs" / key / "config.json").exists(), 120, "the cell to start")
     time.sleep(2)  # submitit installs its signal handlers before the cell starts; give it a moment anyway
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
-    wait_for(lambda: results.cell_status(tmp_path / "runs", key) is not None, 120, "a result")
+    wait_for(lambda: stored.status(tmp_path / "runs", key) is not None, 120, "a result")
     row = results.load(path, tmp_path / "runs").collect().row(0, named=True)
     assert row["status"] == "failed" and "not requeued" in row["error"] and "'toy'" in row["error"]
     assert row["run.slurm_restarts"] == 0 and row["run.seconds"] < 30
@@ -273,9 +275,9 @@ def test_a_packed_task_runs_ten_cells_each_with_its_own_result_and_resumes_at_th
     jobs = manifest_jobs(tmp_path, "packed")
     assert len(jobs) == 10 and len(set(jobs.values())) == 1  # one array task for all ten
     runs = tmp_path / "runs"
-    wait_for(lambda: sum(results.cell_status(runs, k) is not None for k in jobs) >= 3, 180, "three cells")
+    wait_for(lambda: sum(stored.status(runs, k) is not None for k in jobs) >= 3, 180, "three cells")
     subprocess.run(["scancel", "--signal=USR2", next(iter(jobs.values()))], check=True)  # preempt mid-pack
-    wait_for(lambda: all(results.cell_status(runs, k) is not None for k in jobs), 240, "all ten results")
+    wait_for(lambda: all(stored.status(runs, k) is not None for k in jobs), 240, "all ten results")
     df = results.load(path, runs).collect()
     assert df.height == 10 and set(df["status"]) == {"ok"}
     assert set(df["run.slurm_restarts"]) == {0, 1}  # the early cells ran once; the requeue did only the rest
@@ -296,7 +298,7 @@ def test_force_rebuilds_a_caches_shards(sweep_file, tmp_path):
 
 
 def test_a_source_edit_after_launch_does_not_reach_a_queued_cell(sweep_file, tmp_path):
-    from nfjobs import snapshot
+    from nfjobs.store import snapshot
 
     project = tmp_path / "project"
     for rel in snapshot.source_files():
@@ -314,7 +316,7 @@ def test_a_source_edit_after_launch_does_not_reach_a_queued_cell(sweep_file, tmp
     (key,) = manifest_jobs(tmp_path, "frozen")
     assert subprocess.run(["squeue", "-h", "-j", manifest_jobs(tmp_path, "frozen")[key]], capture_output=True,
                           text=True).stdout.strip(), "the cell should still be queued when the tree changes"
-    wait_for(lambda: results.cell_status(tmp_path / "runs", key) is not None, 120, "the result")
+    wait_for(lambda: stored.status(tmp_path / "runs", key) is not None, 120, "the result")
     row = results.load(path, tmp_path / "runs").collect().row(0, named=True)
     assert row["steps_done"] == 2 and row["status"] == "ok"
     assert (tmp_path / "runs" / "_code" / row["run.code_hash"] / "nfjobs" / "jobs" / "smoke.py").exists()
@@ -330,7 +332,7 @@ def test_a_relaunch_that_resumes_a_cell_says_so_in_its_row(sweep_file, tmp_path)
     wait_for(lambda: (tmp_path / "runs" / key / "checkpoint.pt").exists(), 120, "a checkpoint")
     subprocess.run(["scancel", job_id], check=True)  # cancelled: no result, a checkpoint
     wait_for(lambda: not in_queue(job_id), 120, "the cancelled job to leave the queue")
-    assert results.cell_status(tmp_path / "runs", key) is None
+    assert stored.status(tmp_path / "runs", key) is None
     proc = launch(path, tmp_path, "--wait")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     row = results.load(path, tmp_path / "runs").collect().row(0, named=True)
@@ -451,7 +453,7 @@ def test_status_logs_and_cancel_on_slurm(sweep_file, tmp_path):
     out, _ = follower.communicate(timeout=120)  # ... and returns once the job has ended
     assert f"==> {long['log']} <==" in out
     wait_for(lambda: not in_queue(long["job_id"]), 120, "the cancelled job to leave the queue")
-    rows = pl.read_parquet(results.result_path(tmp_path / "runs", long["key"]))
+    rows = pl.read_parquet(run_dir(tmp_path / "runs", long["key"]).result)
     assert rows["status"].to_list() == ["cancelled"]  # one result, saying what happened
     final = launch_cmd(tmp_path, "status", "--sweep", str(path)).stdout
     assert final.splitlines()[0] == "watch: 2 cells | failed 1, cancelled 1"

@@ -14,6 +14,7 @@ from nfjobs.jobs import sae
 from nfjobs.scoring import scorers
 from test_slurm import launch, manifest_jobs
 from waiting import wait_for
+from nfjobs.store import rows as stored
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
@@ -40,7 +41,7 @@ def test_a_preempted_sae_cell_is_requeued_and_resumes_to_the_uninterrupted_resul
     checkpoint = runs / cell.key / "checkpoint.pt"
     wait_for(checkpoint.exists, 180, "the sae cell's first epoch", poll_s=0.02)
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True)  # a preempting scheduler's grace signal
-    wait_for(lambda: results.cell_status(runs, scorer.key) is not None, 300, "the score cell's result")
+    wait_for(lambda: stored.status(runs, scorer.key) is not None, 300, "the score cell's result")
 
     df = results.load(path, runs).collect()
     assert sorted(df["kind"].unique().to_list()) == ["cache", "sae", "score"] and set(df["status"]) == {"ok"}

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nfjobs import snapshot
+from nfjobs.store import snapshot
 
 KERNEL = "import numba\n\n\n@numba.njit(cache=True)\ndef bump(x):\n    return x + {n}\n"
 

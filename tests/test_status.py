@@ -1,6 +1,6 @@
 """One truth for cell state (result files + the scheduler), and the status / logs / cancel commands, locally.
 
-Cells here run as real processes recorded in the manifest as `local:<pid>`, as local dispatch records them;
+Cells here run as real processes recorded in the manifest as `local:<pid>:<start time>`, as local dispatch records them;
 tests/test_slurm.py runs the same commands against the real Slurm."""
 
 import json
@@ -12,17 +12,21 @@ import polars as pl
 import pytest
 from waiting import wait_for
 
-import launch
+from nfjobs import commands as launch
 from nfjobs import results
+from nfjobs.backends import local
 from nfjobs.jobs.smoke import Config as SmokeConfig
-from nfjobs.sweep import cell_key
+from nfjobs.identity import cell_key
+from nfjobs.store.layout import run_dir
+from nfjobs.store import rows as stored
+from nfjobs.store import manifest as manifests
 
 ROOT = Path(__file__).parent.parent
 
 
 def manifest(runs: Path, cells: dict[str, str], jobs: dict[str, str], logs: dict | None = None) -> None:
     """A sweep `s` manifest: cell key -> group, key -> job id, key -> {stdout, stderr}."""
-    results.write_manifest(runs, {
+    manifests.write(runs, {
         "sweep": "s", "cells": {k: {"kind": "smoke", "group": g, "stage": 0, "source": "s.toml"} for k, g in cells.items()},
         "jobs": jobs, **({"logs": logs} if logs is not None else {}),
     })
@@ -31,7 +35,7 @@ def manifest(runs: Path, cells: dict[str, str], jobs: dict[str, str], logs: dict
 def smoke_cell(runs: Path, steps: int, log_dir: Path) -> tuple[str, subprocess.Popen]:
     """A real smoke cell running in its own process (stdout / stderr to log_dir)."""
     key = cell_key("smoke", SmokeConfig(steps=steps, step_seconds=0.1))
-    code = "import sys; from nfjobs.cli import run_single; sys.exit(run_single('smoke', sys.argv[1:]))"
+    code = "import sys; from nfjobs.commands.single import run_single; sys.exit(run_single('smoke', sys.argv[1:]))"
     log_dir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [sys.executable, "-c", code, "--steps", str(steps), "--step-seconds", "0.1", "--runs-root", str(runs),
@@ -40,7 +44,7 @@ def smoke_cell(runs: Path, steps: int, log_dir: Path) -> tuple[str, subprocess.P
 
 
 def write_result(runs: Path, key: str, status: str, error: str = "") -> None:
-    results.write_rows(results.result_path(runs, key), [{"sweep": "s", "key": key, "status": status, "error": error}])
+    stored.write_rows(run_dir(runs, key).result, [{"sweep": "s", "key": key, "status": status, "error": error}])
 
 
 def dead_pid() -> int:
@@ -59,7 +63,7 @@ def test_cell_states_combine_result_files_and_processes(tmp_path):
         write_result(runs, "g-cancelled", "cancelled", "cancelled by `launch.py cancel` (job local:1)")
         gone = dead_pid()
         manifest(runs, {k: "grp" for k in ("a-ok", "b-failed", "c-blocked", "d-live", "e-died", "f-never", "g-cancelled")},
-                 {"a-ok": "local:1", "d-live": f"local:{sleeper.pid}", "e-died": f"local:{gone}"},
+                 {"a-ok": "local:1", "d-live": local.job_id(sleeper.pid), "e-died": local.job_id(gone)},
                  {"d-live": {"stdout": "/x/out", "stderr": "/x/err"}})
         df = results.cell_states(tmp_path / "s.toml", runs, log_root=tmp_path / "logs")
     finally:
@@ -69,7 +73,7 @@ def test_cell_states_combine_result_files_and_processes(tmp_path):
     assert got["b-failed"] == ("failed", "ValueError: lr too big")
     assert got["c-blocked"] == ("blocked", "upstream a failed")
     assert got["d-live"] == ("running", "")
-    assert got["e-died"][0] == "failed" and f"local:{gone}" in got["e-died"][1] and "without writing a result" in got["e-died"][1]
+    assert got["e-died"][0] == "failed" and local.job_id(gone) in got["e-died"][1] and "without writing a result" in got["e-died"][1]
     assert got["f-never"] == ("not run", "")
     assert got["g-cancelled"][0] == "cancelled"
     assert set(df["state"]) <= set(results.CELL_STATES)
@@ -121,18 +125,18 @@ def test_cancel_stops_a_local_cell_and_leaves_it_one_cancelled_result(tmp_path, 
     runs = tmp_path / "runs"
     key, proc = smoke_cell(runs, steps=600, log_dir=tmp_path / "logs")
     write_result(runs, "done-1", "ok")
-    manifest(runs, {key: "long", "done-1": "quick"}, {key: f"local:{proc.pid}", "done-1": "local:1"})
+    manifest(runs, {key: "long", "done-1": "quick"}, {key: local.job_id(proc.pid), "done-1": "local:1"})
     wait_for(lambda: (runs / key / "checkpoint.pt").exists(), 120, "the cell to start stepping", poll_s=0.2)
     assert results.cell_states("s", runs).filter(pl.col("key") == key)["state"][0] == "running"
 
     assert launch.main(["cancel", "--sweep", "s", "--runs-root", str(runs)]) == 0
     assert f"cancelled 1 cell(s): {key}" in capsys.readouterr().out
     assert proc.wait(timeout=30) is not None  # the process is gone
-    rows = pl.read_parquet(results.result_path(runs, key))
-    assert rows["status"].to_list() == ["cancelled"] and f"local:{proc.pid}" in rows["error"][0]
+    rows = pl.read_parquet(run_dir(runs, key).result)
+    assert rows["status"].to_list() == ["cancelled"] and local.job_id(proc.pid) in rows["error"][0]
     states = dict(results.cell_states("s", runs).select("key", "state").iter_rows())
     assert states == {key: "cancelled", "done-1": "ok"}
-    assert results.cell_status(runs, key) != "ok"  # so a relaunch runs it again
+    assert stored.status(runs, key) != "ok"  # so a relaunch runs it again
     assert launch.main(["cancel", "--sweep", "s", "--runs-root", str(runs)]) == 0
     assert "cancelled 0 cell(s)" in capsys.readouterr().out
 
@@ -144,12 +148,12 @@ def test_cancel_failed_only_and_by_cell_leave_the_other_cells_running(tmp_path, 
     try:
         write_result(runs, "retrying", "failed", "RuntimeError: first try failed")
         manifest(runs, {"retrying": "g", "fresh": "g", "other": "g"},
-                 {k: f"local:{p.pid}" for k, p in zip(("retrying", "fresh", "other"), sleepers)})
+                 {k: local.job_id(p.pid) for k, p in zip(("retrying", "fresh", "other"), sleepers)})
         assert results.cell_states("s", runs).filter(pl.col("key") == "retrying")["state"][0] == "running"
         assert launch.main(["cancel", "--sweep", "s", "--runs-root", str(runs), "--failed-only"]) == 0
         assert "cancelled 1 cell(s): retrying" in capsys.readouterr().out
         assert sleepers[0].wait(timeout=30) is not None and sleepers[1].poll() is None
-        assert results.cell_outcome(runs, "retrying")[0] == "failed"  # it has a result: no cancelled row over it
+        assert stored.outcome(runs, "retrying")[0] == "failed"  # it has a result: no cancelled row over it
         assert launch.main(["cancel", "--sweep", "s", "--runs-root", str(runs), "--cell", "oth"]) == 0
         assert sleepers[2].wait(timeout=30) is not None and sleepers[1].poll() is None
         assert dict(results.cell_states("s", runs).select("key", "state").iter_rows()) == {
@@ -165,7 +169,7 @@ def test_logs_prints_a_cells_stdout_and_stderr_and_follows_it_until_it_ends(tmp_
     code = ("import sys, time\nfor i in range(8):\n    print(f'step {i}', flush=True)\n    time.sleep(0.3)\n"
             "print('bye', file=sys.stderr)")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=open(logs / "c.out", "w"), stderr=open(logs / "c.err", "w"))
-    manifest(runs, {"cell-abc": "g", "cell-xyz": "g"}, {"cell-abc": f"local:{proc.pid}"},
+    manifest(runs, {"cell-abc": "g", "cell-xyz": "g"}, {"cell-abc": local.job_id(proc.pid)},
              {"cell-abc": {"stdout": str(logs / "c.out"), "stderr": str(logs / "c.err")}})
     assert launch.main(["logs", "cell-a", "-f", "--runs-root", str(runs)]) == 0  # a unique prefix is enough
     out = capsys.readouterr().out

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from nfjobs.sweep import Override, SweepError, cell_key, expand
+from nfjobs.identity import cell_key
+from nfjobs.sweep import Override, SweepError, expand
 
 FIXTURES = Path(__file__).parent / "sweeps"
 
@@ -488,7 +489,7 @@ def test_a_run_dir_without_what_the_kind_reads_is_refused(tmp_path, sweep_file):
 
 
 def test_single_runs_get_the_same_checks(tmp_path, capsys):
-    from nfjobs.cli import run_single
+    from nfjobs.commands.single import run_single
 
     rc = run_single("train", ["--init-from", "/etc/passwd", "--runs-root", str(tmp_path / "runs")])
     assert rc == 2 and "--init_from: " in capsys.readouterr().err and not (tmp_path / "runs").exists()

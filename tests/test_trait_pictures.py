@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 from PIL import Image
 
-import launch
+from nfjobs import commands as launch
 from nfjobs import results
 
 SCRIPT = Path(__file__).parent.parent / "scripts" / "trait_pictures.py"
@@ -35,7 +35,7 @@ def test_charts_table_and_the_best_cells_pictures(tmp_path):
     sweep, runs, out = tmp_path / "s.toml", tmp_path / "runs", tmp_path / "docs" / "traits"
     sweep.write_text(SWEEP)
     empty = _run("--sweep", sweep, "--runs-root", runs, "--out", out)
-    assert empty.returncode == 2 and "no sweep named" in empty.stderr and not out.exists()
+    assert empty.returncode == 2 and "sweep named" in empty.stderr and not out.exists()
     assert launch.main(["--sweep", str(sweep), "--debug", "--runs-root", str(runs), "--log-root",
                         str(tmp_path / "logs")]) == 0
     proc = _run("--sweep", sweep, "--runs-root", runs, "--out", out)

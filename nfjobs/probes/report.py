@@ -49,7 +49,8 @@ class Args:
 
 def main(args: Args) -> None:
     from nfjobs.plots import probe_accuracy
-    from nfjobs.results import load, to_markdown
+    from nfjobs.reporting import to_markdown
+    from nfjobs.results import load
 
     table = summary(load(args.sweep, args.runs_root))
     out = Path(args.out)

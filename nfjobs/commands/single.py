@@ -1,12 +1,13 @@
-"""Run one config of a job kind from the command line (tyro), in this process: `train.py`, `probe.py`."""
+"""`train.py` / `probe.py`: run one config of a job kind from the command line (tyro), in this process."""
 
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import tyro
 
+from nfjobs.commands.errors import fail, guarded
 from nfjobs.kinds import load_kind
+from nfjobs.store.layout import is_safe_name
 
 
 @dataclass(frozen=True)
@@ -41,33 +42,38 @@ def _split_where(argv: list[str]) -> tuple[Where, list[str]]:
     return Where(**values), rest
 
 
+@guarded
 def run_single(kind: str, argv: list[str] | None = None, description: str | None = None) -> int:
     """Parse `kind`'s Config from `argv`, run it as one cell and print its result rows."""
-    from nfjobs import results
-    from nfjobs.runner import RESERVED_COLUMNS, CellSpec, config_columns, git_provenance, run_cell
-    from nfjobs.sweep import cell_key, validate_config
+    from nfjobs.identity import cell_key
+    from nfjobs.orchestration.plan import git_provenance
+    from nfjobs.store import rows as stored
+    from nfjobs.store.layout import run_dir
+    from nfjobs.sweep import validate_config
+    from nfjobs.worker import CellSpec, run_cell
 
     module = load_kind(kind)
     where, rest = _split_where(sys.argv[1:] if argv is None else argv)
     epilog = "Also: --runs-root DIR (default runs), --sweep NAME (default cli), --force (run again)."
     cfg = tyro.cli(module.Config, args=rest, description=(description or module.__doc__ or "") + "\n\n" + epilog)
+    if not is_safe_name(where.sweep):
+        fail(f"--sweep {where.sweep!r}: expected a sweep name (letters, digits, '_', '-', '.'); nothing was run")
     problems = validate_config(kind, cfg, where.runs_root)
     if problems:  # the checks a sweep cell gets: references, dataset roots, options of the model family
-        print("error: the config is not valid; nothing was run.\n" + "\n".join(problems), file=sys.stderr)
-        return 2
+        fail("the config is not valid; nothing was run.\n" + "\n".join(problems))
     key = cell_key(kind, cfg)
-    if not where.force and results.cell_status(where.runs_root, key) == "ok":
-        print(f"{key} already has a result ({results.result_path(where.runs_root, key)}); --force runs it again")
+    if not where.force and stored.is_ok(where.runs_root, key):
+        print(f"{key} already has a result ({run_dir(where.runs_root, key).result}); --force runs it again")
         return 0
     if where.force:
-        (Path(where.runs_root) / key / "checkpoint.pt").unlink(missing_ok=True)
+        stored.forget(where.runs_root, key)
     spec = CellSpec(kind, cfg, key, where.sweep, "cli", where.runs_root, git_provenance())
     rows = run_cell(spec)
     import polars as pl
 
     with pl.Config(tbl_rows=40, tbl_cols=12):
-        hidden = RESERVED_COLUMNS.union(config_columns(cfg)) - {"status"}
+        hidden = stored.RESERVED_COLUMNS.union(stored.config_columns(cfg)) - {"status"}
         metric_cols = [c for c in rows[0] if c not in hidden and not c.startswith("run.")]
         print(pl.DataFrame(rows, strict=False).select(metric_cols))
-    print(f"result: {results.result_path(where.runs_root, key)}")
+    print(f"result: {run_dir(where.runs_root, key).result}")
     return 0

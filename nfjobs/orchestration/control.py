@@ -4,9 +4,6 @@ Cell states come from `results.cell_states` (result files + the scheduler); this
 """
 
 import datetime as dt
-import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,19 +12,19 @@ from typing import Iterable, TextIO
 import polars as pl
 
 from nfjobs import results
+from nfjobs.backends import cancel_jobs
+from nfjobs.errors import UserError
+from nfjobs.store import manifest, rows, states
 
-LIVE = ("running", "pending", "requeued")
 
-
-class NotFound(LookupError):
+class NotFound(UserError, LookupError):
     pass
 
 
 def find_cell(key: str, runs_root: str | Path, sweep: str | None = None) -> tuple[str, str]:
     """(sweep name, full key) of the launched cell whose key is `key` or starts with it (unique prefix)."""
-    names = ([results.sweep_name(sweep)] if sweep else
-             sorted(p.stem for p in (Path(runs_root) / results.MANIFEST_DIR).glob("*.json")))
-    hits = {(name, k) for name in names for k in results.read_manifest(runs_root, name)["cells"] if k.startswith(key)}
+    names = [results.sweep_name(sweep)] if sweep else manifest.names(runs_root)
+    hits = {(name, k) for name in names for k in manifest.read(runs_root, name)["cells"] if k.startswith(key)}
     exact = {(n, k) for n, k in hits if k == key}
     hits = exact or hits
     if not hits:
@@ -41,8 +38,8 @@ def find_cell(key: str, runs_root: str | Path, sweep: str | None = None) -> tupl
 def log_files(key: str, runs_root: str | Path, sweep: str | None = None, log_root: str | Path = "logs") -> list[Path]:
     """The cell's stdout and stderr files (from the manifest, else where submitit puts them)."""
     name, key = find_cell(key, runs_root, sweep)
-    manifest = results.read_manifest(runs_root, name)
-    paths = manifest.get("logs", {}).get(key) or results.default_log_paths(manifest["jobs"].get(key, ""), name, log_root)
+    found = manifest.read(runs_root, name)
+    paths = found["logs"].get(key) or results.default_log_paths(found["jobs"].get(key, ""), name, log_root)
     return [Path(paths[s]) for s in ("stdout", "stderr") if s in paths]
 
 
@@ -84,44 +81,24 @@ def follow(files: list[Path], offsets: dict[Path, int], still_live, poll_s: floa
         time.sleep(poll_s)
 
 
-def cancel(states: pl.DataFrame, runs_root: str | Path, sweep: str, keys: Iterable[str] = (),
+def cancel(found: pl.DataFrame, runs_root: str | Path, sweep: str, keys: Iterable[str] = (),
            failed_only: bool = False, grace_s: float = 10.0) -> pl.DataFrame:
-    """Cancel the queued / running cells of `states` (those in `keys`, if any; with `failed_only`, only those
+    """Cancel the queued / running cells of `found` (`results.cell_states`) (those in `keys`, if any; with `failed_only`, only those
     whose result already says failed or blocked: retries that will not help). Slurm jobs get `scancel`, local
     processes SIGINT (then SIGKILL after `grace_s`). Each cancelled cell left without a result gets a
     `cancelled` row, so no cell ends with zero results. Returns the cancelled rows of `states`."""
     keys = set(keys)
-    todo = states.filter(pl.col("state").is_in(LIVE) & (pl.col("job_id") != ""))
+    todo = found.filter(pl.col("state").is_in(states.LIVE) & (pl.col("job_id") != ""))
     if keys:
         todo = todo.filter(pl.col("key").is_in(list(keys)))
     if failed_only:
-        todo = todo.filter(pl.Series([(results.cell_outcome(runs_root, k) or ("",))[0] in ("failed", "blocked")
+        todo = todo.filter(pl.Series([rows.status(runs_root, k) in (states.FAILED, states.BLOCKED)
                                       for k in todo["key"]], dtype=pl.Boolean))
-    slurm = [j for j in todo["job_id"] if not j.startswith("local:")]
-    if slurm:
-        subprocess.run(["scancel", *slurm], check=False, capture_output=True, text=True, timeout=60)
-    pids = [int(j[6:]) for j in todo["job_id"] if j.startswith("local:") and j[6:].isdigit()]
-    for pid in pids:  # SIGINT: the cell stops as if interrupted (KeyboardInterrupt writes no result)
-        _signal(pid, signal.SIGINT)
-    deadline = time.monotonic() + grace_s
-    while pids and time.monotonic() < deadline and any(results.pid_alive(p) for p in pids):
-        time.sleep(0.2)
-    for pid in pids:
-        if results.pid_alive(pid):
-            _signal(pid, signal.SIGKILL)
+    cancel_jobs(todo["job_id"].to_list(), grace_s)
     when = dt.datetime.now(dt.timezone.utc)
     for row in todo.iter_rows(named=True):
-        if results.cell_outcome(runs_root, row["key"]) is None:
-            results.write_rows(results.result_path(runs_root, row["key"]), [{
-                "sweep": sweep, "key": row["key"], "kind": row["kind"], "group": row["group"],
-                "status": "cancelled", "error": f"cancelled by `launch.py cancel` (job {row['job_id']})",
-                "run.end": when,
-            }])
+        if rows.outcome(runs_root, row["key"]) is None:
+            cell = rows.CellId(sweep, row["key"], row["kind"], row["group"])
+            rows.write_result(runs_root, row["key"], rows.build_rows(
+                cell, states.CANCELLED, f"cancelled by `launch.py cancel` (job {row['job_id']})", meta={"run.end": when}))
     return todo
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass

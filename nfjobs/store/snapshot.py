@@ -10,8 +10,9 @@ import os
 import shutil
 from pathlib import Path
 
-CODE_ROOT = Path(__file__).resolve().parent.parent
-CODE_DIR = "_code"
+from nfjobs.store.layout import RunsRoot
+
+CODE_ROOT = Path(__file__).resolve().parents[2]
 
 
 def source_files(root: Path = CODE_ROOT) -> list[Path]:
@@ -31,7 +32,9 @@ def code_hash(root: Path = CODE_ROOT) -> str:
 def freeze(runs_root: Path | str, root: Path = CODE_ROOT) -> tuple[Path, str]:
     """Copy the source to `<runs_root>/_code/<hash>/` (reused when it exists) and return (that folder, hash)."""
     digest = code_hash(root)
-    dest = Path(runs_root).resolve() / CODE_DIR / digest
+    dest = RunsRoot(Path(runs_root).resolve()).code / digest
+    if dest.exists() and not verified(dest):  # not what its name says: never import it, build a fresh copy
+        dest = dest.with_name(f"{digest}-{os.getpid()}-{os.urandom(4).hex()}")
     if not dest.exists():
         tmp = dest.with_name(f".{digest}.{os.getpid()}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -46,6 +49,14 @@ def freeze(runs_root: Path | str, root: Path = CODE_ROOT) -> tuple[Path, str]:
     return dest, digest
 
 
+def verified(copy: Path) -> bool:
+    """The copy holds exactly the files whose hash names it (the first 16 hex digits of its name)."""
+    try:
+        return copy.is_dir() and code_hash(copy) == copy.name[:16]
+    except OSError:
+        return False
+
+
 def _carry_numba_caches(code_root: Path, new: Path) -> None:
     """Copy numba's on-disk cache of each kernel whose source file is unchanged, from the newest earlier copy
     that has one, into the new copy. numba keys its cache folder on the source file's path (`NUMBA_CACHE_DIR`
@@ -56,8 +67,13 @@ def _carry_numba_caches(code_root: Path, new: Path) -> None:
         with contextlib.suppress(OSError):
             indexes.append((index.stat().st_mtime, index))
     carried = set()
+    checked: dict[Path, bool] = {}
     for _, index in sorted(indexes, reverse=True):
         old = code_root / index.relative_to(code_root).parts[0]
+        if old not in checked:
+            checked[old] = verified(old)
+        if not checked[old]:
+            continue  # an unverified folder's caches are data from anyone: never carried
         rel = index.parent.parent.relative_to(old) / f"{index.name.split('.')[0]}.py"
         if (rel, index.name) in carried or not (new / rel).is_file():
             continue

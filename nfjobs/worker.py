@@ -6,13 +6,11 @@ Slurm warns of the time limit or preemption, the cell being run is requeued only
 from the checkpoint it saved through `ctx.save_checkpoint`.
 """
 
-import dataclasses
 import datetime as dt
 import json
 import os
 import platform
 import socket
-import subprocess
 import sys
 import time
 import traceback
@@ -20,12 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nfjobs import parts, results, typed
-from nfjobs.context import Context, atomic_write_bytes
-from nfjobs.kinds import load_kind
-from nfjobs.results import result_path, write_rows
+from submitit.helpers import Checkpointable
 
-RESERVED_COLUMNS = {"sweep", "key", "kind", "group", "status", "error"}
+from nfjobs import parts
+from nfjobs.context import Context
+from nfjobs.kinds import load_kind
+from nfjobs.store import locks, rows, states
+from nfjobs.store.files import atomic_write_bytes
+from nfjobs.store.layout import RunDir
+
+NOT_RESUMABLE = ("Interrupted by the time limit or preemption and not requeued: kind {kind!r} does not resume from "
+                 "a checkpoint (or ran out of requeues); launch again to rerun it")
 
 
 @dataclass(frozen=True)
@@ -46,22 +49,13 @@ class CellSpec:
     part: int | None = None
     """Which part of a cell split into `parts` tasks this is (None: the whole cell; see `nfjobs.parts`)."""
 
-
-def git_provenance(cwd: str | Path = ".") -> dict[str, Any]:
-    """Commit and dirty flag of the code being launched (computed once, at launch)."""
-    def git(*args: str) -> str:
-        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() if out.returncode == 0 else ""
-
-    try:
-        commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = "", None
-    return {"run.git_commit": commit, "run.git_dirty": dirty}
+    @property
+    def run_dir(self) -> RunDir:
+        return RunDir(Path(self.runs_root), self.key)
 
 
-def _runtime_provenance() -> dict[str, Any]:
+def runtime_provenance() -> dict[str, Any]:
+    """Where and with what the cell ran: host, Slurm ids, restarts, Python, GPU, versions of what it imported."""
     env = os.environ
     info: dict[str, Any] = {
         "run.host": socket.gethostname(),
@@ -84,39 +78,44 @@ def _runtime_provenance() -> dict[str, Any]:
     return info
 
 
-def config_columns(config: Any) -> dict[str, Any]:
-    flat = typed.flatten(dataclasses.asdict(config))
-    return {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v) for k, v in flat.items()}
-
-
-def metric_rows_repr(rows: list[dict[str, Any]], limit: int = 2000) -> str:
-    text = repr(rows)
+def _metric_rows_repr(found: list[dict[str, Any]], limit: int = 2000) -> str:
+    text = repr(found)
     return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def _write_config(spec: CellSpec) -> None:
-    """`runs/<key>/config.json`: what this cell runs, readable while it runs (and if it never finishes)."""
+    """`<run dir>/config.json`: what this cell runs, readable while it runs (and if it never finishes)."""
     doc = {"kind": spec.kind, "key": spec.key, "sweep": spec.sweep, "group": spec.group, "deps": list(spec.deps),
-           "config": config_columns(spec.config), "provenance": spec.provenance}
-    path = result_path(spec.runs_root, spec.key).with_name("config.json")
-    atomic_write_bytes(path, json.dumps(doc, indent=1, default=str).encode())
+           "config": rows.config_columns(spec.config), "provenance": spec.provenance}
+    atomic_write_bytes(spec.run_dir.config, json.dumps(doc, indent=1, default=str).encode())
 
 
 def run_cell(spec: CellSpec) -> list[dict[str, Any]]:
     """Run the cell and write its result file: status `ok`; `blocked` (not run) when a cell it reads did not end
-    `ok`; or `failed` with the traceback, then re-raise."""
+    `ok`; or `failed` with the traceback, then re-raise. A cell (or part) another live process is running is
+    left to it: nothing is run or written, and [] is returned."""
+    spec.run_dir.ensure()
+    claim = locks.claim(spec.run_dir, spec.part, parts.n_parts(spec.config))
+    if claim is None:
+        print(f"[{spec.kind} {spec.key}] is being run by another process; not run again", file=sys.stderr, flush=True)
+        return []
+    try:
+        return _run_claimed(spec)
+    finally:
+        claim.close()
+
+
+def _run_claimed(spec: CellSpec) -> list[dict[str, Any]]:
     ctx = Context(key=spec.key, kind=spec.kind, runs_root=Path(spec.runs_root), part=spec.part,
                   parts=parts.n_parts(spec.config))
     start = dt.datetime.now(dt.timezone.utc)
     t0 = time.monotonic()
-    base = {"sweep": spec.sweep, "key": spec.key, "kind": spec.kind, "group": spec.group}
-    cfg_cols = config_columns(spec.config)
     _write_config(spec)
-    blocker = results.upstream_blocker(spec.runs_root, spec.deps)
+    blocker = rows.upstream_blocker(spec.runs_root, spec.deps)
     failure: BaseException | None = None
     held = None  # the parts lock, held by the part that finalises until the cell's result is written
     if blocker is not None:
-        metric_rows, status, error = [{}], "blocked", f"upstream {blocker[0]} {blocker[1]}"
+        metric_rows, status, error = [{}], states.BLOCKED, f"upstream {blocker[0]} {blocker[1]}"
         ctx.log(error)
     else:
         try:
@@ -126,49 +125,41 @@ def run_cell(spec: CellSpec) -> list[dict[str, Any]]:
                 held, metric_rows = parts.finish(module, spec.config, ctx, metric_rows)
                 if held is None:
                     return []  # another part writes the result
-            status, error = "ok", ""
-            metrics_given = metric_rows
+            status, error = states.OK, ""
         except BaseException as err:  # noqa: BLE001 - record, then re-raise (KeyboardInterrupt included)
-            metric_rows, status, error = [{}], "failed", "".join(traceback.format_exception(err))
+            metric_rows, status, error = [{}], states.FAILED, "".join(traceback.format_exception(err))
             if type(err).__name__ == "UncompletedJobError":  # submitit: interrupted and not requeued
-                error += (f"\nInterrupted by the time limit or preemption and not requeued: kind {spec.kind!r} "
-                          "does not resume from a checkpoint (or ran out of requeues); launch again to rerun it")
+                error += "\n" + NOT_RESUMABLE.format(kind=spec.kind)
             failure = err
         finally:
             ctx.close()
-    timing = {"run.start": start, "run.end": dt.datetime.now(dt.timezone.utc), "run.seconds": time.monotonic() - t0}
-    attempt = {"run.resumed": ctx.resumed_from is not None, "run.resumed_from": ctx.resumed_from or ""}
-    meta = {**spec.provenance, **_runtime_provenance(), **attempt, **timing}
-    fixed = {**base, **cfg_cols, **meta}
-    clash = sorted({k for m in metric_rows for k in m if (k in fixed and m[k] != fixed[k]) or k in ("status", "error")})
-    if clash and failure is None and status == "ok":  # a job bug; keep the metrics visible rather than lose the run
-        status, metric_rows = "failed", [{}]
+    meta = {**spec.provenance, **runtime_provenance(),
+            "run.resumed": ctx.resumed_from is not None, "run.resumed_from": ctx.resumed_from or "",
+            "run.start": start, "run.end": dt.datetime.now(dt.timezone.utc), "run.seconds": time.monotonic() - t0}
+    fixed = {"sweep": spec.sweep, "key": spec.key, "kind": spec.kind, "group": spec.group,
+             **rows.config_columns(spec.config), **meta}
+    clash = sorted({k for m in metric_rows for k in m if k in ("status", "error") or (k in fixed and m[k] != fixed[k])})
+    if clash and failure is None:  # a job bug; keep the metrics visible rather than lose the run
         error = (f"job {spec.kind!r} returned metrics whose names clash with result columns {clash} "
-                 f"(rename them); its rows were: {metric_rows_repr(metrics_given)}")
-        failure = ValueError(error)
-    rows = [{**fixed, **metrics, "status": status, "error": error} for metrics in metric_rows]
+                 f"(rename them); its rows were: {_metric_rows_repr(metric_rows)}")
+        metric_rows, status, failure = [{}], states.FAILED, ValueError(error)
     if isinstance(failure, (KeyboardInterrupt, SystemExit)):
         raise failure  # interrupted, not failed: no result, so a relaunch (or the requeue) runs it again
+    result = rows.build_rows(spec, status, error, config=spec.config, meta=meta, metrics=metric_rows)
     try:
-        write_rows(result_path(spec.runs_root, spec.key), rows)
+        rows.write_rows(spec.run_dir.result, result)
     finally:
         if held is not None:
             held.close()
     if failure is not None:
         raise failure
-    return rows
+    return result
 
 
 def finished_in_this_launch(spec: CellSpec) -> bool:
     """The cell already has a result written by this launch (an earlier attempt of a requeued packed task)."""
     launch = spec.provenance.get("run.launch_id")
-    return bool(launch) and results.launch_of(spec.runs_root, spec.key) == launch
-
-
-try:
-    from submitit.helpers import Checkpointable
-except ImportError:  # pragma: no cover - submitit is a dependency; keep the runner importable without it
-    Checkpointable = object  # type: ignore[misc,assignment]
+    return bool(launch) and rows.launch_of(spec.runs_root, spec.key) == launch
 
 
 class CellTask(Checkpointable):
@@ -191,7 +182,7 @@ class CellTask(Checkpointable):
                 failed.append(spec.key)  # recorded in its result; the pack goes on with the next cell
         if failed:
             raise RuntimeError(f"{len(failed)} of {len(specs)} packed cells failed: {', '.join(failed)}")
-        return [results.cell_status(s.runs_root, s.key) or "" for s in specs]
+        return [rows.status(s.runs_root, s.key) or "" for s in specs]
 
     def checkpoint(self, specs: list[CellSpec]) -> Any:
         """Requeue when the cell being run can resume, or when cells of the pack are still to run; a cell that
@@ -200,14 +191,8 @@ class CellTask(Checkpointable):
         if remaining and not remaining[0].checkpointable:
             if len(remaining) == 1:
                 return None  # submitit raises UncompletedJobError in the cell; run_cell records why
-            _write_interrupted(remaining[0])
+            spec = remaining[0]
+            meta = {**spec.provenance, **runtime_provenance(), "run.resumed": False, "run.resumed_from": ""}
+            rows.write_rows(spec.run_dir.result, rows.build_rows(
+                spec, states.FAILED, NOT_RESUMABLE.format(kind=spec.kind), config=spec.config, meta=meta))
         return super().checkpoint(specs)
-
-
-def _write_interrupted(spec: CellSpec) -> None:
-    base = {"sweep": spec.sweep, "key": spec.key, "kind": spec.kind, "group": spec.group}
-    error = (f"Interrupted by the time limit or preemption and not requeued: kind {spec.kind!r} does not resume "
-             "from a checkpoint; launch again to rerun it")
-    row = {**base, **config_columns(spec.config), **spec.provenance, **_runtime_provenance(),
-           "run.resumed": False, "run.resumed_from": "", "status": "failed", "error": error}
-    write_rows(result_path(spec.runs_root, spec.key), [row])

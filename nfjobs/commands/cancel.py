@@ -1,0 +1,31 @@
+"""`launch.py cancel`: stop a sweep's queued and running cells."""
+
+from dataclasses import dataclass
+
+from nfjobs import results
+from nfjobs.orchestration import control
+
+
+@dataclass(frozen=True)
+class Args:
+    """Cancel a sweep's queued and running cells (scancel on Slurm, a signal locally); each cancelled cell
+    without a result gets a `cancelled` result row, and a later launch runs it again."""
+
+    sweep: str
+    """Sweep file or sweep name."""
+    cell: tuple[str, ...] = ()
+    """Only these cells (keys or unique key prefixes)."""
+    failed_only: bool = False
+    """Only cells whose result already says failed or blocked but whose job is still queued or running (retries
+    that will fail again)."""
+    runs_root: str = "runs"
+    """Folder of run directories and sweep manifests."""
+
+
+def main(args: Args) -> int:
+    found = results.cell_states(args.sweep, args.runs_root)
+    keys = [control.find_cell(k, args.runs_root, args.sweep)[1] for k in args.cell]
+    done = control.cancel(found, args.runs_root, results.sweep_name(args.sweep), keys, args.failed_only)
+    print(f"cancelled {done.height} cell(s)" + (": " + ", ".join(done["key"].to_list()[:10]) if done.height else
+                                                 " (none was queued or running)"))
+    return 0

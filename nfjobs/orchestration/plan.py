@@ -1,0 +1,106 @@
+"""What a launch will do: which cells run, which are done or still queued or running."""
+
+import collections
+import dataclasses
+import datetime as dt
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from nfjobs.backends import LIVE_JOB_STATES, job_states, local
+from nfjobs.errors import UserError
+from nfjobs.kinds import load_kind
+from nfjobs.store import manifest, rows
+from nfjobs.sweep import Cell
+from nfjobs.worker import CellSpec
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a launch will do: the cells to run now, those already finished, those queued or running."""
+
+    to_run: list[Cell]
+    done: list[Cell]
+    in_flight: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Cell key -> job id of cells an earlier launch started that are still pending or running."""
+
+    def summary(self) -> str:
+        lines = []
+        counts = collections.Counter(c.kind for c in self.to_run)
+        done = collections.Counter(c.kind for c in self.done)
+        for kind in sorted(counts.keys() | done.keys()):
+            lines.append(f"  {kind:<10} {counts[kind]:>6} to run  {done[kind]:>6} done (skipped)")
+        if self.in_flight:
+            slurm = sorted({j.split("_")[0] for j in self.in_flight.values() if not local.is_local(j)})
+            how = (f"scancel {' '.join(slurm[:5])}{' ...' if len(slurm) > 5 else ''}, or `launch.py cancel`,"
+                   if slurm else "`launch.py cancel`")
+            lines.append(f"  {len(self.in_flight)} cell(s) already queued or running (skipped; {how} to stop them)")
+        return "\n".join(lines)
+
+
+class DependencyError(UserError):
+    pass
+
+
+def live_jobs(cells: Sequence[Cell], runs_root: Path) -> dict[str, str]:
+    """Cell key -> job id for cells of these sweeps that an earlier launch started and that still run."""
+    jobs: dict[str, str] = {}
+    for sweep in {c.sweep for c in cells}:
+        jobs.update(manifest.read(runs_root, sweep)["jobs"])
+    keys = {c.key for c in cells}
+    jobs = {k: j for k, j in jobs.items() if k in keys}
+    found = job_states(jobs.values())
+    return {k: j for k, j in jobs.items() if found.get(j) in LIVE_JOB_STATES}
+
+
+def plan(cells: Sequence[Cell], runs_root: Path, force: bool = False,
+         in_flight: dict[str, str] | None = None) -> Plan:
+    """Split cells into those to run, those whose result already says `ok` (skipped unless `force`) and those
+    still queued or running from an earlier launch (always skipped: never two jobs for one cell)."""
+    in_flight = in_flight or {}
+    to_run, done = [], []
+    for cell in cells:
+        if cell.key in in_flight:
+            continue
+        (to_run if force or not rows.is_ok(runs_root, cell.key) else done).append(cell)
+    launched = {c.key for c in to_run} | {c.key for c in done}
+    problems = []
+    for c in to_run:
+        for d in c.deps:
+            if d in in_flight:
+                problems.append(f"{c.source}: group {c.group}: cell {c.key} needs cell {d}, which is still queued or "
+                                f"running (job {in_flight[d]}); launch again when it has finished")
+            elif d not in launched and not rows.is_ok(runs_root, d):
+                problems.append(f"{c.source}: group {c.group}: cell {c.key} needs cell {d}, which has no finished "
+                                "result and is not part of this launch")
+    if problems:
+        raise DependencyError("nothing was submitted.\n" + "\n".join(problems[:10]))
+    return Plan(to_run, done, dict(in_flight))  # in file order, which puts every referenced cell first
+
+
+def git_provenance(cwd: str | Path = ".") -> dict[str, Any]:
+    """Commit and dirty flag of the code being launched (computed once, at launch)."""
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "", None
+    return {"run.git_commit": commit, "run.git_dirty": dirty}
+
+
+def specs(cells: Sequence[Cell], runs_root: Path, code_hash: str = "") -> dict[str, CellSpec]:
+    """What each worker needs, by key, with this launch's provenance (one launch id: a requeued pack knows what
+    it did)."""
+    launch_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+    prov = {**git_provenance(), "run.code_hash": code_hash, "run.launch_id": launch_id}
+    in_launch = {c.key for c in cells}
+    return {c.key: CellSpec(c.kind, c.config, c.key, c.sweep, c.group, str(runs_root), prov,
+                            deps=tuple(d for d in c.deps if d in in_launch),
+                            checkpointable=bool(getattr(load_kind(c.kind), "CHECKPOINTABLE", False)))
+            for c in cells}
