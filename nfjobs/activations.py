@@ -33,9 +33,8 @@ from typing import Any, Literal
 import numpy as np
 from jaxtyping import Bool, Float, Int
 
-from nfjobs.context import atomic_write_bytes, atomic_write_with
-
-META = "meta.json"
+from nfjobs.store.files import atomic_write_bytes, atomic_write_with
+from nfjobs.store.layout import META
 LABELS = "labels.npy"
 TRAITS = "traits.npy"
 SHARDS = "shards"

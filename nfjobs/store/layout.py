@@ -150,3 +150,8 @@ class RunsRoot:
 def run_dir(runs_root: Path | str, key: str) -> RunDir:
     """The run directory of cell `key` under `runs_root`."""
     return RunDir(Path(runs_root), key)
+
+
+def looks_like_path(ref: str) -> bool:
+    """A reference (`init_from`, `checkpoint`, `activations`, ...) written as a path rather than a cell key."""
+    return "/" in ref or ref.startswith((".", "~"))
