@@ -85,6 +85,11 @@ class DataConfig:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
 
 
+BUILTIN_PIXELS = "builtin-pixels"
+"""What `score` and `sae` cells name as their `activations` to read the builtin dataset's 4x4 pixel patches
+(`nfjobs.data.pixels`) instead of a cache cell."""
+
+
 @dataclass(frozen=True)
 class OptimConfig:
     """Optimiser and learning-rate schedule (AdamW, linear warmup then cosine or constant)."""

@@ -33,11 +33,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from nfjobs.config import DataConfig, device_problem, runtime_field
-from nfjobs.context import looks_like_path
+from nfjobs.config import BUILTIN_PIXELS, DataConfig, device_problem, runtime_field
+from nfjobs.store import layout
+from nfjobs.store.layout import looks_like_path
 
-BUILTIN_PIXELS = "builtin-pixels"
-PATCH = 4
 N_PROTOTYPES = 128
 
 
@@ -111,8 +110,8 @@ def check(cfg: Config) -> list[tuple[str, str]]:
     """A named cache directory must hold both splits with traits; `builtin-pixels` needs the builtin data."""
     if cfg.sae and cfg.scorer != "sae":
         return [("sae", f"names an sae cell, which only scorer = 'sae' uses (scorer is {cfg.scorer!r})")]
-    if cfg.sae and looks_like_path(cfg.sae) and not (Path(cfg.sae).expanduser() / "sae.pt").is_file():
-        return [("sae", f"{cfg.sae} holds no sae.pt (a finished sae cell writes it)")]
+    if cfg.sae and looks_like_path(cfg.sae) and not (Path(cfg.sae).expanduser() / layout.SAE).is_file():
+        return [("sae", f"{cfg.sae} holds no {layout.SAE} (a finished sae cell writes it)")]
     if cfg.activations == BUILTIN_PIXELS:
         if cfg.data.name != "builtin":
             return [("data.name", f"{BUILTIN_PIXELS} cuts the builtin images into patches; got {cfg.data.name!r}")]
@@ -123,7 +122,7 @@ def check(cfg: Config) -> list[tuple[str, str]]:
         return [("activations", f"name the cell key or run directory of a cache cell, or {BUILTIN_PIXELS!r}")]
     if looks_like_path(cfg.activations):
         root = Path(cfg.activations).expanduser()
-        missing = [f"{s}/{f}" for s in ("train", cfg.eval_split) for f in ("meta.json", "traits.npy")
+        missing = [f"{s}/{f}" for s in ("train", cfg.eval_split) for f in (layout.META, "traits.npy")
                    if not (root / s / f).is_file()]
         if missing:
             return [("activations", f"{root} lacks {', '.join(missing)} (a cache cell of a dataset with traits "
@@ -137,23 +136,12 @@ def depends_on(cfg: Config) -> list[str]:
     return refs + ([cfg.sae] if cfg.sae else [])
 
 
-def builtin_pixels(data: DataConfig, split: Literal["train", "val"]):
-    """(images, 64, 48) float32 activations (4x4 RGB patches in [0, 1]), traits and trait names of the builtin
-    dataset."""
-    import numpy as np
-    from einops import rearrange
-
-    from nfjobs.data import load_split
-
-    s = load_split(data, split)
-    acts = rearrange(s.images, "n (h p1) (w p2) c -> n (h w) (p1 p2 c)", p1=PATCH, p2=PATCH)
-    return acts.astype(np.float32) / 255.0, s.traits, s.trait_names
-
-
 def _load(cfg: Config, ctx):
     """Per split: an activation cache (or, for builtin-pixels, a list of one (images, tokens, d) array) and
     traits (N, T); plus the trait names."""
     if cfg.activations == BUILTIN_PIXELS:
+        from nfjobs.data.pixels import builtin_pixels
+
         train, val = builtin_pixels(cfg.data, "train"), builtin_pixels(cfg.data, "val")
         return ([train[0]], train[1]), ([val[0]], val[1]), train[2]
     from nfjobs.activations import open_cache
@@ -235,9 +223,7 @@ def _scorer(cfg: Config, ctx, train_shards, device):
     from nfjobs.scoring import scorers
 
     if cfg.sae:
-        from nfjobs.jobs.sae import sae_file
-
-        path = sae_file(ctx.resolve(cfg.sae))
+        path = ctx.resolve(cfg.sae) / layout.SAE
         if not path.is_file():
             raise FileNotFoundError(f"sae: {path} does not exist (has the sae cell finished?)")
         model, d = scorers.load(path, device), _shards(train_shards)[0].shape[2]
