@@ -25,14 +25,14 @@ and k-NN probes mean-pool them into the per-image embedding (the `z` of its coll
 probe reads the tokens. GINR encodes whole images only (`encode(images)`), so it takes full context only.
 """
 
-import hashlib
 import inspect
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from nfjobs.config import DataConfig, is_runtime, runtime_field
+from nfjobs.config import DataConfig, runtime_field
+from nfjobs.identity import file_digest, without_runtime
 from nfjobs.probes.tdsm_config import TdsmOptions
 from nfjobs.store import layout
 from nfjobs.store.layout import looks_like_path
@@ -155,14 +155,6 @@ def sparse_indices(image_ids: range, n_pixels: int, n_keep: int, seed: int, spli
     return np.stack([np.random.default_rng([seed, salt, i]).permutation(n_pixels)[:n_keep] for i in image_ids])
 
 
-def _file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
-
-
 def load_field(run_dir: Path, device):
     """The trained neural field of a train run directory (eval mode) and its name (`models.trained.field_name`)."""
     from nfjobs.models.trained import field_name, load_trained
@@ -197,12 +189,6 @@ class _Stop(Exception):
     """Raised by the layer hook: nothing after the cached layer needs computing."""
 
 
-def _content(obj) -> dict:
-    """A config as a dict without its runtime fields (what the cached values depend on)."""
-    return {f.name: _content(v) if hasattr(v := getattr(obj, f.name), "__dataclass_fields__") else v
-            for f in fields(obj) if not is_runtime(f)}
-
-
 def _make_encoder(cfg: Config, ctx):
     """A function (split, image ids, uint8 images (B, H, W, 3)) -> activations (B, T, D) on the device, plus
     the provenance fields it adds to the cache metadata. All validation happens before anything touches the
@@ -220,7 +206,7 @@ def _make_encoder(cfg: Config, ctx):
         ckpt = _checkpoint_file(run_dir)
         if not ckpt.is_file():
             raise FileNotFoundError(f"checkpoint: {ckpt} does not exist (a train run dir holds {layout.MODEL})")
-        meta = {"checkpoint": cfg.checkpoint, "checkpoint_sha256": _file_hash(ckpt)}
+        meta = {"checkpoint": cfg.checkpoint, "checkpoint_sha256": file_digest(ckpt)}
 
     import torch
     import torch.nn.functional as F
@@ -345,9 +331,9 @@ def run(cfg: Config, ctx) -> list[dict]:
             "source": cfg.source, "context": cfg.context,
             "label": cfg.label or _default_label(cfg.source, provenance.get("field")),
             "context_frac": cfg.context_frac if cfg.context == "sparse" else 1.0, "seed": cfg.seed,
-            "dataset": _content(cfg.data), "split": split, "image_shape": list(data.image_shape),
+            "dataset": without_runtime(cfg.data), "split": split, "image_shape": list(data.image_shape),
             "class_names": list(data.class_names), "trait_names": list(data.trait_names),
-            "config": _content(cfg), **provenance,
+            "config": without_runtime(cfg), **provenance,
         }
         writer = CacheWriter(cache_dir(ctx.run_dir, split), json.loads(json.dumps(meta)), data.n,
                              first.shape[1], first.shape[2], cfg.shard_size, cfg.dtype)
