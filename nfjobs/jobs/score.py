@@ -1,8 +1,9 @@
 """Score job: trait discovery with prototypes (seed 004) on cached activations.
 
 A scorer (random unit vectors, k-means, PCA or a ReLU sparse autoencoder) is trained on patches of the
-training images, or reused from `<runs_root>/scorers/<hash>.pt` when an earlier cell trained the same one
-(same activations, scorer, size, options and seed; `n_train` is not part of it). Image score = max over its
+training images, or reused from `<runs_root>/scorers/<scorer key>.pt` when an earlier cell trained the same one
+(`scorer_key`: the same input content, scorer options and seed; how the cell evaluates it, `n_train` and
+`eval_split`, and how it runs are not part of it). Image score = max over its
 patches. For each trait the prototype with the best AP on `n_train` training images (seeded; 0 = all) is chosen
 and its AP measured on the test (`val`) images.
 
@@ -26,16 +27,16 @@ or `builtin-pixels`: the builtin dataset (`data`) cut into 4x4 patches, 64 token
 whole protocol runs without downloads or a cache cell.
 """
 
-import hashlib
-import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from nfjobs.config import BUILTIN_PIXELS, DataConfig, device_problem, runtime_field
+from nfjobs.config import (BUILTIN_PIXELS, EVALUATION, INPUT, DataConfig, device_problem, evaluation_field,
+                           input_field, runtime_field)
+from nfjobs.identity import content_key, file_digest
 from nfjobs.store import layout
-from nfjobs.store.layout import looks_like_path
+from nfjobs.store.layout import RunsRoot, looks_like_path
 
 N_PROTOTYPES = 128
 
@@ -46,14 +47,14 @@ class Config:
 
     seed: int = 0
     """Seeds the scorer and the choice of the `n_train` training images."""
-    activations: str = BUILTIN_PIXELS
+    activations: str = input_field(BUILTIN_PIXELS)
     """Cell key or run directory of a cache cell (with `train/` and `val/`), or `builtin-pixels`."""
     scorer: Literal["random", "kmeans", "pca", "sae"] = "random"
     """How prototypes are chosen: random unit vectors, k-means centres, principal directions, SAE codes."""
     n_prototypes: int = N_PROTOTYPES
     """Prototypes (K) the scorer offers every trait; 0 with `sae` (the sae cell's width is K: rows say it in
     `prototypes`)."""
-    n_train: int = 0
+    n_train: int = evaluation_field(0)
     """Training images on which each trait's prototype is chosen (0 = all)."""
     train_patches: int = 200_000
     """Patches of the training images (sampled, seeded) the scorer learns from."""
@@ -67,10 +68,10 @@ class Config:
     """Optimisation steps of the sparse autoencoder."""
     sae_batch: int = 1024
     """Patches per sparse-autoencoder step."""
-    sae: str = ""
+    sae: str = input_field("")
     """`scorer = "sae"`: cell key or run directory of an `sae` cell whose autoencoder scores (its width is the
     number of prototypes; `sae_*` are then unused and `n_prototypes` is 0); empty = train one here as above."""
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig = input_field(default_factory=DataConfig)
     """Images of `builtin-pixels` (must be `builtin`); unused for a cache."""
     device: str = runtime_field("auto")
     """`auto` (GPU when visible), `cpu`, `cuda`, `cuda:1`, ..."""
@@ -81,7 +82,7 @@ class Config:
     precision: Literal["auto", "bf16", "fp32"] = runtime_field("auto")
     """Patch x prototype products of the random scorer: `auto` = bf16 on CUDA (as every job), fp32 on CPU; the
     other scorers compute in fp32. Image scores and APs are float32 either way."""
-    eval_split: Literal["val", "test"] = "val"
+    eval_split: Literal["val", "test"] = evaluation_field("val")
     """Split the chosen prototypes are tested on: the cache's `val/` or `test/` (a cache with split = 'all')."""
     pictures_top_k: int = runtime_field(8)
     """Top test images drawn per trait under `pictures/` (0 = no pictures)."""
@@ -166,18 +167,13 @@ def _shards(source) -> list:
 
 
 def scorer_key(cfg: Config, ctx) -> str:
-    """Content hash of what a trained scorer depends on (not `n_train`: the scorer sees all training images)."""
-    source = cfg.activations
-    if source != BUILTIN_PIXELS:
-        meta = (ctx.resolve(source) / "train" / "meta.json").read_text()
-        source = hashlib.sha256(meta.encode()).hexdigest()
-    options = {k: v for k, v in asdict(cfg).items()
-               if k not in ("n_train", "device", "batch_patches", "activations", "max_resident_bytes", "sae",
-                             "precision")}
-    if cfg.activations != BUILTIN_PIXELS:
-        options.pop("data")
-    text = json.dumps({"source": source, **options}, sort_keys=True)
-    return f"{cfg.scorer}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+    """Content key of the scorer `cfg` trains: its fields but those marked runtime, evaluation or input, and the
+    content of its input (the cache's `train/meta.json`, or the builtin images' config) in place of its name."""
+    if cfg.activations == BUILTIN_PIXELS:
+        source = content_key(BUILTIN_PIXELS, cfg.data)
+    else:
+        source = file_digest(ctx.resolve(cfg.activations) / "train" / layout.META)
+    return content_key(cfg.scorer, cfg, omit=(EVALUATION, INPUT), extra={"input": source})
 
 
 def _n_batches(source, n_tokens_per_batch: int, max_resident_bytes: int) -> int:
@@ -232,7 +228,7 @@ def _scorer(cfg: Config, ctx, train_shards, device):
                              f"{cfg.activations} holds {d}-dim ones")
         ctx.log(f"scorer: the autoencoder of {path}")
         return model, 0.0
-    path = Path(ctx.runs_root) / "scorers" / f"{scorer_key(cfg, ctx)}.pt"
+    path = RunsRoot(ctx.runs_root).scorer(scorer_key(cfg, ctx))
     ctx.record_output(path)  # --force on this cell retrains it
     if path.exists():
         ctx.log(f"scorer reused from {path}")
