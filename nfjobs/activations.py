@@ -364,11 +364,6 @@ class StreamStats:
         return self.bytes_read / max(self.seconds, 1e-9) / 1e9
 
 
-def read_rows(path: Path, lo: int, hi: int) -> np.ndarray:
-    """Rows [lo, hi) of a C-ordered .npy file, read with plain file reads into a fresh array."""
-    return read_row_ranges(path, [(lo, hi, None)])[0]
-
-
 def read_row_ranges(path: Path, ranges: list[tuple[int, int, np.ndarray | None]]) -> list[np.ndarray]:
     """Rows [lo, hi) of a C-ordered .npy file for each (lo, hi, out) of `ranges`, the file opened once, each read
     into `out` (C-contiguous, of the file's dtype and row shape) or, where it is None, a fresh array."""
