@@ -282,6 +282,7 @@ def finish_from_state(cfg, state: dict, ctx) -> list[dict]:
     from nfjobs.data import load_split
     from nfjobs.jobs import train
     from nfjobs.models import load_family
+    from nfjobs.models.trained import field_name
     from nfjobs.nf import training as T
 
     device = ctx.device()
@@ -295,7 +296,7 @@ def finish_from_state(cfg, state: dict, ctx) -> list[dict]:
         final = family.evaluate(model, val, cfg)
         if hasattr(family, "reconstruct"):
             train.save_reconstructions(ctx.run_dir / "reconstructions.png", family, model, val[: train.GRID_IMAGES],
-                                       train.grid_title(cfg))
+                                       field_name(cfg))
     torch.save({"config": dataclasses.asdict(cfg), "model": model.state_dict()}, ctx.run_dir / "model.pt")
     steps = len(state["history"]) // max(state["epoch"], 1)
     last = {"epoch": state["epoch"], "train_loss": float(np.mean(state["history"][-steps:])),
@@ -440,6 +441,7 @@ def part_perceiver(s: Session, deadline: float) -> None:
 def part_ginr(s: Session, deadline: float) -> None:
     from nfjobs.jobs import train
     from nfjobs.models.ginr_config import GinrConfig
+    from nfjobs.models.trained import load_trained
     from nfjobs.nf import training as T
 
     a = s.args
@@ -505,7 +507,7 @@ def part_ginr(s: Session, deadline: float) -> None:
                         "alpha_end": alpha, "backend": final.get("backend"), "stopped_after_epoch": res["stopped_after_epoch"],
                         "train_psnr_last_epoch": res["epoch_logs"][-1].get("psnr") if res["epoch_logs"] else None})
         try:
-            model, _ = train.load_trained(res["run_dir"], "cuda" if torch.cuda.is_available() else "cpu")
+            model, _ = load_trained(res["run_dir"], "cuda" if torch.cuda.is_available() else "cpu")
             from nfjobs.data import load_split
             from nfjobs.models import ginr as G
 

@@ -33,9 +33,8 @@ from typing import Any, Literal
 import numpy as np
 from jaxtyping import Bool, Float, Int
 
-from nfjobs.context import atomic_write_bytes, atomic_write_with
-
-META = "meta.json"
+from nfjobs.store.files import atomic_write_bytes, atomic_write_with
+from nfjobs.store.layout import META
 LABELS = "labels.npy"
 TRAITS = "traits.npy"
 SHARDS = "shards"
@@ -363,11 +362,6 @@ class StreamStats:
     @property
     def gb_per_s(self) -> float:
         return self.bytes_read / max(self.seconds, 1e-9) / 1e9
-
-
-def read_rows(path: Path, lo: int, hi: int) -> np.ndarray:
-    """Rows [lo, hi) of a C-ordered .npy file, read with plain file reads into a fresh array."""
-    return read_row_ranges(path, [(lo, hi, None)])[0]
 
 
 def read_row_ranges(path: Path, ranges: list[tuple[int, int, np.ndarray | None]]) -> list[np.ndarray]:

@@ -13,11 +13,28 @@ from typing import Literal
 RUNTIME = "nfjobs.runtime"
 """Field metadata marker: the field says how or where to run, not what to compute, so it is left out of the
 cell key (changing it does not make a finished cell run again)."""
+EVALUATION = "nfjobs.evaluation"
+"""Field metadata marker: the field says how a cell evaluates what it builds (the split it tests on, the images a
+prototype is chosen on), not what it builds: it is in the cell key, but not in the content key of an artefact the
+cell shares with others (a trained scorer), so changing it reuses the artefact."""
+INPUT = "nfjobs.input"
+"""Field metadata marker: the field names what a cell reads (a cache cell, the builtin images); the content key of
+an artefact built from it hashes the content it names, not the name."""
 
 
 def runtime_field(default, **kwargs):
     """A dataclass field excluded from the cell key (logging intervals, worker counts, device choice)."""
     return field(default=default, metadata={RUNTIME: True}, **kwargs)
+
+
+def evaluation_field(default=dataclasses.MISSING, **kwargs):
+    """A dataclass field marked `EVALUATION` (in the cell key; out of a shared artefact's key)."""
+    return field(default=default, metadata={EVALUATION: True}, **kwargs)
+
+
+def input_field(default=dataclasses.MISSING, **kwargs):
+    """A dataclass field marked `INPUT` (in the cell key; an artefact's key hashes what it names instead)."""
+    return field(default=default, metadata={INPUT: True}, **kwargs)
 
 
 DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]{1,3})?")
@@ -30,7 +47,11 @@ def device_problem(device: str) -> str | None:
 
 
 def is_runtime(f: dataclasses.Field) -> bool:
-    return bool(f.metadata.get(RUNTIME, False))
+    return is_marked(f, RUNTIME)
+
+
+def is_marked(f: dataclasses.Field, marker: str) -> bool:
+    return bool(f.metadata.get(marker, False))
 
 
 FLAG = "nfjobs.flag"
@@ -93,6 +114,11 @@ class DataConfig:
             raise ValueError(f"image_size must be >= 1, got {self.image_size}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
+
+
+BUILTIN_PIXELS = "builtin-pixels"
+"""What `score` and `sae` cells name as their `activations` to read the builtin dataset's 4x4 pixel patches
+(`nfjobs.data.pixels`) instead of a cache cell."""
 
 
 @dataclass(frozen=True)

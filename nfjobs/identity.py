@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from nfjobs import typed
-from nfjobs.config import is_runtime
+from nfjobs.config import RUNTIME, is_marked
 
 SEED = "seed"
 
@@ -39,16 +39,23 @@ def _fragment(key: str, value: Any) -> str:
 
 
 @functools.cache
-def runtime_leaves(cls: type) -> frozenset[str]:
-    """Dotted keys of the runtime fields of a (nested) config dataclass."""
+def marked_leaves(cls: type, marker: str) -> frozenset[str]:
+    """Dotted keys of the leaves of a (nested) config dataclass under fields marked `marker` (`nfjobs.config`):
+    a marked sub-config marks all of its leaves."""
     out: set[str] = set()
     types = typed.field_types(cls)
     for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(types[f.name]):
-            out |= {f"{f.name}.{k}" for k in runtime_leaves(types[f.name])}
-        elif is_runtime(f):
-            out.add(f.name)
+        tp = types[f.name]
+        if is_marked(f, marker):
+            out |= {f"{f.name}.{k}" for k in typed.leaf_fields(tp)} if dataclasses.is_dataclass(tp) else {f.name}
+        elif dataclasses.is_dataclass(tp):
+            out |= {f"{f.name}.{k}" for k in marked_leaves(tp, marker)}
     return frozenset(out)
+
+
+def runtime_leaves(cls: type) -> frozenset[str]:
+    """Dotted keys of the runtime fields of a (nested) config dataclass."""
+    return marked_leaves(cls, RUNTIME)
 
 
 @functools.cache
@@ -79,11 +86,12 @@ def cell_key(kind: str, config: Any) -> str:
     return digest(kind, identity(type(config), flat), flat.get(SEED))
 
 
-def content_key(prefix: str, config: Any, *, leaves: Iterable[str] | None = None,
+def content_key(prefix: str, config: Any, *, leaves: Iterable[str] | None = None, omit: Iterable[str] = (),
                 extra: dict[str, Any] | None = None) -> str:
     """The key of something a cell builds from part of its config (a trained scorer, a cache): the hashed
-    leaves (or the given subset of them, which must not name a runtime field) plus `extra` (e.g. the hash of
-    the data it read), and the seed."""
+    leaves (or the given subset of them, which must not name a runtime field) but those under fields marked with
+    one of the markers `omit` (e.g. `config.EVALUATION`), plus `extra` (e.g. the hash of the data it read), and
+    the seed."""
     flat = flat_config(config)
     cls = type(config)
     if leaves is not None:
@@ -91,6 +99,9 @@ def content_key(prefix: str, config: Any, *, leaves: Iterable[str] | None = None
         bad = [k for k in leaves if k in runtime_leaves(cls) or k not in flat]
         if bad:
             raise ValueError(f"{cls.__name__}: {bad} are runtime fields or not fields: they take no part in a key")
+    omitted = frozenset().union(*(marked_leaves(cls, m) for m in omit))
+    if omitted:
+        leaves = [k for k in (hashed_leaves(cls) if leaves is None else leaves) if k not in omitted]
     ident = identity(cls, flat, leaves)
     if extra:
         ident = f"[{ident},{json.dumps(extra, sort_keys=True, separators=(',', ':'))}]"
@@ -100,3 +111,24 @@ def content_key(prefix: str, config: Any, *, leaves: Iterable[str] | None = None
 def derived_seed(base: int, ident: str) -> int:
     """base + a stable offset from the rest of the config, so editing the grid does not reshuffle seeds."""
     return base + int.from_bytes(hashlib.sha256(ident.encode()).digest()[:4], "little") % 1_000_000
+
+
+def without_runtime(config: Any) -> dict[str, Any]:
+    """`dataclasses.asdict(config)` without its runtime fields: what a cell's output depends on, as it records it
+    (a cache's meta.json)."""
+    drop = runtime_leaves(type(config))
+
+    def prune(tree: dict[str, Any], prefix: str) -> dict[str, Any]:
+        return {k: prune(v, f"{prefix}{k}.") if isinstance(v, dict) else v
+                for k, v in tree.items() if f"{prefix}{k}" not in drop}
+
+    return prune(dataclasses.asdict(config), "")
+
+
+def file_digest(path: Path) -> str:
+    """16 hex digits of the SHA-256 of a file's bytes (a checkpoint a cache was computed from)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()[:16]

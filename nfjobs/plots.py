@@ -62,11 +62,11 @@ def probe_accuracy(table: pl.DataFrame, path: Path | str, title: str = "Probe ac
 
 def field_labels(rows: pl.DataFrame) -> pl.Series:
     """A trained field's name per train result row, by the rule of the caches (`perceiver-sparse-nce-ft`)."""
-    from nfjobs.jobs.probe import _field_name
+    from nfjobs.models.trained import field_name
 
     def name(r: dict) -> str:
-        return _field_name(SimpleNamespace(model=r.get("model") or "field", context_frac=r.get("context_frac") or 1.0,
-                                           nce_weight=r.get("nce_weight") or 0.0, init_from=r.get("init_from") or ""))
+        return field_name(SimpleNamespace(model=r.get("model") or "field", context_frac=r.get("context_frac") or 1.0,
+                                          nce_weight=r.get("nce_weight") or 0.0, init_from=r.get("init_from") or ""))
 
     return pl.Series("field", [name(r) for r in rows.iter_rows(named=True)], dtype=pl.String)
 

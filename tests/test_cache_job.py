@@ -8,7 +8,8 @@ from nfjobs.activations import open_cache, shard_path
 from nfjobs.config import DataConfig
 from nfjobs.context import Context
 from nfjobs.jobs import cache
-from nfjobs.probes.toy import ToyField
+from nfjobs.probes.tdsm_config import TdsmOptions
+from tests.toy_field import ToyField
 
 DATA = DataConfig(builtin_n=40, val_frac=0.25)
 
@@ -68,11 +69,11 @@ def test_nf_and_tdsm(tmp_path, field_dir):
     _, ctx, rows = _run(tmp_path, key="nf", source="nf", checkpoint=str(run_dir))
     assert (rows[0]["n_tokens"], rows[0]["d"]) == (6, 8) and len(loads) == 1  # one load for both splits
     _, ctx, _ = _run(tmp_path, key="t", source="tdsm", checkpoint=str(run_dir),
-                     tdsm=cache.TdsmOptions(every=2, reduce="rgb", chunk=7))
+                     tdsm=TdsmOptions(every=2, reduce="rgb", chunk=7))
     c = open_cache(ctx.run_dir / "val")
     assert (c.n_tokens, c.d) == (1024, 9)  # 32·32 pixels, 3 tokens × RGB
     _, ctx_loop, _ = _run(tmp_path, key="t-loop", source="tdsm", checkpoint=str(run_dir),
-                          tdsm=cache.TdsmOptions(every=2, reduce="rgb", chunk=0))
+                          tdsm=TdsmOptions(every=2, reduce="rgb", chunk=0))
     np.testing.assert_allclose(open_cache(ctx_loop.run_dir / "val").load_all(), c.load_all(), atol=2e-3)
 
 

@@ -53,13 +53,14 @@ def test_knn_matches_sklearn():
 from nfjobs.config import DataConfig  # noqa: E402
 from nfjobs.context import Context  # noqa: E402
 from nfjobs.jobs import cache, probe  # noqa: E402
+from nfjobs.probes.tdsm_config import TdsmOptions  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def caches(tmp_path_factory):
     """An `original` cache and a `tdsm` cache (stand-in field) of 60 builtin images; the field's run dir is
     deleted afterwards and loading any field fails, so probes can only read the shards."""
-    from nfjobs.probes.toy import ToyField
+    from tests.toy_field import ToyField
 
     runs = tmp_path_factory.mktemp("runs")
     field_dir = runs / "train-x"
@@ -71,7 +72,7 @@ def caches(tmp_path_factory):
     mp.setattr(cache, "load_field", lambda d, device: (toy, "toy"))
     data = DataConfig(builtin_n=60, val_frac=0.25)
     for key, extra in [("orig", dict(source="original")),
-                       ("tdsm", dict(source="tdsm", checkpoint=str(field_dir), tdsm=cache.TdsmOptions(every=1)))]:
+                       ("tdsm", dict(source="tdsm", checkpoint=str(field_dir), tdsm=TdsmOptions(every=1)))]:
         cache.run(cache.Config(data=data, shard_size=16, **extra), Context(key=key, kind="cache", runs_root=runs))
     for f in field_dir.iterdir():
         f.unlink()

@@ -6,10 +6,13 @@ import pytest
 import torch
 
 from nfjobs.activations import CacheWriter
+from nfjobs.config import BUILTIN_PIXELS
 from nfjobs.context import Context
+from nfjobs.data.pixels import builtin_pixels
 from nfjobs.jobs import sae, score
 from nfjobs.kinds import KINDS
 from nfjobs.scoring import scorers
+from nfjobs.store import layout
 
 TINY = dict(width=16, l1=1e-3, lr=3e-3, epochs=3, batch=64, shuffle_images=4, device="cpu")
 
@@ -55,7 +58,7 @@ def test_trains_with_dead_and_dense_statistics_per_epoch(tmp_path):
     for r in rows:
         assert 0 <= r["frac_dead"] <= 1 and 0 <= r["frac_dense"] <= 1 and 0 <= r["l0"] <= 16
         assert r["gb_read"] * 1e9 == 24 * 6 * 8 * 2  # every training patch read once per epoch, float16
-    model = scorers.load(sae.sae_file(tmp_path / "runs" / "a"))
+    model = scorers.load(tmp_path / "runs" / "a" / layout.SAE)
     assert model.n_prototypes == 16
 
 
@@ -69,8 +72,8 @@ def test_an_interrupted_run_resumes_at_the_next_epoch_with_the_same_result(tmp_p
     assert [r["epoch"] for r in resumed] == [1, 2, 3]
     for a, b in zip(whole, resumed):
         assert a["mse"] == pytest.approx(b["mse"], rel=1e-6) and a["frac_dead"] == b["frac_dead"]
-    wa = scorers.load(sae.sae_file(tmp_path / "runs" / "whole")).state_dict()
-    wb = scorers.load(sae.sae_file(tmp_path / "runs" / "split")).state_dict()
+    wa = scorers.load(tmp_path / "runs" / "whole" / layout.SAE).state_dict()
+    wb = scorers.load(tmp_path / "runs" / "split" / layout.SAE).state_dict()
     for name in wa:
         torch.testing.assert_close(wa[name], wb[name])
 
@@ -87,7 +90,7 @@ def test_a_score_cell_scores_with_the_sae_cell(tmp_path):
     from nfjobs.activations import open_cache
     from nfjobs.scoring import protocol
 
-    model = scorers.load(sae.sae_file(tmp_path / "runs" / "sae-0123456789ab"))
+    model = scorers.load(tmp_path / "runs" / "sae-0123456789ab" / layout.SAE)
     val = open_cache(cache / "val")
     scores = protocol.image_scores(model, [torch.from_numpy(val.load_all())])
     codes = model(torch.from_numpy(val.load_all()).reshape(-1, 8)).view(16, 6, 16).amax(1)
@@ -176,14 +179,14 @@ def test_trains_on_builtin_pixels_the_patches_a_score_cell_of_that_name_scores(t
     from nfjobs.config import DataConfig
 
     data = DataConfig(builtin_n=40)
-    cfg = sae.Config(activations=score.BUILTIN_PIXELS, data=data, **TINY)
+    cfg = sae.Config(activations=BUILTIN_PIXELS, data=data, **TINY)
     assert sae.check(cfg) == [] and sae.depends_on(cfg) == []
     assert sae.check(replace(cfg, data=DataConfig(name="cifar10")))[0][0] == "data.name"
-    train = score.builtin_pixels(data, "train")[0]
+    train = builtin_pixels(data, "train")[0]
     rows = sae.run(cfg, _ctx(tmp_path, "sae-0123456789ab"))
     assert [r["patches"] for r in rows] == [train.shape[0] * 64] * 3 and rows[-1]["mse"] < rows[0]["mse"]
     assert all(r["gb_read"] == 0 for r in rows)  # held in memory, nothing read from a cache
-    model = scorers.load(sae.sae_file(tmp_path / "runs" / "sae-0123456789ab"))
+    model = scorers.load(tmp_path / "runs" / "sae-0123456789ab" / layout.SAE)
     torch.testing.assert_close(model.mean, torch.from_numpy(train).reshape(-1, 48).mean(0))
     out = score.run(score.Config(scorer="sae", sae="sae-0123456789ab", data=data, device="cpu", pictures_top_k=0),
                     Context(key="s", kind="score", runs_root=tmp_path / "runs"))

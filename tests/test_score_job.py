@@ -12,6 +12,7 @@ from nfjobs.activations import CacheWriter
 from nfjobs.config import DataConfig
 from nfjobs.context import Context
 from nfjobs.data import load_split
+from nfjobs.data.pixels import builtin_pixels
 from nfjobs.jobs import score
 from nfjobs.scoring import report
 
@@ -46,7 +47,7 @@ def test_test_ap_is_sklearns_on_the_chosen_prototype(tmp_path):
     cfg = score.Config(scorer="random", **TINY)
     rows = run(cfg, tmp_path)
     scorer = scorers.load(next((tmp_path / "scorers").iterdir()))
-    acts, traits, _ = score.builtin_pixels(cfg.data, "val")
+    acts, traits, _ = builtin_pixels(cfg.data, "val")
     scores = protocol.image_scores(scorer, [torch.from_numpy(acts)]).numpy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -12,6 +12,7 @@ from nfjobs import results, sweep
 from nfjobs.context import Context
 from nfjobs.jobs import sae
 from nfjobs.scoring import scorers
+from nfjobs.store import layout
 from test_slurm import launch, manifest_jobs
 from waiting import wait_for
 from nfjobs.store import rows as stored
@@ -63,7 +64,7 @@ def test_a_preempted_sae_cell_is_requeued_and_resumes_to_the_uninterrupted_resul
     finally:
         torch.set_num_threads(threads)
     assert rows.select(STATISTICS).to_dicts() == [{k: r[k] for k in STATISTICS} for r in whole]
-    split_model = scorers.load(sae.sae_file(runs / cell.key)).state_dict()
-    whole_model = scorers.load(sae.sae_file(runs / "whole")).state_dict()
+    split_model = scorers.load(runs / cell.key / layout.SAE).state_dict()
+    whole_model = scorers.load(runs / "whole" / layout.SAE).state_dict()
     assert split_model.keys() == whole_model.keys()
     assert all(torch.equal(split_model[k], whole_model[k]) for k in whole_model)

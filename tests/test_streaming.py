@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from nfjobs.activations import CacheError, StreamStats, open_cache, read_row_ranges, read_rows, shard_path
+from nfjobs.activations import CacheError, StreamStats, open_cache, read_row_ranges, shard_path
 from nfjobs.context import Context
 from nfjobs.jobs import sae, score
 from test_sae_job import TINY, write_cache
@@ -75,8 +75,8 @@ def test_budget_too_small_or_fixed_chunks_that_do_not_fit_are_refused(cache):
 
 def test_read_rows_is_the_slice_of_the_shard(cache):
     full = np.load(shard_path(cache / "train", 1))
-    np.testing.assert_array_equal(read_rows(shard_path(cache / "train", 1), 2, 5), full[2:5])
-    assert read_rows(shard_path(cache / "train", 1), 3, 3).shape == (0, TOKENS, D)
+    np.testing.assert_array_equal(read_row_ranges(shard_path(cache / "train", 1), [(2, 5, None)])[0], full[2:5])
+    assert read_row_ranges(shard_path(cache / "train", 1), [(3, 3, None)])[0].shape == (0, TOKENS, D)
     out = np.empty((4, TOKENS, D), np.float16)
     a, b = read_row_ranges(shard_path(cache / "train", 1), [(5, 7, out[2:]), (0, 2, out[:2])])
     np.testing.assert_array_equal(out, full[[0, 1, 5, 6]])

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from nfjobs.probes import tdsm as T
-from nfjobs.probes.toy import ToyField
+from tests.toy_field import ToyField
 
 H = W = 6
 

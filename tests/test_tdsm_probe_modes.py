@@ -6,8 +6,11 @@ import torch
 
 from nfjobs.config import DataConfig
 from nfjobs.context import Context
-from nfjobs.jobs import probe, train
-from nfjobs.probes.toy import ToyField
+from nfjobs.jobs import probe
+from nfjobs.models import trained
+from nfjobs.models.train_config import TrainConfig
+from nfjobs.probes.tdsm_config import TdsmOptions
+from tests.toy_field import ToyField
 
 
 @pytest.fixture
@@ -18,13 +21,13 @@ def field(tmp_path, monkeypatch):
     (run_dir / "model.pt").write_bytes(b"weights")
     torch.manual_seed(0)
     toy = ToyField(n_latents=4, latent_dim=8, hidden=8).eval()
-    tc = train.Config(data=DataConfig(builtin_n=40, val_frac=0.25), nce_weight=0.1)
-    monkeypatch.setattr(train, "load_trained", lambda d, device: (toy, tc))
+    tc = TrainConfig(data=DataConfig(builtin_n=40, val_frac=0.25), nce_weight=0.1)
+    monkeypatch.setattr(trained, "load_trained", lambda d, device: (toy, tc))
     return toy
 
 
 def _run(tmp_path, mode, **kw):
-    cfg = probe.Config(probe="tdsm_gap", tdsm_mode=mode, checkpoint="train-x", tdsm=probe.TdsmOptions(every=2),
+    cfg = probe.Config(probe="tdsm_gap", tdsm_mode=mode, checkpoint="train-x", tdsm=TdsmOptions(every=2),
                        epochs=1, head_epochs=1, batch_size=10, **kw)
     assert probe.check(cfg) == [] and probe.depends_on(cfg) == ["train-x"]
     (row,) = probe.run(cfg, Context(key=f"p-{mode}", kind="probe", runs_root=tmp_path / "runs"))

@@ -12,6 +12,7 @@ import pytest
 from nfjobs.config import DataConfig, OptimConfig
 from nfjobs.context import Context
 from nfjobs.jobs import train
+from nfjobs.models import trained
 from nfjobs.models import perceiver
 from nfjobs.models.perceiver_config import PerceiverConfig
 from nfjobs.nf.config import NceConfig
@@ -67,7 +68,7 @@ def test_the_four_variants_of_the_tiny_sweep_run_and_the_finetune_starts_from_th
         fields = {**shared, **{k: v for k, v in group.items() if k not in ("name", "kind")}}
         if fields.get("init_from") == "@sparse":
             fields["init_from"] = "sparse"
-        cfg = train._from_dict(train.Config, fields)
+        cfg = trained.config_from_dict(train.Config, fields)
         assert train.depends_on(cfg) == ([cfg.init_from] if cfg.init_from else [])
         results[group["name"]] = train.run(cfg, Context(key=group["name"], kind="train", runs_root=tmp_path))
 
@@ -76,7 +77,7 @@ def test_the_four_variants_of_the_tiny_sweep_run_and_the_finetune_starts_from_th
         assert [r["eval_context_frac"] for r in final] == [0.05, 0.1, 0.2, 0.5, 1.0]
         assert all(np.isfinite(r["psnr"]) and r["epoch"] == 1 for r in final)
         assert (tmp_path / name / "reconstructions.png").stat().st_size > 0
-    model, cfg = train.load_trained(tmp_path / "finetune")
+    model, cfg = trained.load_trained(tmp_path / "finetune")
     assert cfg.init_from == "sparse" and cfg.nce_weight == 0.1 and not model.training
 
 

@@ -25,15 +25,17 @@ and k-NN probes mean-pool them into the per-image embedding (the `z` of its coll
 probe reads the tokens. GINR encodes whole images only (`encode(images)`), so it takes full context only.
 """
 
-import hashlib
 import inspect
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from nfjobs.config import DataConfig, is_runtime, runtime_field
-from nfjobs.context import looks_like_path
+from nfjobs.config import DataConfig, runtime_field
+from nfjobs.identity import file_digest, without_runtime
+from nfjobs.probes.tdsm_config import TdsmOptions
+from nfjobs.store import layout
+from nfjobs.store.layout import looks_like_path
 
 CHECKPOINTABLE = True
 """Resumable: progress is the shards on disk (written atomically), so a requeue continues where it stopped."""
@@ -49,20 +51,6 @@ def backbone_layers(name: str) -> list[str]:
         return ["conv_proj", *(f"encoder.layers.encoder_layer_{i}" for i in range(12)), "encoder.ln"]
     blocks = [f"layer{i + 1}.{j}" for i, n in enumerate(RESNET_BLOCKS[name]) for j in range(n)]
     return ["conv1", "bn1", "relu", "maxpool", *(f"layer{i}" for i in range(1, 5)), *blocks]
-
-
-@dataclass(frozen=True)
-class TdsmOptions:
-    """Token-decoded spatial maps: which tokens, how each component image becomes channels."""
-
-    every: int = 4
-    """Decode every `every`-th latent token (ignored when `tokens` is given)."""
-    tokens: tuple[int, ...] = ()
-    """Explicit latent token indices to decode."""
-    reduce: Literal["mean", "rgb", "l2"] = "mean"
-    """Per pixel and token: mean over RGB, RGB kept (3 channels per token), or L2 norm."""
-    chunk: int = runtime_field(512)
-    """(image, token) pairs per decoder forward in the batched variant; 0 = one forward per token (loop)."""
 
 
 @dataclass(frozen=True)
@@ -121,7 +109,7 @@ class Config:
 
 
 def _checkpoint_file(run_dir: Path) -> Path:
-    return run_dir / "model.pt" if run_dir.is_dir() else run_dir
+    return run_dir / layout.MODEL if run_dir.is_dir() else run_dir
 
 
 def check(cfg: Config) -> list[tuple[str, str]]:
@@ -135,7 +123,7 @@ def check(cfg: Config) -> list[tuple[str, str]]:
         elif looks_like_path(cfg.checkpoint) or cfg.checkpoint.endswith(".pt"):
             ckpt = _checkpoint_file(Path(cfg.checkpoint).expanduser())
             if not ckpt.is_file():
-                problems.append(("checkpoint", f"{ckpt} does not exist (a train run dir holds model.pt)"))
+                problems.append(("checkpoint", f"{ckpt} does not exist (a train run dir holds {layout.MODEL})"))
     if cfg.source == "backbone":
         valid = backbone_layers(cfg.backbone)
         if cfg.layer and cfg.layer not in valid:
@@ -167,22 +155,12 @@ def sparse_indices(image_ids: range, n_pixels: int, n_keep: int, seed: int, spli
     return np.stack([np.random.default_rng([seed, salt, i]).permutation(n_pixels)[:n_keep] for i in image_ids])
 
 
-def _file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
-
-
 def load_field(run_dir: Path, device):
-    """The trained neural field of a train run directory (eval mode) and a name for it from its config:
-    family, then `-sparse` (sparse-context training), `-nce` (Soft-InfoNCE), `-ft` (initialised from a cell)."""
-    from nfjobs.jobs.train import load_trained
+    """The trained neural field of a train run directory (eval mode) and its name (`models.trained.field_name`)."""
+    from nfjobs.models.trained import field_name, load_trained
 
     model, tc = load_trained(run_dir, device)
-    tags = [t for t, on in (("sparse", tc.context_frac < 1), ("nce", tc.nce_weight > 0), ("ft", tc.init_from)) if on]
-    return model.eval(), "-".join([tc.model, *tags])
+    return model, field_name(tc)
 
 
 def _build_backbone(cfg: Config, device):
@@ -200,7 +178,7 @@ def _build_backbone(cfg: Config, device):
         torch.manual_seed(cfg.seed)
         model = getattr(tvm, cfg.backbone)(**kwargs)
     if cfg.backbone_weights:
-        from nfjobs.context import load_tensors
+        from nfjobs.store.files import load_tensors
 
         state = load_tensors(Path(cfg.backbone_weights).expanduser())
         model.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
@@ -209,12 +187,6 @@ def _build_backbone(cfg: Config, device):
 
 class _Stop(Exception):
     """Raised by the layer hook: nothing after the cached layer needs computing."""
-
-
-def _content(obj) -> dict:
-    """A config as a dict without its runtime fields (what the cached values depend on)."""
-    return {f.name: _content(v) if hasattr(v := getattr(obj, f.name), "__dataclass_fields__") else v
-            for f in fields(obj) if not is_runtime(f)}
 
 
 def _make_encoder(cfg: Config, ctx):
@@ -233,8 +205,8 @@ def _make_encoder(cfg: Config, ctx):
             raise FileNotFoundError(f"checkpoint: {err} (has the train cell run?)") from None
         ckpt = _checkpoint_file(run_dir)
         if not ckpt.is_file():
-            raise FileNotFoundError(f"checkpoint: {ckpt} does not exist (a train run dir holds model.pt)")
-        meta = {"checkpoint": cfg.checkpoint, "checkpoint_sha256": _file_hash(ckpt)}
+            raise FileNotFoundError(f"checkpoint: {ckpt} does not exist (a train run dir holds {layout.MODEL})")
+        meta = {"checkpoint": cfg.checkpoint, "checkpoint_sha256": file_digest(ckpt)}
 
     import torch
     import torch.nn.functional as F
@@ -333,12 +305,12 @@ def run(cfg: Config, ctx) -> list[dict]:
 
     import numpy as np
 
-    from nfjobs.activations import LABELS, META, CacheWriter, part_shards
+    from nfjobs.activations import LABELS, CacheWriter, part_shards
     from nfjobs.data import open_split
 
     rows, todo = [], []
     for split in _splits(cfg):
-        meta_file = cache_dir(ctx.run_dir, split) / META
+        meta_file = cache_dir(ctx.run_dir, split) / layout.META
         if meta_file.exists() and (meta := json.loads(meta_file.read_text())).get("complete"):
             ctx.log(f"{split}: cache complete, reused")
             rows.append({"cached_split": split, "n_images": meta["n_images"], "n_tokens": meta["n_tokens"],
@@ -359,9 +331,9 @@ def run(cfg: Config, ctx) -> list[dict]:
             "source": cfg.source, "context": cfg.context,
             "label": cfg.label or _default_label(cfg.source, provenance.get("field")),
             "context_frac": cfg.context_frac if cfg.context == "sparse" else 1.0, "seed": cfg.seed,
-            "dataset": _content(cfg.data), "split": split, "image_shape": list(data.image_shape),
+            "dataset": without_runtime(cfg.data), "split": split, "image_shape": list(data.image_shape),
             "class_names": list(data.class_names), "trait_names": list(data.trait_names),
-            "config": _content(cfg), **provenance,
+            "config": without_runtime(cfg), **provenance,
         }
         writer = CacheWriter(cache_dir(ctx.run_dir, split), json.loads(json.dumps(meta)), data.n,
                              first.shape[1], first.shape[2], cfg.shard_size, cfg.dtype)

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Literal
 
 from nfjobs.config import runtime_field
-from nfjobs.context import looks_like_path
-from nfjobs.jobs.cache import TdsmOptions
+from nfjobs.probes.tdsm_config import TdsmOptions
+from nfjobs.store import layout
+from nfjobs.store.layout import looks_like_path
 
 Probe = Literal["transformer", "linear", "knn", "tdsm_gap", "tdsm_gmp", "tdsm_cnn", "tdsm_attn"]
 TdsmMode = Literal["frozen", "finetune", "two_stage"]
@@ -101,7 +102,7 @@ def check(cfg: Config) -> list[tuple[str, str]]:
         return [("activations", "name the cell key or run directory of a cache cell")]
     if looks_like_path(cfg.activations):
         root = Path(cfg.activations).expanduser()
-        missing = [s for s in ("train", cfg.eval_split) if not (root / s / "meta.json").is_file()]
+        missing = [s for s in ("train", cfg.eval_split) if not (root / s / layout.META).is_file()]
         if missing:
             return [("activations", f"{root} has no cached {' or '.join(missing)} split (a cache cell with "
                                     "split = 'both' writes train/ and val/, 'all' also test/)")]
@@ -118,8 +119,8 @@ def _check_with_field(cfg: Config) -> list[tuple[str, str]]:
                                         "leave activations empty"))
     if not cfg.checkpoint:
         problems.append(("checkpoint", f"tdsm_mode {cfg.tdsm_mode!r} needs the cell key or run dir of a train cell"))
-    elif looks_like_path(cfg.checkpoint) and not (Path(cfg.checkpoint).expanduser() / "model.pt").is_file():
-        problems.append(("checkpoint", f"{cfg.checkpoint} holds no model.pt (not a finished train run dir)"))
+    elif looks_like_path(cfg.checkpoint) and not (Path(cfg.checkpoint).expanduser() / layout.MODEL).is_file():
+        problems.append(("checkpoint", f"{cfg.checkpoint} holds no {layout.MODEL} (not a finished train run dir)"))
     return problems
 
 
@@ -252,12 +253,6 @@ def _tdsm_head(probe: str, size: tuple[int, int], reduce: str, channels: int, n_
     return make_head(probe.removeprefix("tdsm_"), size, channels // per_token, channels, n_classes)
 
 
-def _field_name(tc) -> str:
-    """What `cache.load_field` calls a field: family, then `-sparse`, `-nce`, `-ft` from its train config."""
-    tags = [t for t, on in (("sparse", tc.context_frac < 1), ("nce", tc.nce_weight > 0), ("ft", tc.init_from)) if on]
-    return "-".join([tc.model, *tags])
-
-
 def _run_with_field(cfg: Config, ctx) -> dict:
     """`finetune` / `two_stage`: TDSM maps of the checkpoint's field over its own dataset, decoded in every step
     (`tdsm.chunk` pairs per decoder forward), train the head and the field; one row like a frozen TDSM probe's."""
@@ -267,7 +262,7 @@ def _run_with_field(cfg: Config, ctx) -> dict:
     import torch
 
     from nfjobs.data import load_split
-    from nfjobs.jobs.train import load_trained
+    from nfjobs.models.trained import field_name, load_trained
     from nfjobs.nf import fields as nf
     from nfjobs.probes.tdsm import TDSMClassifier, fit_tdsm, token_subset
 
@@ -305,7 +300,7 @@ def _run_with_field(cfg: Config, ctx) -> dict:
                    weight_decay=cfg.weight_decay, seed=cfg.seed, on_epoch=on_epoch)
     done()
     return {
-        "representation": f"{_field_name(tc)}-tdsm", "source": "tdsm", "context": "full", "context_frac": 1.0,
+        "representation": f"{field_name(tc)}-tdsm", "source": "tdsm", "context": "full", "context_frac": 1.0,
         "dataset": tc.data.name, "n_train": len(y_train), "n_val": len(y_val), "n_tokens": size[0] * size[1],
         "d": channels, "tdsm_mode": cfg.tdsm_mode, "accuracy": res.accuracy, "train_accuracy": res.train_accuracy,
         "train_s": res.train_s,

@@ -20,14 +20,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nfjobs.config import DataConfig, device_problem, runtime_field
-from nfjobs.context import looks_like_path
-from nfjobs.jobs.score import BUILTIN_PIXELS, builtin_pixels
+from nfjobs.config import BUILTIN_PIXELS, DataConfig, device_problem, runtime_field
+from nfjobs.store import layout
+from nfjobs.store.layout import looks_like_path
 
 CHECKPOINTABLE = True
 """Resumable: a checkpoint per epoch."""
 
-SAE_FILE = "sae.pt"
 MOMENT_ROWS = 65536
 """Patches cast to float64 at once while summing the moments."""
 
@@ -84,19 +83,14 @@ def check(cfg: Config) -> list[tuple[str, str]]:
         return []
     if not cfg.activations:
         return [("activations", f"name the cell key or run directory of a cache cell, or {BUILTIN_PIXELS!r}")]
-    if looks_like_path(cfg.activations) and not (Path(cfg.activations).expanduser() / "train" / "meta.json").is_file():
-        return [("activations", f"{cfg.activations} holds no train/meta.json (a cache cell writes it)")]
+    if looks_like_path(cfg.activations) and not (Path(cfg.activations).expanduser() / "train" / layout.META).is_file():
+        return [("activations", f"{cfg.activations} holds no train/{layout.META} (a cache cell writes it)")]
     return []
 
 
 def depends_on(cfg: Config) -> list[str]:
     """The cache cell it trains on (a key or a run dir)."""
     return [cfg.activations] if cfg.activations not in ("", BUILTIN_PIXELS) else []
-
-
-def sae_file(run_dir: Path) -> Path:
-    """Where a finished `sae` cell keeps its autoencoder (a `scorers.save` file)."""
-    return Path(run_dir) / SAE_FILE
 
 
 class _InMemory:
@@ -115,6 +109,8 @@ class _InMemory:
 def _training_set(cfg: Config, ctx):
     """The training patches: the cache's `train/` split, or the builtin dataset's pixel patches in memory."""
     if cfg.activations == BUILTIN_PIXELS:
+        from nfjobs.data.pixels import builtin_pixels
+
         return _InMemory(builtin_pixels(cfg.data, "train")[0])
     from nfjobs.activations import open_cache
 
@@ -199,5 +195,5 @@ def run(cfg: Config, ctx) -> list[dict]:
                  "sae": {k: v.detach().clone() for k, v in sae.state_dict().items()}, "opt": opt.state_dict()}
         ctx.save_checkpoint(state)
     sae.detach()
-    scorers.save(sae, sae_file(ctx.run_dir))
+    scorers.save(sae, ctx.run_dir / layout.SAE)
     return list(state["rows"])

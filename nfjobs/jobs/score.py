@@ -1,8 +1,9 @@
 """Score job: trait discovery with prototypes (seed 004) on cached activations.
 
 A scorer (random unit vectors, k-means, PCA or a ReLU sparse autoencoder) is trained on patches of the
-training images, or reused from `<runs_root>/scorers/<hash>.pt` when an earlier cell trained the same one
-(same activations, scorer, size, options and seed; `n_train` is not part of it). Image score = max over its
+training images, or reused from `<runs_root>/scorers/<scorer key>.pt` when an earlier cell trained the same one
+(`scorer_key`: the same input content, scorer options and seed; how the cell evaluates it, `n_train` and
+`eval_split`, and how it runs are not part of it). Image score = max over its
 patches. For each trait the prototype with the best AP on `n_train` training images (seeded; 0 = all) is chosen
 and its AP measured on the test (`val`) images.
 
@@ -26,18 +27,17 @@ or `builtin-pixels`: the builtin dataset (`data`) cut into 4x4 patches, 64 token
 whole protocol runs without downloads or a cache cell.
 """
 
-import hashlib
-import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from nfjobs.config import DataConfig, device_problem, runtime_field
-from nfjobs.context import looks_like_path
+from nfjobs.config import (BUILTIN_PIXELS, EVALUATION, INPUT, DataConfig, device_problem, evaluation_field,
+                           input_field, runtime_field)
+from nfjobs.identity import content_key, file_digest
+from nfjobs.store import layout
+from nfjobs.store.layout import RunsRoot, looks_like_path
 
-BUILTIN_PIXELS = "builtin-pixels"
-PATCH = 4
 N_PROTOTYPES = 128
 
 
@@ -47,14 +47,14 @@ class Config:
 
     seed: int = 0
     """Seeds the scorer and the choice of the `n_train` training images."""
-    activations: str = BUILTIN_PIXELS
+    activations: str = input_field(BUILTIN_PIXELS)
     """Cell key or run directory of a cache cell (with `train/` and `val/`), or `builtin-pixels`."""
     scorer: Literal["random", "kmeans", "pca", "sae"] = "random"
     """How prototypes are chosen: random unit vectors, k-means centres, principal directions, SAE codes."""
     n_prototypes: int = N_PROTOTYPES
     """Prototypes (K) the scorer offers every trait; 0 with `sae` (the sae cell's width is K: rows say it in
     `prototypes`)."""
-    n_train: int = 0
+    n_train: int = evaluation_field(0)
     """Training images on which each trait's prototype is chosen (0 = all)."""
     train_patches: int = 200_000
     """Patches of the training images (sampled, seeded) the scorer learns from."""
@@ -68,10 +68,10 @@ class Config:
     """Optimisation steps of the sparse autoencoder."""
     sae_batch: int = 1024
     """Patches per sparse-autoencoder step."""
-    sae: str = ""
+    sae: str = input_field("")
     """`scorer = "sae"`: cell key or run directory of an `sae` cell whose autoencoder scores (its width is the
     number of prototypes; `sae_*` are then unused and `n_prototypes` is 0); empty = train one here as above."""
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig = input_field(default_factory=DataConfig)
     """Images of `builtin-pixels` (must be `builtin`); unused for a cache."""
     device: str = runtime_field("auto")
     """`auto` (GPU when visible), `cpu`, `cuda`, `cuda:1`, ..."""
@@ -82,7 +82,7 @@ class Config:
     precision: Literal["auto", "bf16", "fp32"] = runtime_field("auto")
     """Patch x prototype products of the random scorer: `auto` = bf16 on CUDA (as every job), fp32 on CPU; the
     other scorers compute in fp32. Image scores and APs are float32 either way."""
-    eval_split: Literal["val", "test"] = "val"
+    eval_split: Literal["val", "test"] = evaluation_field("val")
     """Split the chosen prototypes are tested on: the cache's `val/` or `test/` (a cache with split = 'all')."""
     pictures_top_k: int = runtime_field(8)
     """Top test images drawn per trait under `pictures/` (0 = no pictures)."""
@@ -111,8 +111,8 @@ def check(cfg: Config) -> list[tuple[str, str]]:
     """A named cache directory must hold both splits with traits; `builtin-pixels` needs the builtin data."""
     if cfg.sae and cfg.scorer != "sae":
         return [("sae", f"names an sae cell, which only scorer = 'sae' uses (scorer is {cfg.scorer!r})")]
-    if cfg.sae and looks_like_path(cfg.sae) and not (Path(cfg.sae).expanduser() / "sae.pt").is_file():
-        return [("sae", f"{cfg.sae} holds no sae.pt (a finished sae cell writes it)")]
+    if cfg.sae and looks_like_path(cfg.sae) and not (Path(cfg.sae).expanduser() / layout.SAE).is_file():
+        return [("sae", f"{cfg.sae} holds no {layout.SAE} (a finished sae cell writes it)")]
     if cfg.activations == BUILTIN_PIXELS:
         if cfg.data.name != "builtin":
             return [("data.name", f"{BUILTIN_PIXELS} cuts the builtin images into patches; got {cfg.data.name!r}")]
@@ -123,7 +123,7 @@ def check(cfg: Config) -> list[tuple[str, str]]:
         return [("activations", f"name the cell key or run directory of a cache cell, or {BUILTIN_PIXELS!r}")]
     if looks_like_path(cfg.activations):
         root = Path(cfg.activations).expanduser()
-        missing = [f"{s}/{f}" for s in ("train", cfg.eval_split) for f in ("meta.json", "traits.npy")
+        missing = [f"{s}/{f}" for s in ("train", cfg.eval_split) for f in (layout.META, "traits.npy")
                    if not (root / s / f).is_file()]
         if missing:
             return [("activations", f"{root} lacks {', '.join(missing)} (a cache cell of a dataset with traits "
@@ -137,23 +137,12 @@ def depends_on(cfg: Config) -> list[str]:
     return refs + ([cfg.sae] if cfg.sae else [])
 
 
-def builtin_pixels(data: DataConfig, split: Literal["train", "val"]):
-    """(images, 64, 48) float32 activations (4x4 RGB patches in [0, 1]), traits and trait names of the builtin
-    dataset."""
-    import numpy as np
-    from einops import rearrange
-
-    from nfjobs.data import load_split
-
-    s = load_split(data, split)
-    acts = rearrange(s.images, "n (h p1) (w p2) c -> n (h w) (p1 p2 c)", p1=PATCH, p2=PATCH)
-    return acts.astype(np.float32) / 255.0, s.traits, s.trait_names
-
-
 def _load(cfg: Config, ctx):
     """Per split: an activation cache (or, for builtin-pixels, a list of one (images, tokens, d) array) and
     traits (N, T); plus the trait names."""
     if cfg.activations == BUILTIN_PIXELS:
+        from nfjobs.data.pixels import builtin_pixels
+
         train, val = builtin_pixels(cfg.data, "train"), builtin_pixels(cfg.data, "val")
         return ([train[0]], train[1]), ([val[0]], val[1]), train[2]
     from nfjobs.activations import open_cache
@@ -178,18 +167,13 @@ def _shards(source) -> list:
 
 
 def scorer_key(cfg: Config, ctx) -> str:
-    """Content hash of what a trained scorer depends on (not `n_train`: the scorer sees all training images)."""
-    source = cfg.activations
-    if source != BUILTIN_PIXELS:
-        meta = (ctx.resolve(source) / "train" / "meta.json").read_text()
-        source = hashlib.sha256(meta.encode()).hexdigest()
-    options = {k: v for k, v in asdict(cfg).items()
-               if k not in ("n_train", "device", "batch_patches", "activations", "max_resident_bytes", "sae",
-                             "precision")}
-    if cfg.activations != BUILTIN_PIXELS:
-        options.pop("data")
-    text = json.dumps({"source": source, **options}, sort_keys=True)
-    return f"{cfg.scorer}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+    """Content key of the scorer `cfg` trains: its fields but those marked runtime, evaluation or input, and the
+    content of its input (the cache's `train/meta.json`, or the builtin images' config) in place of its name."""
+    if cfg.activations == BUILTIN_PIXELS:
+        source = content_key(BUILTIN_PIXELS, cfg.data)
+    else:
+        source = file_digest(ctx.resolve(cfg.activations) / "train" / layout.META)
+    return content_key(cfg.scorer, cfg, omit=(EVALUATION, INPUT), extra={"input": source})
 
 
 def _n_batches(source, n_tokens_per_batch: int, max_resident_bytes: int) -> int:
@@ -235,9 +219,7 @@ def _scorer(cfg: Config, ctx, train_shards, device):
     from nfjobs.scoring import scorers
 
     if cfg.sae:
-        from nfjobs.jobs.sae import sae_file
-
-        path = sae_file(ctx.resolve(cfg.sae))
+        path = ctx.resolve(cfg.sae) / layout.SAE
         if not path.is_file():
             raise FileNotFoundError(f"sae: {path} does not exist (has the sae cell finished?)")
         model, d = scorers.load(path, device), _shards(train_shards)[0].shape[2]
@@ -246,7 +228,7 @@ def _scorer(cfg: Config, ctx, train_shards, device):
                              f"{cfg.activations} holds {d}-dim ones")
         ctx.log(f"scorer: the autoencoder of {path}")
         return model, 0.0
-    path = Path(ctx.runs_root) / "scorers" / f"{scorer_key(cfg, ctx)}.pt"
+    path = RunsRoot(ctx.runs_root).scorer(scorer_key(cfg, ctx))
     ctx.record_output(path)  # --force on this cell retrains it
     if path.exists():
         ctx.log(f"scorer reused from {path}")

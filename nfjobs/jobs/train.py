@@ -17,80 +17,18 @@ Rows: per epoch (`split="val_curve"`, first `curve_images` validation images) an
 
 import dataclasses
 import time
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
 
-from nfjobs.config import DataConfig, OptimConfig, runtime_field
-from nfjobs.context import looks_like_path
-from nfjobs.models.ginr_config import GinrConfig
-from nfjobs.models.jepa_config import JepaConfig
-from nfjobs.models.perceiver_config import PerceiverConfig
-from nfjobs.nf.config import NceConfig
+from nfjobs.models.trained import field_name
+from nfjobs.models.train_config import TrainConfig as Config
+from nfjobs.store import layout
+from nfjobs.store.files import atomic_write_with
 
 CHECKPOINTABLE = True
 GRID_FRACS = (0.1, 0.2, 1.0)
 """Context fractions shown in the reconstruction grid."""
 GRID_IMAGES = 8
 """Validation images shown in the reconstruction grid."""
-
-
-@dataclass(frozen=True)
-class Config:
-    """Train a neural field on images; report validation PSNR at several context fractions."""
-
-    seed: int = 0
-    """Seed of initialisation, batch order and every random draw in training."""
-    data: DataConfig = DataConfig()
-    """Training and validation images."""
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, betas=(0.9, 0.95), warmup_steps=300, min_lr=1e-5))
-    """AdamW and its warm-up + cosine learning-rate schedule."""
-    model: Literal["perceiver", "ginr", "jepa"] = "perceiver"
-    """Model family (`nfjobs.models.FAMILIES`); its sub-config below is used, the others are ignored."""
-    perceiver: PerceiverConfig = PerceiverConfig()
-    """Cascaded Perceiver-IO sizes (`model = "perceiver"`)."""
-    ginr: GinrConfig = GinrConfig()
-    """Mamba-GINR sizes (`model = "ginr"`)."""
-    jepa: JepaConfig = JepaConfig()
-    """NF+JEPA settings (`model = "jepa"`)."""
-    context_frac: float = 1.0
-    """Fraction of the pixels given as context in training (1.0 = full context; at least 64 points);
-    the reconstruction target is always the full grid."""
-    nce_weight: float = 0.0
-    """Weight of the Soft-InfoNCE term added to reconstruction (0 = off), ramped in over `nce.ramp_steps`."""
-    nce: NceConfig = NceConfig()
-    """Soft-InfoNCE views, samples, temperature and projection."""
-    jitter: bool = False
-    """Move query coordinates within ±half a pixel (targets sampled bilinearly there)."""
-    epochs: int = 40
-    """Passes over the training images (the last incomplete batch of each is dropped)."""
-    batch_size: int = 256
-    """Images per optimisation step."""
-    init_from: str = ""
-    """Cell key or run directory of a finished `train` cell whose `model.pt` initialises the model
-    (same family and sizes); empty = from scratch."""
-    curve_images: int = 1000
-    """Validation images scored after every epoch (the PSNR-vs-time curve); 0 = none."""
-    eval_batch_size: int = runtime_field(500)
-    """Images per evaluation forward pass."""
-    precision: Literal["auto", "bf16", "fp32"] = runtime_field("auto")
-    """Autocast dtype of the forward pass: `auto` = bf16 on CUDA, fp32 on CPU."""
-    compile: bool = runtime_field(True)
-    """`torch.compile` the training step (CUDA only)."""
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = runtime_field("default")
-    """`torch.compile` mode (`bench/train_throughput.py --modes` compares them)."""
-    eval_split: Literal["val", "test"] = "val"
-    """Split of the final evaluation: `val` (held out of the training images) or `test` (e.g. CIFAR-10's
-    `test_batch`); the per-epoch curve always uses `val`."""
-
-    def __post_init__(self):
-        if not 0 < self.context_frac <= 1:
-            raise ValueError(f"context_frac must be in (0, 1], got {self.context_frac}")
-        if self.nce_weight < 0:
-            raise ValueError(f"nce_weight must be >= 0, got {self.nce_weight}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
 
 
 DEFAULTS = Config()
@@ -104,41 +42,13 @@ def check(cfg: Config) -> list[tuple[str, str]]:
 
     splits = ("train", "val") if cfg.eval_split == "val" else ("train", "val", "test")
     problems = check_data(cfg.data, splits=splits) + foreign_options(cfg, DEFAULTS)
-    if looks_like_path(cfg.init_from) and not (Path(cfg.init_from).expanduser() / "model.pt").is_file():
-        problems.append(("init_from", f"{cfg.init_from} holds no model.pt (not a finished train run dir)"))
+    if layout.looks_like_path(cfg.init_from) and not (Path(cfg.init_from).expanduser() / layout.MODEL).is_file():
+        problems.append(("init_from", f"{cfg.init_from} holds no {layout.MODEL} (not a finished train run dir)"))
     return problems
 
 
 def depends_on(cfg: Config) -> list[str]:
     return [cfg.init_from] if cfg.init_from else []
-
-
-def _from_dict(cls: type, values: dict[str, Any]) -> Any:
-    """Rebuild a (nested, frozen) config dataclass from `dataclasses.asdict` output."""
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in values:
-            continue
-        v, tp = values[f.name], hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            v = _from_dict(tp, v)
-        elif typing.get_origin(tp) is tuple:
-            v = tuple(v)
-        kwargs[f.name] = v
-    return cls(**kwargs)
-
-
-def load_trained(run_dir: str | Path, device: Any = "cpu") -> tuple[Any, Config]:
-    """The trained model of a finished `train` cell (eval mode, on `device`) and its config."""
-    from nfjobs.context import load_tensors
-    from nfjobs.models import load_family
-
-    blob = load_tensors(Path(run_dir) / "model.pt", map_location=device)
-    cfg = _from_dict(Config, blob["config"])
-    model = load_family(cfg.model).build(cfg)
-    model.load_state_dict(blob["model"])
-    return model.to(device).eval(), cfg
 
 
 def grid_rows(family) -> tuple[tuple[float, ...], list[str]]:
@@ -155,13 +65,6 @@ def save_reconstructions(path: Path, family, model, shown, title: str) -> None:
 
     fracs, labels = grid_rows(family)
     T.save_grid(path, [shown] + [family.reconstruct(model, shown, f) for f in fracs], labels=labels, title=title)
-
-
-def grid_title(cfg: Config) -> str:
-    """The field's name in the reconstruction grid (the name its caches get: `perceiver-sparse-nce-ft`)."""
-    from nfjobs.jobs.probe import _field_name
-
-    return _field_name(cfg)
 
 
 def _psnr_name(row: dict) -> str:
@@ -205,9 +108,9 @@ def run(cfg: Config, ctx) -> list[dict]:
         T.set_rng_state(state["rng"])
         ctx.log(f"resumed after epoch {state['epoch']}")
     elif cfg.init_from:
-        source = ctx.resolve(cfg.init_from) / "model.pt"
-        from nfjobs.context import load_tensors
+        from nfjobs.store.files import load_tensors
 
+        source = ctx.resolve(cfg.init_from) / layout.MODEL
         model.load_state_dict(load_tensors(source, map_location=device)["model"])
         ctx.log(f"initialised from {source}")
     start = state["epoch"] if state else 0
@@ -290,13 +193,14 @@ def run(cfg: Config, ctx) -> list[dict]:
         final = family.evaluate(model, held_out, cfg)
         if hasattr(family, "reconstruct"):
             shown = val[:GRID_IMAGES]
-            save_reconstructions(ctx.run_dir / "reconstructions.png", family, model, shown,
-                                 f"{grid_title(cfg)}: first {len(shown)} val images")
+            save_reconstructions(ctx.run_dir / layout.RECONSTRUCTIONS, family, model, shown,
+                                 f"{field_name(cfg)}: first {len(shown)} val images")
     for r in final:
         if "psnr" in r:
             ctx.log_metrics(int(step), {_psnr_name(r): r["psnr"]}, phase="final")
     np.save(ctx.run_dir / "train_loss.npy", np.asarray(history, dtype=np.float32))
-    torch.save({"config": dataclasses.asdict(cfg), "model": model.state_dict()}, ctx.run_dir / "model.pt")
+    blob = {"config": dataclasses.asdict(cfg), "model": model.state_dict()}
+    atomic_write_with(ctx.run_dir / layout.MODEL, lambda f: torch.save(blob, f))
     last = {"epoch": cfg.epochs, "train_loss": float(np.mean(history[-steps_per_epoch:])), "train_s": train_s,
             "wall_s": time.perf_counter() - wall0, **epoch_logs}
     if device.type == "cuda":  # what a cell needs when cells share a GPU (--cells-per-gpu)

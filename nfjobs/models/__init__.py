@@ -5,7 +5,8 @@ A family is a module (imported only when a job runs) providing
 `decode(queries, latents) -> (rgb, hidden)`), `training_loss(model, images, step, cfg) -> (loss, logs)`,
 `evaluate(model, images, cfg) -> list[dict]` and optionally `after_step(model, step, cfg)` and
 `reconstruct(model, images, frac) -> images` (with `CONTEXT_FREE = True` when the reconstruction ignores `frac`:
-the model always encodes the whole image). `cfg` is the whole `nfjobs.jobs.train.Config`.
+the model always encodes the whole image). `cfg` is the whole train config
+(`nfjobs.models.train_config.TrainConfig`).
 A model whose latent tokens each belong to a cell of a grid over the image may say where: `token_grid`
 (rows, cols) and `token_cells` (row-major cell index per latent); caches record both and pictures outline
 those cells (without them, tokens are taken to be a square grid in row-major order).
@@ -19,7 +20,7 @@ FAMILIES: dict[str, str] = {
     "ginr": "nfjobs.models.ginr",
     "jepa": "nfjobs.models.jepa",
 }
-"""Model family name → module path (the names of `nfjobs.jobs.train.Config.model`)."""
+"""Model family name → module path (the names of `TrainConfig.model`)."""
 OPTIONS: dict[str, tuple[str, ...]] = {
     "perceiver": ("perceiver", "context_frac", "nce_weight", "nce", "jitter"),
     "ginr": ("ginr",),

@@ -8,7 +8,6 @@ feed-forward layer and a linear map to RGB. All attention goes through `F.scaled
 """
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -16,13 +15,11 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from nfjobs.models.perceiver_config import PerceiverConfig
+from nfjobs.models.train_config import TrainConfig
 from nfjobs.nf import fields
 from nfjobs.nf.geglu import geglu
 from nfjobs.nf.nce import soft_infonce
 from nfjobs.nf.views import map_coords, sample_affine, warp
-
-if TYPE_CHECKING:
-    from nfjobs.jobs.train import Config
 
 EVAL_FRACS = (0.05, 0.1, 0.2, 0.5, 1.0)
 """Context fractions every evaluation reports (plus the training fraction)."""
@@ -211,7 +208,7 @@ class PerceiverField(nn.Module):
         return self.encode(fields.grid(h, w, images.device).expand(b, -1, -1), fields.pixels(images))
 
 
-def build(cfg: "Config") -> PerceiverField:
+def build(cfg: TrainConfig) -> PerceiverField:
     """The model described by `cfg.perceiver` (Soft-InfoNCE projection width from `cfg.nce`)."""
     return PerceiverField(cfg.perceiver, cfg.nce.proj_dim)
 
@@ -231,7 +228,7 @@ def context(
 
 
 def training_loss(
-    model: PerceiverField, images: Float[Tensor, "B 3 H W"], step: Tensor, cfg: "Config"
+    model: PerceiverField, images: Float[Tensor, "B 3 H W"], step: Tensor, cfg: TrainConfig
 ) -> tuple[Float[Tensor, ""], dict[str, Tensor]]:
     """Full-grid reconstruction MSE from a (sparse) context, plus ramped Soft-InfoNCE when `cfg.nce_weight > 0`.
 
@@ -276,7 +273,7 @@ def reconstruct(model: PerceiverField, images: Float[Tensor, "B 3 H W"], frac: f
 
 
 @torch.no_grad()
-def evaluate(model: PerceiverField, images: Float[Tensor, "N 3 H W"], cfg: "Config") -> list[dict]:
+def evaluate(model: PerceiverField, images: Float[Tensor, "N 3 H W"], cfg: TrainConfig) -> list[dict]:
     """Validation PSNR (from the mean squared error over all pixels, outputs clamped to [0, 1]) at each
     context fraction of `EVAL_FRACS` and the training fraction, on fixed per-image context subsets."""
     rows = []

@@ -22,8 +22,9 @@ import torch
 from jaxtyping import Bool, Float, Int, UInt8
 from torch import Tensor
 
-from nfjobs.config import DataConfig
+from nfjobs.config import BUILTIN_PIXELS, DataConfig
 from nfjobs.scoring.scorers import Scorer
+from nfjobs.store.layout import META
 
 TOP_K = 8
 """Test images shown per trait unless the caller says otherwise."""
@@ -185,10 +186,10 @@ def write_for_score(cfg, ctx, scorer: Scorer, result, test_scores: Float[Tensor,
     if cfg.pictures_top_k == 0:
         return ""
     token_grid = cells = None
-    if cfg.activations == "builtin-pixels":
+    if cfg.activations == BUILTIN_PIXELS:
         data, split = cfg.data, cfg.eval_split
     else:
-        meta = json.loads((ctx.resolve(cfg.activations) / cfg.eval_split / "meta.json").read_text())
+        meta = json.loads((ctx.resolve(cfg.activations) / cfg.eval_split / META).read_text())
         if "dataset" not in meta:
             ctx.log("pictures skipped: the cache's meta.json does not say which images it holds")
             return ""

@@ -13,7 +13,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from nfjobs.context import atomic_write_bytes, load_tensors
+from nfjobs.store.files import atomic_write_bytes, load_tensors
 
 
 @runtime_checkable

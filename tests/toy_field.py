@@ -1,4 +1,4 @@
-"""A stand-in neural field with the interface of the trained ones, for tests and benchmarks.
+"""A stand-in neural field with the interface of the trained ones, for tests.
 
 `encode(coords (B, M, 2), rgb (B, M, 3)) -> latents (B, N, D)` (learned latents cross-attend to the context
 pixels) and `decode(coords (B, P, 2), latents) -> (rgb (B, P, 3), hidden (B, P, H))` (Fourier-embedded query
