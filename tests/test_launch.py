@@ -130,6 +130,7 @@ THREADS_SWEEP = ('[[group]]\nname = "one"\nkind = "toy"\nhead.width = 1\nreport_
 """Two toy cells that report their thread counts: one asks for 1 CPU, one for 64."""
 
 
+@pytest.mark.slow
 def test_local_mode_runs_torch_on_the_cells_cpus_at_most_its_share_of_the_cores(sweep_file, tmp_path, monkeypatch,
                                                                                   run_launch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)

@@ -329,7 +329,8 @@ def test_hostile_fixture_is_refused_in_process(fixture, key, expected, tmp_path,
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "launch"])
+@pytest.mark.parametrize("dry_run", [pytest.param(True, id="dry-run"),  # the real-launch half is slow: ~45 s
+                                     pytest.param(False, id="launch", marks=pytest.mark.slow)])
 @pytest.mark.parametrize(("fixture", "key", "expected"), HOSTILE, ids=[h[0] for h in HOSTILE])
 def test_hostile_fixture_is_refused_by_the_cli(fixture, key, expected, dry_run, tmp_path):
     import os

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import polars as pl
+import pytest
 from PIL import Image
 
 from nfjobs import results
@@ -30,6 +31,7 @@ def _run(*args):
     return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_charts_table_and_the_best_cells_pictures(tmp_path, run_launch):
     sweep, runs, out = tmp_path / "s.toml", tmp_path / "runs", tmp_path / "docs" / "traits"
     sweep.write_text(SWEEP)
