@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -10,12 +11,33 @@ from hypothesis import HealthCheck, settings
 
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
-# test-only job kinds (tests/kinds) are importable here and in the subprocesses / Slurm jobs the tests start
-sys.path.insert(0, str(TESTS))
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), str(ROOT), os.environ.get("PYTHONPATH")]))
+PLUGIN = TESTS / "plugin"
+# The test-only job kinds (tests/kinds) are declared by a plugin only the tests install: tests/plugin holds the
+# metadata of a distribution `nfjobs-test-kinds` whose `nfjobs.kinds` entry point declares `toy`, so any Python
+# process with tests/plugin on its path declares it, like an installed package would -- here, and in the
+# subprocesses, local workers and Slurm jobs the tests start (they inherit PYTHONPATH; Slurm jobs put their code
+# copy before it). The product declares no test kind. tests/ is on the path too (data_fixtures, waiting).
+sys.path[:0] = [str(PLUGIN), str(TESTS)]
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PLUGIN), str(TESTS), str(ROOT),
+                                                         os.environ.get("PYTHONPATH")]))
 # the CI machine is a loaded 2-core box: a stall there must not fail a property test on time
 settings.register_profile("loaded", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("loaded")
+
+
+@pytest.hookimpl(trylast=True)  # after the plugins have registered their markers (skip, parametrize, ...)
+def pytest_configure(config):
+    """A `-m` expression naming a marker nobody registered is a usage error, not a silent selection: `-m "not slwo"`
+    would run everything, `-m slwo` nothing. (A run that selects no test exits 5, a failure: .ci/run says so.)"""
+    expr = config.option.markexpr
+    if not expr:
+        return
+    known = {line.split(":", 1)[0].split("(", 1)[0].strip() for line in config.getini("markers")}
+    names = set(re.findall(r"[A-Za-z_]\w*", re.sub(r"(\w)\s*\([^()]*\)", r"\1", expr))) - {"and", "or", "not"}
+    unknown = sorted(names - known)
+    if unknown:
+        raise pytest.UsageError(f"-m {expr!r}: unknown marker(s) {', '.join(unknown)}; registered: "
+                                f"{', '.join(sorted(known))} (pyproject.toml [tool.pytest.ini_options] markers)")
 
 
 def _slurm_problem() -> str | None:
@@ -78,3 +100,35 @@ def sweep_file(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture
+def run_launch(tmp_path):
+    """`launch.main(args)` with its roots under tmp_path, returning the exit code: `--runs-root` (tmp_path/runs, or
+    `runs=`) unless the arguments name one, and `--log-root` beside it for the commands that take one -- so no
+    test writes under the repository's runs/ or logs/."""
+    from nfjobs.commands import main
+
+    def run(*args: str, runs: Path | None = None) -> int:
+        runs = Path(runs) if runs is not None else tmp_path / "runs"
+        command = args[0] if args and not args[0].startswith("-") else "run"
+        extra = []
+        if command != "kinds" and "--runs-root" not in args:
+            extra += ["--runs-root", str(runs)]
+        if command in ("run", "status", "logs") and "--log-root" not in args:
+            extra += ["--log-root", str(runs.parent / "logs")]
+        return main([*map(str, args), *extra])
+
+    return run
+
+
+@pytest.fixture
+def make_context(tmp_path):
+    """A job `Context` for calling a kind's `run` directly: `make_context(kind, key=kind, runs_root=tmp_path,
+    **fields)` (the run directory is then tmp_path/<key>)."""
+    from nfjobs.context import Context
+
+    def make(kind: str, key: str | None = None, runs_root: Path | None = None, **fields) -> Context:
+        return Context(key=key or kind, kind=kind, runs_root=Path(runs_root or tmp_path), **fields)
+
+    return make

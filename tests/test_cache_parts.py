@@ -134,7 +134,7 @@ def test_a_killed_part_resumes_from_its_own_shards_and_leaves_the_others_alone(t
     assert json.loads((run_dir / "train" / "meta.json").read_text())["complete"]
 
 
-@pytest.mark.parametrize("mode", ["--debug", "local"])
+@pytest.mark.parametrize("mode", ["--debug", pytest.param("local", marks=pytest.mark.slow)])
 def test_a_launch_runs_the_parts_then_the_cell_that_reads_the_cache(tmp_path, mode):
     import launch
 

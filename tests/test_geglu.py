@@ -54,6 +54,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="no triton")
 def test_triton_kernels_compute_the_function_and_its_gradient():
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}

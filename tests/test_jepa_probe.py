@@ -9,7 +9,6 @@ import polars as pl
 import pytest
 import torch
 
-from nfjobs import commands as launch
 from nfjobs import results
 from nfjobs.activations import open_cache
 from nfjobs.config import DataConfig
@@ -74,11 +73,10 @@ def test_ginr_refuses_sparse_context(tmp_path):
         _cache(runs, "g", run_dir, 0.1)
 
 
-def test_tiny_sweep_ends_in_linear_probes(tmp_path):
+def test_tiny_sweep_ends_in_linear_probes(tmp_path, run_launch):
     path = ROOT / "configs" / "sweeps" / "jepa_tiny.toml"
     runs = tmp_path / "runs"
-    assert launch.main(["--sweep", str(path), "--debug", "--runs-root", str(runs), "--log-root",
-                        str(tmp_path / "logs")]) == 0
+    assert run_launch("--sweep", path, "--debug") == 0
     df = results.load(path, runs).collect()
     assert set(df["status"]) == {"ok"}
     probes = df.filter(pl.col("kind") == "probe")

@@ -19,11 +19,7 @@ ROOT = Path(__file__).parent.parent
 FIXTURES = Path(__file__).parent / "sweeps"
 
 
-def run_launch(*args: str, runs: Path) -> int:
-    return launch.main([*args, "--runs-root", str(runs), "--log-root", str(runs.parent / "logs")])
-
-
-def test_dry_run_counts_cells_per_kind_and_writes_nothing(sweep_file, tmp_path, capsys):
+def test_dry_run_counts_cells_per_kind_and_writes_nothing(sweep_file, tmp_path, capsys, run_launch):
     path = sweep_file('[[group]]\nkind = "smoke"\nsteps = [1, 2, 3]\n[[group]]\nkind = "toy"\n')
     assert run_launch("--sweep", str(path), "--dry-run", runs=tmp_path / "runs") == 0
     out = capsys.readouterr().out
@@ -32,7 +28,7 @@ def test_dry_run_counts_cells_per_kind_and_writes_nothing(sweep_file, tmp_path, 
     assert not (tmp_path / "runs").exists()
 
 
-def test_debug_runs_cells_then_a_relaunch_skips_them_and_force_reruns(sweep_file, tmp_path, capsys):
+def test_debug_runs_cells_then_a_relaunch_skips_them_and_force_reruns(sweep_file, tmp_path, capsys, run_launch):
     runs = tmp_path / "runs"
     path = sweep_file('kind = "toy"\nhead.width = [4, 8]\n')
     assert run_launch("--sweep", str(path), "--debug", runs=runs) == 0
@@ -53,7 +49,7 @@ def test_debug_runs_cells_then_a_relaunch_skips_them_and_force_reruns(sweep_file
     assert results.load(path, runs).collect()["run.end"].max() > first_end
 
 
-def test_debug_raises_at_once_and_records_a_failed_row(sweep_file, tmp_path):
+def test_debug_raises_at_once_and_records_a_failed_row(sweep_file, tmp_path, run_launch):
     runs = tmp_path / "runs"
     path = sweep_file('kind = "toy"\nfail = true\n')
     with pytest.raises(ValueError, match="toy job asked to fail"):
@@ -63,7 +59,7 @@ def test_debug_raises_at_once_and_records_a_failed_row(sweep_file, tmp_path):
     assert "ValueError: toy job asked to fail" in df["error"][0] and "Traceback" in df["error"][0]
 
 
-def test_a_metric_clashing_with_a_config_column_fails_the_cell_but_keeps_the_numbers(sweep_file, tmp_path):
+def test_a_metric_clashing_with_a_config_column_fails_the_cell_but_keeps_the_numbers(sweep_file, tmp_path, run_launch):
     runs = tmp_path / "runs"
     path = sweep_file('kind = "toy"\nclash = true\n')
     with pytest.raises(ValueError, match="clash with result columns"):
@@ -73,14 +69,14 @@ def test_a_metric_clashing_with_a_config_column_fails_the_cell_but_keeps_the_num
     assert "['head.width']" in df["error"][0] and "'metric':" in df["error"][0]
 
 
-def test_typed_override_reaches_the_result_rows(sweep_file, tmp_path):
+def test_typed_override_reaches_the_result_rows(sweep_file, tmp_path, run_launch):
     runs = tmp_path / "runs"
     path = sweep_file('kind = "toy"\n[optim]\nlr = 0.5\n')
     assert run_launch("--sweep", str(path), "--debug", "--optim.lr", "0.001", runs=runs) == 0
     assert results.load(path, runs).collect()["optim.lr"].unique().to_list() == [0.001]
 
 
-def test_local_mode_runs_cells_in_subprocesses_and_reports_failures(sweep_file, tmp_path, capsys):
+def test_local_mode_runs_cells_in_subprocesses_and_reports_failures(sweep_file, tmp_path, capsys, run_launch):
     runs = tmp_path / "runs"
     path = sweep_file('kind = "toy"\nfail = [false, true]\nhead.width = [4, 8]\n')
     assert run_launch("--sweep", str(path), "--max-parallel", "2", runs=runs) == 1
@@ -91,7 +87,7 @@ def test_local_mode_runs_cells_in_subprocesses_and_reports_failures(sweep_file, 
     assert list((tmp_path / "logs" / "s").glob("*/*_log.err"))  # submitit logs under logs/<sweep>/
 
 
-def test_local_mode_starts_a_cell_when_its_upstream_ends_not_when_its_stage_does(sweep_file, tmp_path):
+def test_local_mode_starts_a_cell_when_its_upstream_ends_not_when_its_stage_does(sweep_file, tmp_path, run_launch):
     runs, gate = tmp_path / "runs", tmp_path / "gate"
     path = sweep_file(f'[[group]]\nname = "slow"\nkind = "toy"\ngate = "{gate}"\n'
                       '[[group]]\nname = "up"\nkind = "toy"\nhead.width = 4\n'
@@ -106,7 +102,8 @@ def test_local_mode_starts_a_cell_when_its_upstream_ends_not_when_its_stage_does
     assert t["down"][1] < t["slow"][1]  # ... but not for the rest of the first stage
 
 
-def test_local_mode_reports_results_blocks_dependants_and_records_pids_logs_and_configs(sweep_file, tmp_path, capsys):
+def test_local_mode_reports_results_blocks_dependants_and_records_pids_logs_and_configs(sweep_file, tmp_path, capsys,
+                                                                                        run_launch):
     runs = tmp_path / "runs"
     path = sweep_file('[[group]]\nname = "up"\nkind = "toy"\nfail = true\n'
                       '[[group]]\nname = "down"\nkind = "toy"\nupstream = "@up"\n'
@@ -135,7 +132,9 @@ THREADS_SWEEP = ('[[group]]\nname = "one"\nkind = "toy"\nhead.width = 1\nreport_
 """Two toy cells that report their thread counts: one asks for 1 CPU, one for 64."""
 
 
-def test_local_mode_runs_torch_on_the_cells_cpus_at_most_its_share_of_the_cores(sweep_file, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_local_mode_runs_torch_on_the_cells_cpus_at_most_its_share_of_the_cores(sweep_file, tmp_path, monkeypatch,
+                                                                                  run_launch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     runs = tmp_path / "runs"
     path = sweep_file(THREADS_SWEEP)
@@ -150,7 +149,7 @@ def test_local_mode_runs_torch_on_the_cells_cpus_at_most_its_share_of_the_cores(
 
 
 def test_debug_runs_each_cell_on_its_cpus_threads_and_gives_the_launcher_its_own_back(sweep_file, tmp_path,
-                                                                                        monkeypatch):
+                                                                                        monkeypatch, run_launch):
     import torch
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
@@ -170,7 +169,7 @@ def test_debug_runs_each_cell_on_its_cpus_threads_and_gives_the_launcher_its_own
     assert set(results.load(path, runs).collect()["omp_threads"]) == {"1"}
 
 
-def test_local_mode_gives_each_gpu_cell_its_own_gpus_and_the_rest_none(sweep_file, tmp_path, monkeypatch):
+def test_local_mode_gives_each_gpu_cell_its_own_gpus_and_the_rest_none(sweep_file, tmp_path, monkeypatch, run_launch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
     runs, gate = tmp_path / "runs", tmp_path / "gate"
     path = sweep_file(f'[[group]]\nname = "gpu"\nkind = "toy"\ngate = "{gate}"\nhead.width = [1, 2, 3]\n'
@@ -189,7 +188,7 @@ def test_local_mode_gives_each_gpu_cell_its_own_gpus_and_the_rest_none(sweep_fil
     assert cpu["run.start"][0] < gpu["run.end"].min()  # a CPU cell does not wait for a GPU
 
 
-def test_local_mode_shares_a_gpu_between_cells_only_when_asked(sweep_file, tmp_path, monkeypatch):
+def test_local_mode_shares_a_gpu_between_cells_only_when_asked(sweep_file, tmp_path, monkeypatch, run_launch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
     runs, gate = tmp_path / "runs", tmp_path / "gate"
     path = sweep_file(f'kind = "toy"\ngate = "{gate}"\nhead.width = [1, 2]\n[slurm]\ngpus_per_node = 1\n')
@@ -201,7 +200,7 @@ def test_local_mode_shares_a_gpu_between_cells_only_when_asked(sweep_file, tmp_p
     assert df["gpus"].to_list() == ["3", "3"] and df["run.start"][1] < df["run.end"][0]
 
 
-def test_a_reference_to_a_cell_outside_the_launch_with_no_result_is_refused(sweep_file, tmp_path, capsys):
+def test_a_reference_to_a_cell_outside_the_launch_with_no_result_is_refused(sweep_file, tmp_path, capsys, run_launch):
     path = sweep_file('kind = "toy"\nupstream = "toy-000000000000"\n')
     # references are resolved at validation: nothing runs
     with pytest.raises(SystemExit) as info:
@@ -210,7 +209,7 @@ def test_a_reference_to_a_cell_outside_the_launch_with_no_result_is_refused(swee
     assert not (tmp_path / "runs").exists()
 
 
-def test_two_stage_sweep_runs_upstream_first(sweep_file, tmp_path):
+def test_two_stage_sweep_runs_upstream_first(sweep_file, tmp_path, run_launch):
     runs = tmp_path / "runs"
     path = sweep_file('[[group]]\nname = "up"\nkind = "toy"\n'
                       '[[group]]\nkind = "toy"\nupstream = "@up"\nhead.width = [1, 2]\n')
@@ -241,7 +240,7 @@ def test_the_cli_validates_a_dry_run_without_importing_torch(tmp_path):
     assert proc.stdout.strip().endswith("ok")
 
 
-def test_status_and_report_commands(sweep_file, tmp_path, capsys):
+def test_status_and_report_commands(sweep_file, tmp_path, capsys, run_launch):
     runs = tmp_path / "runs"
     path = sweep_file('kind = "toy"\nhead.width = [4, 8]\nseed = [0, 1]\n')
     assert run_launch("--sweep", str(path), "--debug", runs=runs) == 0
@@ -290,7 +289,7 @@ def test_no_job_kind_imports_torch_at_import_time():
     assert proc.stdout.strip() == "[]"
 
 
-def test_report_says_what_it_excluded_and_fails_cleanly_on_bad_input(sweep_file, tmp_path, capsys):
+def test_report_says_what_it_excluded_and_fails_cleanly_on_bad_input(sweep_file, tmp_path, capsys, run_launch):
     runs = tmp_path / "runs"
     path = sweep_file('kind = "toy"\nhead.width = [4, 8]\nseed = [0, 1]\n')
     assert run_launch("--sweep", str(path), "--debug", runs=runs) == 0
@@ -317,7 +316,7 @@ def test_report_says_what_it_excluded_and_fails_cleanly_on_bad_input(sweep_file,
     assert exc.value.code == 2 and "no launched sweep named 'unknown'" in err and len(err.strip().splitlines()) == 1
 
 
-def test_a_finished_launch_says_where_its_results_are_and_what_to_run_next(sweep_file, tmp_path, capsys):
+def test_a_finished_launch_says_where_its_results_are_and_what_to_run_next(sweep_file, tmp_path, capsys, run_launch):
     runs = tmp_path / "runs"
     path = sweep_file('kind = "toy"\nhead.width = [4, 8]\n')
     assert run_launch("--sweep", str(path), "--debug", runs=runs) == 0
@@ -365,7 +364,8 @@ device = "cpu"
     (SCORE_ON_CACHE, ["map"]),  # cache rows have a `split` config column, score rows none: no split=val here
     ('[[group]]\nname = "field"\nkind = "train"\n' + TINY_FIELD + SCORE_ON_CACHE, ["psnr", "map"]),
 ], ids=["train", "cache+score", "train+cache+score"])
-def test_the_hinted_report_commands_print_a_table_of_the_metric(text, metrics, sweep_file, tmp_path, capsys):
+def test_the_hinted_report_commands_print_a_table_of_the_metric(text, metrics, sweep_file, tmp_path, capsys,
+                                                                 run_launch):
     runs = tmp_path / "runs"
     assert run_launch("--sweep", str(sweep_file(text)), "--debug", runs=runs) == 0
     hints = _hinted_reports(capsys.readouterr().out)

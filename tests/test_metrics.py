@@ -10,7 +10,6 @@ import pytest
 
 from nfjobs import results
 from nfjobs.config import DataConfig
-from nfjobs.context import Context
 from nfjobs.jobs import smoke
 from nfjobs.metrics import METRICS_FILE, Progress
 from nfjobs.worker import CellSpec, run_cell
@@ -25,11 +24,11 @@ def without_times(recs: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in drop} for r in recs]
 
 
-def test_smoke_records_every_step_and_a_requeue_appends_a_new_attempt(tmp_path):
+def test_smoke_records_every_step_and_a_requeue_appends_a_new_attempt(tmp_path, make_context):
     with pytest.raises(RuntimeError, match="on purpose"):
-        smoke.run(smoke.Config(steps=3, fail_at_step=2), ctx := Context(key="s", kind="smoke", runs_root=tmp_path))
+        smoke.run(smoke.Config(steps=3, fail_at_step=2), ctx := make_context("smoke", "s"))
     ctx.close()
-    ctx = Context(key="s", kind="smoke", runs_root=tmp_path)  # the requeued process: resumes at step 2
+    ctx = make_context("smoke", "s")  # the requeued process: resumes at step 2
     assert smoke.run(smoke.Config(steps=3), ctx)[0]["starts"] == 2
     ctx.close()
     recs = lines(tmp_path, "s")
@@ -59,13 +58,13 @@ def test_toy_kind_through_the_runner(tmp_path):
     ]
 
 
-def test_a_torn_last_line_is_skipped_and_the_next_record_starts_on_its_own_line(tmp_path):
-    ctx = Context(key="k", kind="smoke", runs_root=tmp_path)
+def test_a_torn_last_line_is_skipped_and_the_next_record_starts_on_its_own_line(tmp_path, make_context):
+    ctx = make_context("smoke", "k")
     ctx.log_metrics(1, {"a": 1.5})
     ctx.close()
     with open(tmp_path / "k" / METRICS_FILE, "a") as f:
         f.write('{"step": 2, "wall_s": 3')  # killed mid-write
-    ctx = Context(key="k", kind="smoke", runs_root=tmp_path)
+    ctx = make_context("smoke", "k")
     ctx.log_metrics(3, {"a": 2.5, "b": True})
     ctx.close()
     table = results.load_metrics(tmp_path, "k")
@@ -73,8 +72,8 @@ def test_a_torn_last_line_is_skipped_and_the_next_record_starts_on_its_own_line(
     assert results.load_metrics(tmp_path, "none").is_empty()
 
 
-def test_bad_metrics_are_errors(tmp_path):
-    ctx = Context(key="k", kind="smoke", runs_root=tmp_path)
+def test_bad_metrics_are_errors(tmp_path, make_context):
+    ctx = make_context("smoke", "k")
     with pytest.raises(ValueError, match="reserved"):
         ctx.log_metrics(0, {"wall_s": 1.0})
     with pytest.raises(TypeError, match="must be a number"):
@@ -82,18 +81,18 @@ def test_bad_metrics_are_errors(tmp_path):
     ctx.close()
 
 
-def test_metrics_due_bounds_the_rate(tmp_path):
-    ctx = Context(key="k", kind="smoke", runs_root=tmp_path, metrics_every_s=3600)
+def test_metrics_due_bounds_the_rate(tmp_path, make_context):
+    ctx = make_context("smoke", "k", metrics_every_s=3600)
     assert ctx.metrics_due("step")
     ctx.log_metrics(0, {"x": 1}, phase="step")
     assert not ctx.metrics_due("step") and ctx.metrics_due("epoch")
     ctx.close()
 
 
-def test_tensorboard_writer_writes_event_files(tmp_path):
+def test_tensorboard_writer_writes_event_files(tmp_path, make_context):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    ctx = Context(key="k", kind="smoke", runs_root=tmp_path, trackers="tensorboard")
+    ctx = make_context("smoke", "k", trackers="tensorboard")
     for step in range(3):
         ctx.log_metrics(step, {"loss": 1.0 / (step + 1)}, phase="train")
     ctx.close()
@@ -105,7 +104,8 @@ def test_tensorboard_writer_writes_event_files(tmp_path):
     assert [e.value for e in events] == pytest.approx([1.0, 0.5, 1 / 3])
 
 
-def test_a_missing_or_unknown_tracker_is_one_warning_and_the_jsonl_is_still_written(tmp_path, monkeypatch, capsys):
+def test_a_missing_or_unknown_tracker_is_one_warning_and_the_jsonl_is_still_written(tmp_path, monkeypatch, capsys,
+                                                                                    make_context):
     import builtins
 
     real_import = builtins.__import__
@@ -117,7 +117,7 @@ def test_a_missing_or_unknown_tracker_is_one_warning_and_the_jsonl_is_still_writ
 
     monkeypatch.setattr(builtins, "__import__", no_wandb)
     monkeypatch.setenv("NFJOBS_TRACKERS", "wandb, nosuch")
-    ctx = Context(key="k", kind="smoke", runs_root=tmp_path)
+    ctx = make_context("smoke", "k")
     ctx.log_metrics(0, {"x": 1})
     ctx.close()
     err = capsys.readouterr().err.splitlines()
@@ -143,11 +143,11 @@ def test_progress_plain_lines_have_rate_and_eta_and_a_terminal_gets_a_bar():
     assert stream.getvalue().startswith("\r[############............] bar 5/10 (50%)")
 
 
-def test_tiny_train_records_steps_epochs_and_the_final_psnr(tmp_path):
+def test_tiny_train_records_steps_epochs_and_the_final_psnr(tmp_path, make_context):
     from test_train import TINY
 
     cfg = replace(TINY, data=DataConfig(name="builtin", builtin_n=60, val_frac=0.2), epochs=2)
-    ctx = Context(key="tr", kind="train", runs_root=tmp_path, metrics_every_s=0.0)
+    ctx = make_context("train", "tr", metrics_every_s=0.0)
     rows = train_run(cfg, ctx)
     table = results.load_metrics(tmp_path, "tr")
     steps = table.filter(phase="step")
@@ -174,22 +174,22 @@ def train_run(cfg, ctx):
         ctx.close()
 
 
-def test_cache_probe_and_score_record_their_phases(tmp_path):
+def test_cache_probe_and_score_record_their_phases(tmp_path, make_context):
     from nfjobs.jobs import cache, probe, score
 
     data = DataConfig(builtin_n=60, val_frac=0.25)
-    cache.run(cache.Config(data=data, shard_size=16), c := Context(key="c", kind="cache", runs_root=tmp_path))
+    cache.run(cache.Config(data=data, shard_size=16), c := make_context("cache", "c"))
     c.close()
     shards = results.load_metrics(tmp_path, "c", phase="cache_train")
     assert shards["step"].to_list() == [0, 1, 2] and shards["images"].to_list() == [16, 16, 13]
     assert results.load_metrics(tmp_path, "c", phase="split_val")["n_images"].to_list() == [15]
-    p = Context(key="p", kind="probe", runs_root=tmp_path)
+    p = make_context("probe", "p")
     (row,) = probe.run(probe.Config(activations="c", probe="transformer", epochs=2, batch_size=16, d_model=32), p)
     p.close()
     m = results.load_metrics(tmp_path, "p")
     assert m.filter(phase="probe_epoch")["epoch"].to_list() == [1, 2]
     assert m.filter(phase="probe")["accuracy"].to_list() == [row["accuracy"]]
-    s = Context(key="s", kind="score", runs_root=tmp_path)
+    s = make_context("score", "s")
     rows = score.run(score.Config(scorer="random", n_prototypes=4, device="cpu", data=DataConfig(builtin_n=80)), s)
     s.close()
     m = results.load_metrics(tmp_path, "s")

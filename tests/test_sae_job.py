@@ -173,6 +173,7 @@ def test_a_score_cell_scored_by_an_sae_cell_takes_no_prototype_count(tmp_path):
         score.Config(n_prototypes=0)
 
 
+@pytest.mark.slow
 def test_trains_on_builtin_pixels_the_patches_a_score_cell_of_that_name_scores(tmp_path):
     from dataclasses import replace
 

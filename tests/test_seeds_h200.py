@@ -11,7 +11,6 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from nfjobs import commands as launch
 from data_fixtures import write_cifar
 from nfjobs import results, sweep
 
@@ -97,7 +96,7 @@ def _edit(text: str, old: str, new: str, count: int) -> str:
 
 
 @pytest.mark.slow
-def test_a_tiny_copy_runs_end_to_end_and_seed_results_writes_the_results_folder(tmp_path):
+def test_a_tiny_copy_runs_end_to_end_and_seed_results_writes_the_results_folder(tmp_path, run_launch):
     """The shipped file with toy model sizes and the pure scan (the full-size GINR takes minutes per step on a CPU)."""
     tiny_ginr = ('ginr = { patch_size = 4, dim = 32, pos_emb_dim = 8, num_lp = 16, depth = 1, ff_dim = 64, '
                  'feature_dim = 16, head_dim = 8, d_state = 4, simple_hidden = 32, simple_freqs = 4, '
@@ -111,9 +110,8 @@ def test_a_tiny_copy_runs_end_to_end_and_seed_results_writes_the_results_folder(
     path.write_text(text)
     write_cifar(tmp_path / "data", n_per_batch=8, n_test=2)  # 40 images: 36 train, the last 4 val
     runs = tmp_path / "runs"
-    assert launch.main(["--sweep", str(path), "--debug", "--runs-root", str(runs), "--log-root", str(tmp_path / "logs"),
-                        "--data.root", str(tmp_path / "data"), "--epochs", "2", "--batch-size", "12",
-                        "--curve-images", "4", "--eval-batch-size", "12", "--precision", "auto"]) == 0
+    assert run_launch("--sweep", path, "--debug", "--data.root", tmp_path / "data", "--epochs", "2", "--batch-size",
+                      "12", "--curve-images", "4", "--eval-batch-size", "12", "--precision", "auto") == 0
     df = results.load(path, runs).collect()
     assert df["key"].n_unique() == 9 and set(df["status"]) == {"ok"}
     probe = df.filter(pl.col("kind") == "probe")

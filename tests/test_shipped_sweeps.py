@@ -107,13 +107,12 @@ def test_seed_004_sweeps_train_every_sae_in_its_own_cell_one_chain_per_cache(nam
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", CPU_SIZED)
-def test_cpu_sized_sweeps_run_end_to_end(name, tmp_path, monkeypatch):
+def test_cpu_sized_sweeps_run_end_to_end(name, tmp_path, monkeypatch, run_launch):
     path = ROOT / "configs" / "sweeps" / name
     if "imagefolder" in path.read_text():
         _folder_stand_in(tmp_path, monkeypatch)
     runs = tmp_path / "runs"
-    assert launch.main(["--sweep", str(path), "--debug", "--runs-root", str(runs), "--log-root",
-                        str(tmp_path / "logs")]) == 0
+    assert run_launch("--sweep", path, "--debug") == 0
     df = results.load(path, runs).collect()
     n_cells = len(sweep.expand([path]))
     assert df["key"].n_unique() == n_cells and set(df["status"]) == {"ok"}

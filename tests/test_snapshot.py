@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from nfjobs.store import snapshot
 
 KERNEL = "import numba\n\n\n@numba.njit(cache=True)\ndef bump(x):\n    return x + {n}\n"
@@ -19,6 +21,7 @@ def _call(code_dir: Path) -> str:
     return proc.stdout
 
 
+@pytest.mark.slow
 def test_a_new_snapshot_carries_the_compiled_code_of_kernels_it_did_not_change(tmp_path):
     project, runs = tmp_path / "project", tmp_path / "runs"
     (project / "nfjobs").mkdir(parents=True)

@@ -185,7 +185,8 @@ def _probe(cache, tmp_path, kind, budget_gb, key, lr=3e-3):
     return row
 
 
-@pytest.mark.parametrize("kind,lr", [("transformer", 3e-3), ("tdsm_gap", 1e-2)])
+@pytest.mark.parametrize("kind,lr", [pytest.param("transformer", 3e-3, marks=pytest.mark.slow),
+                                     ("tdsm_gap", 1e-2)])
 def test_a_frozen_probe_streams_a_cache_larger_than_its_budget_and_learns_as_in_memory(maps_cache, tmp_path, kind, lr):
     streamed = _probe(maps_cache, tmp_path, kind, PROBE_BUDGET_GB, "small", lr)
     whole = _probe(maps_cache, tmp_path, kind, 1.0, "large", lr)
@@ -197,6 +198,7 @@ def test_a_frozen_probe_streams_a_cache_larger_than_its_budget_and_learns_as_in_
     assert abs(streamed["accuracy"] - whole["accuracy"]) <= 0.1
 
 
+@pytest.mark.slow
 def test_a_probe_that_fits_its_budget_trains_as_before(maps_cache, tmp_path):
     """The in-memory path: the job's numbers are those of the plain loop it always ran (a reference copy)."""
     import torch.nn.functional as F
@@ -302,6 +304,7 @@ def test_scoring_really_holds_the_budget_not_the_cache(big_cache, tmp_path):
     assert BIG_BUDGET < peak < BIG_BUDGET + SLACK, peak
 
 
+@pytest.mark.slow
 def test_sae_training_really_holds_the_budget_not_the_cache(big_cache, tmp_path):
     """The same for an sae job (moments pass, two epochs, checkpoints)."""
     cfg = sae.Config(activations=str(big_cache), **{**TINY, "epochs": 2, "shuffle_images": 10},

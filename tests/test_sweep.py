@@ -330,7 +330,8 @@ def test_hostile_fixture_is_refused_in_process(fixture, key, expected, tmp_path,
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "launch"])
+@pytest.mark.parametrize("dry_run", [pytest.param(True, id="dry-run"),  # the real-launch half is slow: ~45 s
+                                     pytest.param(False, id="launch", marks=pytest.mark.slow)])
 @pytest.mark.parametrize(("fixture", "key", "expected"), HOSTILE, ids=[h[0] for h in HOSTILE])
 def test_hostile_fixture_is_refused_by_the_cli(fixture, key, expected, dry_run, tmp_path):
     import os
@@ -408,7 +409,7 @@ def test_kind_names_are_declared_not_imported(sweep_file):
     assert "unknown job kind 'nfjobs.jobs.smoke'" in problems_of(sweep_file('kind = "nfjobs.jobs.smoke"\n'))
     listing = describe_kinds()
     assert "smoke" in listing and "[built-in]" in listing
-    assert "tests.kinds.toy" in listing and "pyproject.toml]" in listing  # this project's [tool.nfjobs.kinds]
+    assert "tests.kinds.toy" in listing and "[entry point (nfjobs-test-kinds)]" in listing  # tests/plugin
     with pytest.raises(UnknownKind, match="built in"):
         register("train", "tests.kinds.toy")
     with pytest.raises(UnknownKind, match="not a dotted module path"):
@@ -442,18 +443,16 @@ def test_the_kinds_command_lists_what_a_sweep_may_name(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ references
-def _finished_toy_cell(runs: Path, sweep_file) -> str:
-    import launch
-
+def _finished_toy_cell(run_launch, sweep_file) -> str:
     path = sweep_file('kind = "toy"\nhead.width = 5\n', "up.toml")
-    assert launch.main(["--sweep", str(path), "--debug", "--runs-root", str(runs)]) == 0
+    assert run_launch("--sweep", path, "--debug") == 0
     (cell,) = expand([path])
     return cell.key
 
 
-def test_a_reference_to_a_finished_cell_is_accepted_by_key_or_run_dir(sweep_file, tmp_path):
+def test_a_reference_to_a_finished_cell_is_accepted_by_key_or_run_dir(sweep_file, tmp_path, run_launch):
     runs = tmp_path / "runs"
-    key = _finished_toy_cell(runs, sweep_file)
+    key = _finished_toy_cell(run_launch, sweep_file)
     for ref in (key, str(runs / key)):
         (cell,) = expand([sweep_file(f'kind = "toy"\nupstream = "{ref}"\n', "down.toml")], runs_root=runs)
         assert cell.deps == (key,)
@@ -469,21 +468,19 @@ def test_a_reference_that_is_not_a_finished_cell_is_refused(ref, words, sweep_fi
     assert "upstream: " in msg and words in msg
 
 
-def test_a_failed_cell_is_not_a_valid_reference(sweep_file, tmp_path):
-    import launch
-
+def test_a_failed_cell_is_not_a_valid_reference(sweep_file, tmp_path, run_launch):
     runs = tmp_path / "runs"
     path = sweep_file('kind = "toy"\nfail = true\n', "up.toml")
     with pytest.raises(ValueError):
-        launch.main(["--sweep", str(path), "--debug", "--runs-root", str(runs)])
+        run_launch("--sweep", path, "--debug")
     (up,) = expand([path])
     msg = problems_of_at(runs, sweep_file(f'kind = "toy"\nupstream = "{up.key}"\n', "down.toml"))
     assert "is not a finished cell (its result: failed)" in msg
 
 
-def test_a_run_dir_without_what_the_kind_reads_is_refused(tmp_path, sweep_file):
+def test_a_run_dir_without_what_the_kind_reads_is_refused(tmp_path, sweep_file, run_launch):
     runs = tmp_path / "runs"
-    key = _finished_toy_cell(runs, sweep_file)  # finished, but not a train cell: no model.pt
+    key = _finished_toy_cell(run_launch, sweep_file)  # finished, but not a train cell: no model.pt
     msg = problems_of_at(runs, sweep_file(f'kind = "train"\ninit_from = "{key}"\n'))
     assert "init_from: " in msg and "holds no model.pt" in msg
 

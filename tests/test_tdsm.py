@@ -64,7 +64,7 @@ def test_heads(head, how, c):
     assert m(torch.randn(3, H, W, k * c)).shape == (3, 5)
 
 
-@pytest.mark.parametrize("mode", ["frozen", "finetune", "two_stage"])
+@pytest.mark.parametrize("mode", ["frozen", "finetune", pytest.param("two_stage", marks=pytest.mark.slow)])
 def test_training_modes(field, mode):
     torch.manual_seed(0)
     ctx, labels = (torch.rand(16, 10, 2) * 2 - 1, torch.rand(16, 10, 3)), torch.randint(0, 3, (16,))

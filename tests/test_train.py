@@ -32,6 +32,7 @@ class Crash(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_kill_and_resume_gives_the_uninterrupted_loss_trajectory(tmp_path, monkeypatch):
     cfg = replace(TINY, context_frac=0.5, nce_weight=0.1, jitter=True)  # every random draw of a step in play
     rows_a = train.run(cfg, Context(key="a", kind="train", runs_root=tmp_path))
@@ -59,6 +60,7 @@ def test_kill_and_resume_gives_the_uninterrupted_loss_trajectory(tmp_path, monke
            [{k: v for k, v in r.items() if k not in drop} for r in rows_a]
 
 
+@pytest.mark.slow
 def test_the_four_variants_of_the_tiny_sweep_run_and_the_finetune_starts_from_the_sparse_model(tmp_path):
     sweep = tomllib.loads((ROOT / "configs/sweeps/nf_variants_tiny.toml").read_text())
     shared = {k: v for k, v in sweep.items() if k != "group"}

@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 
 import polars as pl
+import pytest
 from PIL import Image
 
-from nfjobs import commands as launch
 from nfjobs import results
 
 SCRIPT = Path(__file__).parent.parent / "scripts" / "trait_pictures.py"
@@ -31,13 +31,13 @@ def _run(*args):
     return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True)
 
 
-def test_charts_table_and_the_best_cells_pictures(tmp_path):
+@pytest.mark.slow
+def test_charts_table_and_the_best_cells_pictures(tmp_path, run_launch):
     sweep, runs, out = tmp_path / "s.toml", tmp_path / "runs", tmp_path / "docs" / "traits"
     sweep.write_text(SWEEP)
     empty = _run("--sweep", sweep, "--runs-root", runs, "--out", out)
     assert empty.returncode == 2 and "sweep named" in empty.stderr and not out.exists()
-    assert launch.main(["--sweep", str(sweep), "--debug", "--runs-root", str(runs), "--log-root",
-                        str(tmp_path / "logs")]) == 0
+    assert run_launch("--sweep", sweep, "--debug") == 0
     proc = _run("--sweep", sweep, "--runs-root", runs, "--out", out)
     assert proc.returncode == 0, proc.stderr
     summary = results.load(sweep, runs).collect().filter(pl.col("row_type") == "summary")
