@@ -49,14 +49,17 @@ def main() -> None:
 
     import polars as pl
 
-    from nfjobs import local, plan, results, slurm, snapshot, sweep
+    from nfjobs import sweep
+    from nfjobs.backends import debug, slurm
+    from nfjobs.orchestration import plan
+    from nfjobs.store import snapshot
 
     runs = Path(args.runs_root or tempfile.mkdtemp(prefix="packing-bench-"))
     cells = sweep.expand([args.sweep])
     upstream = [c for c in cells if c.kind != args.kind and stored.status(runs, c.key) != "ok"]
     targets = [c for c in cells if c.kind == args.kind]
     t0 = time.monotonic()
-    local.run_debug(upstream, runs)
+    debug.run(upstream, plan.specs(upstream, runs), {})
     print(f"upstream: {len(upstream)} cells in {time.monotonic() - t0:.0f} s (in this process); "
           f"{len(targets)} {args.kind} cells to submit", file=sys.stderr)
     code_dir, code_hash = snapshot.freeze(runs)
@@ -64,10 +67,10 @@ def main() -> None:
     table = []
     for per_job in (1, args.pack):
         for c in targets:
-            plan.forget(c, runs)
+            stored.forget(runs, c.key)
         start = time.monotonic()
-        jobs = slurm.submit_slurm(targets, runs, runs / "_logs" / f"pack{per_job}", flags, per_job, code_dir,
-                                  code_hash)
+        jobs = slurm.submit(targets, plan.specs(targets, runs, code_hash), runs / "_logs" / f"pack{per_job}", flags,
+                            per_job, snapshot.job_env(code_dir))
         outcomes = slurm.wait(jobs, runs, poll_s=1.0)
         wall = time.monotonic() - start
         times = sacct_times({j.job_id for j in jobs.values()})
@@ -77,8 +80,8 @@ def main() -> None:
         cell = float(rows["run.seconds"].sum())
         ok = sum(o == "ok" for o in outcomes.values())
         table.append((per_job, len(times), ok, wall, queue, task, cell, (task - cell) / len(times)))
-    print(f"| cells per task | array tasks | ok cells | wall s | summed queue wait s | summed task s | "
-          f"summed cell s | overhead per task s |\n|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| cells per task | array tasks | ok cells | wall s | summed queue wait s | summed task s | "
+          "summed cell s | overhead per task s |\n|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in table:
         print(f"| {r[0]} | {r[1]} | {r[2]}/{len(targets)} | {r[3]:.0f} | {r[4]:.0f} | {r[5]:.0f} | {r[6]:.0f} | {r[7]:.1f} |")
     one, packed = table

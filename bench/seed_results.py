@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from nfjobs import plots, results, typed  # noqa: E402
 from nfjobs.jobs import train  # noqa: E402
 from nfjobs.store.layout import run_dir
-from nfjobs import reporting
+from nfjobs.reports import tables as reporting
 
 GRID = "reconstructions.png"
 DEFAULT = "ginr_default"

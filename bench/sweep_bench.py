@@ -30,7 +30,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from nfjobs import plan, sweep
+    from nfjobs import sweep
+    from nfjobs.orchestration import plan
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "big.toml"
@@ -43,7 +44,7 @@ def main() -> None:
         plan.plan(cells, runs)
         t_plan = time.perf_counter() - t0
         cli = []
-        code = ("import sys, launch; rc = launch.main(sys.argv[1:]); "
+        code = ("import sys; from nfjobs.commands import main; rc = main(sys.argv[1:]); "
                 "print('TORCH_IMPORTED' if 'torch' in sys.modules else 'NO_TORCH'); sys.exit(rc)")
         for _ in range(args.repeats):
             t0 = time.perf_counter()

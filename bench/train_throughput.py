@@ -15,7 +15,6 @@ field forward (what the cache job runs), TDSM decode, and PSNR after the same st
 
 import argparse
 import importlib.util
-import math
 import sys
 import time
 from dataclasses import replace

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, TypeVar
 
 from nfjobs.metrics import MetricsLog, Progress
-from nfjobs.store.files import atomic_write_bytes, atomic_write_with, load_tensors, UnsafeCheckpoint  # noqa: F401  (moving to nfjobs.store)
-from nfjobs.store.layout import RunDir, is_safe_name, looks_like_path  # noqa: F401
+from nfjobs.store.files import atomic_write_bytes, load_tensors
+from nfjobs.store.layout import RunDir, is_safe_name
 
 T = TypeVar("T")
 

@@ -16,6 +16,7 @@ undeclared is imported.
 """
 
 import difflib
+import functools
 import importlib
 import importlib.metadata
 import re
@@ -96,18 +97,27 @@ def _from_pyproject(path: Path) -> list[Declared]:
     return out
 
 
-def declared() -> dict[str, Declared]:
-    """Every job kind that can be run here, by name."""
-    out = {name: Declared(name, module, "built-in") for name, module in KINDS.items()}
+@functools.cache
+def _installed(cwd: Path) -> dict[str, Declared]:
+    """Kinds declared by installed packages' entry points and the project's pyproject.toml, read once per
+    process (a launch asks for every cell's kind)."""
+    out: dict[str, Declared] = {}
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         module = ep.value.split(":", 1)[0].strip()
-        if ep.name in out or not NAME.fullmatch(ep.name) or not MODULE.fullmatch(module):
+        if ep.name in KINDS or not NAME.fullmatch(ep.name) or not MODULE.fullmatch(module):
             continue  # a built-in name or a malformed declaration never shadows or imports anything
         package = ep.dist.name if ep.dist is not None else "?"
         out[ep.name] = Declared(ep.name, module, f"entry point ({package})")
-    path = project_file()
+    path = project_file(cwd)
     if path is not None:
         out.update({d.name: d for d in _from_pyproject(path)})
+    return out
+
+
+def declared() -> dict[str, Declared]:
+    """Every job kind that can be run here, by name."""
+    out = {name: Declared(name, module, "built-in") for name, module in KINDS.items()}
+    out.update(_installed(Path.cwd()))
     out.update(_REGISTERED)
     return out
 

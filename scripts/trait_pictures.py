@@ -24,7 +24,7 @@ def collect(sweep: list[str], runs_root: Path, out: Path, key: str = "") -> dict
     import polars as pl
 
     from nfjobs import plots, results
-    from nfjobs.scoring import report
+    from nfjobs.reports import traits as report
 
     rows = pl.concat([results.load(s, runs_root).collect() for s in sweep], how="diagonal_relaxed")
     if "row_type" not in rows.columns:

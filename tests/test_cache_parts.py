@@ -19,6 +19,7 @@ from nfjobs.activations import CacheError, open_cache, part_shards, shard_path
 from nfjobs.config import DataConfig
 from nfjobs.jobs import cache
 from nfjobs.store.layout import RESULT as RESULT_FILE
+from nfjobs.store.layout import RunDir
 from nfjobs.store.rows import status as cell_status
 from nfjobs.worker import CellSpec, run_cell
 
@@ -121,7 +122,7 @@ def test_a_killed_part_resumes_from_its_own_shards_and_leaves_the_others_alone(t
     before = _fingerprints(run_dir)
     written = [p for p in mine if p.exists()]
     assert written == mine[:2] and not (run_dir / RESULT_FILE).exists()
-    assert not parts.marker(run_dir, 1, 4).exists()
+    assert not RunDir(run_dir.parent, run_dir.name).part_marker(1, 4).exists()
 
     rows = run_cell(tasks[1])  # the relaunched part: resumes, then finds every marker and finalises
     after = _fingerprints(run_dir)
@@ -136,7 +137,7 @@ def test_a_killed_part_resumes_from_its_own_shards_and_leaves_the_others_alone(t
 
 @pytest.mark.parametrize("mode", ["--debug", pytest.param("local", marks=pytest.mark.slow)])
 def test_a_launch_runs_the_parts_then_the_cell_that_reads_the_cache(tmp_path, mode):
-    import launch
+    from nfjobs import commands as launch
 
     sweep = tmp_path / "parts.toml"
     sweep.write_text('[[group]]\nname = "c"\nkind = "cache"\nparts = 3\nshard_size = 2\nbatch_size = 2\n'

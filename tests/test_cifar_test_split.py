@@ -130,7 +130,7 @@ def test_batches_written_by_numpy_1_name_numpy_core_and_still_load(tmp_path):
 
 
 def test_a_sweep_asking_for_test_without_test_batch_stops_before_anything_runs(tmp_path, capsys):
-    import launch
+    from nfjobs import commands as launch
 
     root = write_cifar(tmp_path / "c", test=False)
     sweep = tmp_path / "s.toml"

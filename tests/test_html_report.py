@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nfjobs import html_report, results
+from nfjobs.reports import html as html_report
 from nfjobs.context import Context
 from nfjobs.jobs import smoke
 from nfjobs.nf.training import save_grid
@@ -163,7 +163,7 @@ def test_the_browser_check_sees_a_broken_image(chromium, tmp_path):
 
 
 def test_launch_report_html_flag(sweep, tmp_path, capsys):
-    import launch
+    from nfjobs import commands as launch
 
     assert launch.main(["report", "--sweep", "demo", "--runs-root", str(sweep), "--metric", "accuracy",
                         "--html", str(tmp_path / "site")]) == 0

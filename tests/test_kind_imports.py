@@ -9,7 +9,7 @@ CONTRACT = ("nfjobs.context", "nfjobs.store", "nfjobs.data", "nfjobs.models", "n
             "nfjobs.nf", "nfjobs.probes", "nfjobs.scoring", "nfjobs.activations", "nfjobs.errors")
 """What a job kind may import from nfjobs."""
 BELOW_KINDS = ("nfjobs.models", "nfjobs.nf", "nfjobs.probes", "nfjobs.scoring", "nfjobs.data", "nfjobs.activations",
-               "nfjobs.plots", "nfjobs.identity", "nfjobs.config", "nfjobs.store")
+               "nfjobs.reports.plots", "nfjobs.identity", "nfjobs.config", "nfjobs.store")
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:

@@ -270,7 +270,7 @@ gpus_per_node = {gpus}
 ])
 def test_launch_warns_when_gpu_cells_run_mamba_on_a_slow_path(sweep_file, fake_mamba_ssm, tmp_path, capsys,
                                                               model, backend, gpus, kernel, warns):
-    import launch
+    from nfjobs import commands as launch
 
     fake_mamba_ssm(kernel=kernel)
     path = sweep_file(GPU_SWEEP.format(model=model, family=model, backend=backend, gpus=gpus))

@@ -1,4 +1,4 @@
-"""The report figures (nfjobs.plots) and the labelled reconstruction grid: what is drawn, from small tables."""
+"""The report figures (nfjobs.reports.plots) and the labelled reconstruction grid: what is drawn, from small tables."""
 
 import numpy as np
 import polars as pl
@@ -7,8 +7,8 @@ import torch
 from matplotlib.container import BarContainer
 from PIL import Image
 
-from nfjobs import plots
-from nfjobs.probes.report import summary
+from nfjobs.reports import plots
+from nfjobs.reports.probes import summary
 
 
 def probe_rows(seeds: int) -> pl.DataFrame:
@@ -71,7 +71,7 @@ def test_psnr_vs_wall_reads_epoch_records(tmp_path):
 
 
 def test_map_vs_train_images_has_a_band_per_line_and_the_constant_predictor(tmp_path):
-    from nfjobs.scoring.report import table
+    from nfjobs.reports.traits import table
 
     rows = pl.DataFrame([
         {"status": "ok", "row_type": "summary", "scorer": sc, "n_prototypes": k, "n_train_images": n,

@@ -108,8 +108,8 @@ def test_probe_job_errors(caches, tmp_path):
 def test_report_table_and_chart(tmp_path):
     import polars as pl
 
-    from nfjobs.plots import probe_accuracy
-    from nfjobs.probes.report import summary, wide
+    from nfjobs.reports.plots import probe_accuracy
+    from nfjobs.reports.probes import summary, wide
 
     rows = pl.DataFrame([
         {"kind": "probe", "status": "ok", "representation": r, "context": c, "probe": p, "accuracy": a, "train_s": 1.0}
@@ -127,7 +127,7 @@ def test_report_table_and_chart(tmp_path):
 def test_report_names_tdsm_modes():
     import polars as pl
 
-    from nfjobs.probes.report import summary
+    from nfjobs.reports.probes import summary
 
     rows = pl.DataFrame([
         {"kind": "probe", "status": "ok", "representation": "perceiver-tdsm", "context": "full", "probe": p,

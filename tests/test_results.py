@@ -1,7 +1,6 @@
 """Result files: atomic writes, tolerant loading, reports and their bootstrap intervals."""
 
 import os
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -13,7 +12,7 @@ from nfjobs import results
 from nfjobs.store.files import atomic_write_bytes
 from nfjobs.store.layout import run_dir
 from nfjobs.store import rows as stored
-from nfjobs import reporting
+from nfjobs.reports import tables as reporting
 
 
 def test_atomic_write_replaces_whole_files_and_leaves_no_temp_files(tmp_path):

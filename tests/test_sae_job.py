@@ -123,7 +123,7 @@ def test_a_sweep_chains_cache_sae_and_score_and_sweeps_the_sae(tmp_path):
 
 
 def test_an_sae_cell_run_by_the_launcher_gives_ok_rows_and_a_score_cell_scores_with_it(tmp_path, capsys):
-    import launch
+    from nfjobs import commands as launch
     import polars as pl
 
     from nfjobs import results
@@ -146,7 +146,7 @@ def test_an_sae_cell_run_by_the_launcher_gives_ok_rows_and_a_score_cell_scores_w
     summary = df.filter(pl.col("row_type") == "summary").row(0, named=True)
     assert summary["prototypes"] == 8 and summary["n_prototypes"] == 0  # the sae's width; not a default that lies
     assert summary["representation"] == "original" and summary["layer"] == ""
-    from nfjobs.scoring import report
+    from nfjobs.reports import traits as report
 
     assert report.table(df)["Prototypes"].to_list() == [8]  # the table counts what was offered
     capsys.readouterr()

@@ -14,7 +14,7 @@ from nfjobs.context import Context
 from nfjobs.data import load_split
 from nfjobs.data.pixels import builtin_pixels
 from nfjobs.jobs import score
-from nfjobs.scoring import report
+from nfjobs.reports import traits as report
 
 TINY = dict(n_prototypes=8, train_patches=4000, kmeans_iters=3, sae_steps=20, device="cpu",
             data=DataConfig(builtin_n=200))

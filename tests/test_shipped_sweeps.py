@@ -1,5 +1,6 @@
 """Every sweep in configs/sweeps/ validates, and every CPU-sized one runs end to end through launch.py."""
 
+import json
 import re
 from pathlib import Path
 
@@ -9,7 +10,6 @@ import pytest
 from nfjobs import commands as launch
 from data_fixtures import write_trait_folder
 from nfjobs import results, sweep
-from nfjobs.store.layout import run_dir
 from nfjobs.store import rows as stored
 
 ROOT = Path(__file__).parent.parent
@@ -50,7 +50,6 @@ def _cifar10_folder(out: Path) -> None:
 
 def _finished_field(runs: Path) -> list[sweep.Override]:
     """traits_ginr_cifar.toml reads a field trained elsewhere (`--checkpoint`): a finished train cell stand-in."""
-    from nfjobs import results
 
     run_dir = runs / "train-0123456789ab"
     run_dir.mkdir(parents=True)
@@ -117,7 +116,7 @@ def test_cpu_sized_sweeps_run_end_to_end(name, tmp_path, monkeypatch, run_launch
     n_cells = len(sweep.expand([path]))
     assert df["key"].n_unique() == n_cells and set(df["status"]) == {"ok"}
     if name == "representations_tiny.toml":
-        from nfjobs.probes.report import summary
+        from nfjobs.reports.probes import summary
 
         table = summary(df)
         assert set(table["context"]) == {"full", "sparse"}
@@ -179,3 +178,24 @@ def test_the_short_gpu_session_copies_still_apply_and_share_their_train_cells(tm
     assert text.count("n_train = 10000") == 6 and text.count('root = "/gpu/cifar"') == 10
     assert text.count("train_images = 10000") == 1  # the TDSM field probes train on the caches' images
     assert "epochs = 40" not in (out / "nf_variants.toml").read_text()
+
+
+KEYS_BEFORE = json.loads((ROOT / "tests" / "fixtures" / "shipped_cell_keys.json").read_text())
+"""Every shipped sweep's cell keys as the code before the core moved (1d11564) computed them: a finished result
+is found again by every later version of the launcher."""
+
+
+@pytest.mark.parametrize("name", sorted(KEYS_BEFORE))
+def test_the_cell_keys_of_every_shipped_sweep_are_those_before_the_core_moved(name, tmp_path, monkeypatch):
+    path = ROOT / "configs" / "sweeps" / name
+    text = path.read_text()
+    overrides = [sweep.Override(k, tuple(v) if isinstance(v, list) else v) for k, v in KEYS_BEFORE[name]["overrides"]]
+    cifar = Path(next((v for k, v in KEYS_BEFORE[name]["overrides"] if k == "data.root"), "/nonexistent"))
+    if 'name = "cifar10"' in text and not (cifar / "cifar-10-batches-py" / "batches.meta").exists():
+        _cifar_stand_in(cifar.parent)  # the same absolute root the keys were made with: it is part of them
+    if "imagefolder" in text:
+        _folder_stand_in(tmp_path, monkeypatch)
+    if 'checkpoint = ""' in text:
+        _finished_field(tmp_path / "runs")
+    cells = sweep.expand([path], overrides, runs_root=tmp_path / "runs")
+    assert [[c.group, c.key] for c in cells] == KEYS_BEFORE[name]["cells"]

@@ -149,7 +149,7 @@ def test_a_preempted_job_is_requeued_and_resumes_from_its_checkpoint(sweep_file,
 
 
 def test_cells_beyond_max_array_size_go_in_several_arrays(sweep_file, tmp_path, monkeypatch):
-    import launch as launcher
+    from nfjobs import commands as launcher
     from nfjobs.backends import slurm
 
     monkeypatch.setattr(slurm, "max_array_size", lambda: 3)  # indices 0..2: at most 2 cells per array here

@@ -8,7 +8,8 @@ from typing import Annotated, Literal
 import polars as pl
 import tyro
 
-from nfjobs import reporting, results
+from nfjobs import results
+from nfjobs.reports import tables as reporting
 from nfjobs.commands.errors import fail
 
 
@@ -66,7 +67,7 @@ def main(args: Args) -> int:
     else:
         print(text)
     if args.html:
-        from nfjobs import html_report
+        from nfjobs.reports import html as html_report
 
         try:
             print(f"wrote {html_report.write(args.sweep, args.runs_root, args.html)}")

@@ -1,6 +1,5 @@
 """Soft-InfoNCE: InfoNCE with Gaussian soft positives around the known correspondence."""
 
-import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 

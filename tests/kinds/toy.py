@@ -52,7 +52,13 @@ def check(cfg: Config) -> list[tuple[str, str]]:
     return check_data(cfg.data)
 
 
+RUNS_LOG = "toy_runs.log"
+"""Every start of a toy cell appends a line here (in its run directory): tests count how often a cell ran."""
+
+
 def run(cfg: Config, ctx) -> list[dict]:
+    with open(ctx.run_dir / RUNS_LOG, "a") as f:
+        f.write(f"{os.getpid()}\n")
     time.sleep(cfg.sleep_s)
     deadline = time.monotonic() + 300
     while cfg.gate and not Path(cfg.gate).exists() and time.monotonic() < deadline:

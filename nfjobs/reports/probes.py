@@ -1,9 +1,9 @@
 """The representation comparison as one table and one bar chart, from the probe rows of a sweep.
 
-    uv run python -m nfjobs.probes.report --sweep representations --runs-root runs --out runs/representations
+    uv run python -m nfjobs.reports.probes --sweep representations --runs-root runs --out runs/representations
 
 writes `<out>/summary.md` (accuracy per representation × context × probe, mean over seeds) and
-`<out>/accuracy.png` (grouped bars with std over seeds, `nfjobs.plots.probe_accuracy`). A TDSM head trained with its
+`<out>/accuracy.png` (grouped bars with std over seeds, `nfjobs.reports.plots.probe_accuracy`). A TDSM head trained with its
 field is its own probe, `tdsm_gap+finetune` or `tdsm_gap+two_stage`, beside the frozen `tdsm_gap`.
 """
 
@@ -48,8 +48,8 @@ class Args:
 
 
 def main(args: Args) -> None:
-    from nfjobs.plots import probe_accuracy
-    from nfjobs.reporting import to_markdown
+    from nfjobs.reports.plots import probe_accuracy
+    from nfjobs.reports.tables import to_markdown
     from nfjobs.results import load
 
     table = summary(load(args.sweep, args.runs_root))

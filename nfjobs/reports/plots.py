@@ -31,7 +31,7 @@ def _save(fig, path: Path | str):
 
 
 def probe_accuracy(table: pl.DataFrame, path: Path | str, title: str = "Probe accuracy (val)"):
-    """Grouped bars from `nfjobs.probes.report.summary`: one group per (context, probe), one bar per representation;
+    """Grouped bars from `nfjobs.reports.probes.summary`: one group per (context, probe), one bar per representation;
     error bars (std over seeds) where a bar has more than one seed."""
     reps = sorted(table["representation"].unique().to_list())
     groups = table.select("context", "probe").unique().sort("context", "probe").rows()
@@ -116,7 +116,7 @@ def psnr_vs_wall(curves: dict[str, pl.DataFrame], path: Path | str, metric: str 
 
 
 def map_vs_train_images(table: pl.DataFrame, path: Path | str, title: str = "Trait discovery (seed 004)"):
-    """`nfjobs.scoring.report.table` output: mAP against training images, one line per scorer × prototype count
+    """`nfjobs.reports.traits.table` output: mAP against training images, one line per scorer × prototype count
     (× representation / layer where the table has them), the band between the 5 % and 95 % per-trait AP
     quantiles, and the constant predictor's mAP dashed."""
     fig, ax = _figure()

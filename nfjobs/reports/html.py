@@ -2,7 +2,7 @@
 
 `DIR/index.html` shows the state of every cell (from its result file), the failures with their last error line,
 the summary tables (train PSNR, probe accuracy, seed-004 mAP, and the rows of any other kind), the figures of
-`nfjobs.plots`, every cell's reconstruction grid and a page per cell with its config. Result files, configs and
+`nfjobs.reports.plots`, every cell's reconstruction grid and a page per cell with its config. Result files, configs and
 metrics are untrusted: every text is escaped, only keys that are plain names become file names, and only regular
 PNG files inside the runs root are copied beside the page.
 """
@@ -17,7 +17,9 @@ from typing import Any
 
 import polars as pl
 
-from nfjobs import plots, reporting, results
+from nfjobs import results
+from nfjobs.reports import plots
+from nfjobs.reports import tables as reporting
 from nfjobs.kinds import load_kind
 from nfjobs.store import manifest as manifests
 from nfjobs.store import rows as stored
@@ -144,8 +146,8 @@ def _with_fields(rows: pl.DataFrame) -> pl.DataFrame:
 
 def _tables_and_figures(rows: pl.DataFrame, runs_root: Path, out: Path) -> tuple[str, str]:
     """HTML of the summary tables and of the figures (written to `out/plots/`) for the kinds present."""
-    from nfjobs.probes.report import summary as probe_summary
-    from nfjobs.scoring.report import table as score_table
+    from nfjobs.reports.probes import summary as probe_summary
+    from nfjobs.reports.traits import table as score_table
 
     tables, figures = [], []
     kinds = sorted(rows["kind"].drop_nulls().unique().to_list()) if "kind" in rows.columns else []
