@@ -99,7 +99,6 @@ def sweep(tmp_path_factory) -> Path:
          "ap_q05": 0.1, "ap_q95": 0.7, "constant_map": 0.1} for n in (16, 64)])
     cells["score-0"] = {"kind": "score", "group": "traits", "stage": 2, "source": "s.toml"}
     cells["not-run"] = {"kind": "smoke", "group": "g", "stage": 0, "source": "s.toml"}
-    cells["../../etc"] = {"kind": "smoke", "group": "g", "stage": 0, "source": "s.toml"}  # never a file name
     manifest.write(runs, {"sweep": "demo", "cells": cells, "jobs": {}})
     return runs
 
@@ -107,7 +106,7 @@ def sweep(tmp_path_factory) -> Path:
 def test_page_content_and_escaping(sweep, tmp_path):
     page = html_report.write("demo", sweep, tmp_path / "site")
     text = page.read_text()
-    assert "9 cells" in text and ">ok 6<" in text and ">failed 1<" in text and ">no result 2<" in text
+    assert "8 cells" in text and ">ok 6<" in text and ">failed 1<" in text and ">no result 1<" in text
     assert "RuntimeError: smoke job failing on purpose at step 1" in text  # the failure's last error line
     assert "<script>" not in text and "onerror=alert" not in text.replace("onerror=alert(1)&gt;", "")
     assert html_report.esc(HOSTILE) in text
@@ -119,6 +118,25 @@ def test_page_content_and_escaping(sweep, tmp_path):
     assert "&quot;steps&quot;: 2" in cell and "&quot;label&quot;: &quot;a&quot;" in cell
     assert not any("etc" in p.name for p in (tmp_path / "site").rglob("*"))
     assert "val PSNR" in text and "trait discovery" in text
+
+
+def test_a_manifest_naming_a_path_as_a_cell_is_refused_in_one_line_and_other_sweeps_still_work(sweep, tmp_path,
+                                                                                                  capsys):
+    from nfjobs import commands as launch
+
+    sweep = Path(shutil.copytree(sweep, tmp_path / "runs"))  # the fixture is shared: damage a copy
+    path = sweep / "_sweeps" / "demo.json"
+    data = json.loads(path.read_text())
+    manifest.write(sweep, {**data, "sweep": "other"})
+    data["cells"]["../../etc"] = {"kind": "smoke", "group": "g", "stage": 0, "source": "s.toml"}
+    path.write_text(json.dumps(data))
+    for verb in (["status"], ["report", "--metric", "accuracy"], ["cancel"]):
+        with pytest.raises(SystemExit) as info:
+            launch.main([verb[0], "--sweep", "demo", "--runs-root", str(sweep), *verb[1:]])
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and len(err.strip().splitlines()) == 1 and str(path) in err, err
+        assert "not a cell key" in err
+    assert launch.main(["status", "--sweep", "other", "--runs-root", str(sweep)]) == 0
 
 
 def test_config_json_is_shown_escaped_and_a_symlinked_grid_is_not_copied(sweep, tmp_path):

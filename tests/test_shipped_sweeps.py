@@ -11,6 +11,7 @@ from nfjobs import commands as launch
 from data_fixtures import write_trait_folder
 from nfjobs import results, sweep
 from nfjobs.store import rows as stored
+from nfjobs.store.layout import run_dir
 
 ROOT = Path(__file__).parent.parent
 SWEEPS = sorted((ROOT / "configs" / "sweeps").glob("*.toml"))
@@ -50,12 +51,11 @@ def _cifar10_folder(out: Path) -> None:
 
 def _finished_field(runs: Path) -> list[sweep.Override]:
     """traits_ginr_cifar.toml reads a field trained elsewhere (`--checkpoint`): a finished train cell stand-in."""
-
-    run_dir = runs / "train-0123456789ab"
-    run_dir.mkdir(parents=True)
-    (run_dir / "model.pt").touch()
-    stored.write_rows(run_dir(runs, run_dir.name).result, [{"status": "ok"}])
-    return [sweep.Override("checkpoint", run_dir.name)]
+    field = run_dir(runs, "train-0123456789ab")
+    field.ensure()
+    field.model.touch()
+    stored.write_rows(field.result, [{"status": "ok"}])
+    return [sweep.Override("checkpoint", field.key)]
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)

@@ -488,10 +488,12 @@ def test_a_run_dir_without_what_the_kind_reads_is_refused(tmp_path, sweep_file, 
 def test_single_runs_get_the_same_checks(tmp_path, capsys):
     from nfjobs.commands.single import run_single
 
-    rc = run_single("train", ["--init-from", "/etc/passwd", "--runs-root", str(tmp_path / "runs")])
-    assert rc == 2 and "--init_from: " in capsys.readouterr().err and not (tmp_path / "runs").exists()
-    rc = run_single("train", ["--model", "ginr", "--nce-weight", "0.1", "--runs-root", str(tmp_path / "runs")])
-    assert rc == 2 and "--nce_weight: model 'ginr' does not use this option" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as rc:
+        run_single("train", ["--init-from", "/etc/passwd", "--runs-root", str(tmp_path / "runs")])
+    assert rc.value.code == 2 and "--init_from: " in capsys.readouterr().err and not (tmp_path / "runs").exists()
+    with pytest.raises(SystemExit) as rc:
+        run_single("train", ["--model", "ginr", "--nce-weight", "0.1", "--runs-root", str(tmp_path / "runs")])
+    assert rc.value.code == 2 and "--nce_weight: model 'ginr' does not use this option" in capsys.readouterr().err
 
 
 def problems_of_at(runs: Path, *paths) -> str:

@@ -69,6 +69,9 @@ def main(args: Args) -> int:
     if args.html:
         from nfjobs.reports import html as html_report
 
+        if Path(args.sweep).is_dir():
+            fail(f"--html: no launched sweep named {args.sweep!r}: a folder of result files has no sweep manifest "
+                 "to draw the page from")
         try:
             print(f"wrote {html_report.write(args.sweep, args.runs_root, args.html)}")
         except FileNotFoundError as err:
