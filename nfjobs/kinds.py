@@ -20,6 +20,7 @@ import functools
 import importlib
 import importlib.metadata
 import re
+import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,9 +99,9 @@ def _from_pyproject(path: Path) -> list[Declared]:
 
 
 @functools.cache
-def _installed(cwd: Path) -> dict[str, Declared]:
+def _installed(cwd: Path, search_path: tuple[str, ...]) -> dict[str, Declared]:
     """Kinds declared by installed packages' entry points and the project's pyproject.toml, read once per
-    process (a launch asks for every cell's kind)."""
+    working directory and import path (a launch asks for every cell's kind)."""
     out: dict[str, Declared] = {}
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         module = ep.value.split(":", 1)[0].strip()
@@ -117,7 +118,7 @@ def _installed(cwd: Path) -> dict[str, Declared]:
 def declared() -> dict[str, Declared]:
     """Every job kind that can be run here, by name."""
     out = {name: Declared(name, module, "built-in") for name, module in KINDS.items()}
-    out.update(_installed(Path.cwd()))
+    out.update(_installed(Path.cwd(), tuple(sys.path)))
     out.update(_REGISTERED)
     return out
 

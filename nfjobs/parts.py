@@ -35,7 +35,7 @@ def finish(module: Any, config: Any, ctx: Any, part_rows: list[dict[str, Any]]):
     files = ctx.files
     text = json.dumps(part_rows, default=str, sort_keys=True)
     atomic_write_bytes(files.part_marker(ctx.part, ctx.parts), text.encode())
-    lock = open(files.parts / ".lock", "a")
+    lock = open(files.parts_lock, "a")
     fcntl.flock(lock, fcntl.LOCK_EX)  # released when closed, or when the process dies
     try:
         paths = [files.part_marker(i, ctx.parts) for i in range(ctx.parts)]

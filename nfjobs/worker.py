@@ -136,8 +136,7 @@ def _run_claimed(spec: CellSpec) -> list[dict[str, Any]]:
     meta = {**spec.provenance, **runtime_provenance(),
             "run.resumed": ctx.resumed_from is not None, "run.resumed_from": ctx.resumed_from or "",
             "run.start": start, "run.end": dt.datetime.now(dt.timezone.utc), "run.seconds": time.monotonic() - t0}
-    fixed = {"sweep": spec.sweep, "key": spec.key, "kind": spec.kind, "group": spec.group,
-             **rows.config_columns(spec.config), **meta}
+    fixed = rows.build_rows(spec, states.OK, config=spec.config, meta=meta)[0]
     clash = sorted({k for m in metric_rows for k in m if k in ("status", "error") or (k in fixed and m[k] != fixed[k])})
     if clash and failure is None:  # a job bug; keep the metrics visible rather than lose the run
         error = (f"job {spec.kind!r} returned metrics whose names clash with result columns {clash} "

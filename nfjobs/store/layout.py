@@ -23,7 +23,9 @@ OUTPUTS = "outputs.json"
 PARTS = "parts"
 """Markers of a cell run as several tasks (`nfjobs.parts`)."""
 CLAIM = ".claim"
-"""Held (flock) by the process running the cell: no cell runs twice at once."""
+"""Held (flock) by the process running the cell (`.claim-<i>-of-<N>` by a part's): no cell runs twice at once."""
+PARTS_LOCK = ".lock"
+"""In `parts/`: held by the part that finalises the cell."""
 RECONSTRUCTIONS = "reconstructions.png"
 META = "meta.json"
 """A cache split's description, in `<run dir>/<split>/`."""
@@ -99,9 +101,8 @@ class RunDir:
     def outputs(self) -> Path:
         return self.path / OUTPUTS
 
-    @property
-    def claim(self) -> Path:
-        return self.path / CLAIM
+    def claim(self, part: int | None = None, parts: int = 1) -> Path:
+        return self.path / (CLAIM if part is None else f"{CLAIM}-{part}-of-{parts}")
 
     @property
     def parts(self) -> Path:
@@ -109,6 +110,10 @@ class RunDir:
 
     def part_marker(self, part: int, parts: int) -> Path:
         return self.parts / f"{part}-of-{parts}.json"
+
+    @property
+    def parts_lock(self) -> Path:
+        return self.parts / PARTS_LOCK
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,10 @@ class RunsRoot:
         if not is_safe_name(sweep):
             raise ValueError(f"{sweep!r} is not a sweep name")
         return self.path / MANIFESTS / f"{sweep}.json"
+
+    def manifest_lock(self, sweep: str) -> Path:
+        """Held while the manifest is read, changed and written back."""
+        return self.manifest(sweep).with_name(f".{sweep}.json.lock")
 
     @property
     def manifests(self) -> Path:

@@ -67,5 +67,4 @@ def launch_lock(runs_root: Path | str, sweeps: Sequence[str]) -> Iterator[None]:
 def claim(run_dir: RunDir, part: int | None = None, parts: int = 1) -> IO | None:
     """Hold the cell's claim (or its part's) for as long as the returned handle is open; None when another live
     process holds it (the cell is running elsewhere: do not run it again)."""
-    path = run_dir.claim if part is None else run_dir.path / f"{run_dir.claim.name}-{part}-of-{parts}"
-    return _try_lock(path)
+    return _try_lock(run_dir.claim(part, parts))

@@ -73,9 +73,9 @@ def _schema_problem(data: Any, sweep: str) -> str | None:
 
 @contextlib.contextmanager
 def _locked(runs_root: Path | str, sweep: str) -> Iterator[None]:
-    path = RunsRoot(runs_root).manifest(sweep)
+    path = RunsRoot(runs_root).manifest_lock(sweep)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.name}.lock"), "a") as lock:
+    with open(path, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 

@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nfjobs import identity, typed
-from nfjobs.errors import one_line
+from nfjobs.errors import UserError, one_line
 from nfjobs.kinds import UnknownKind, load_kind
 
 RESERVED = {"kind", "name", "zip", "group", "slurm", "sweep"}
@@ -18,7 +18,7 @@ RUNTIME_AXIS = ("is a runtime field (how or where to run, not what is computed):
                "flag (--key value), or put each value in its own sweep file")
 
 
-class SweepError(Exception):
+class SweepError(UserError):
     """One or more problems with sweep files; `str()` lists them, one per line."""
 
     def __init__(self, problems: list[str]):
