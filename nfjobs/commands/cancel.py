@@ -2,9 +2,6 @@
 
 from dataclasses import dataclass
 
-from nfjobs import results
-from nfjobs.orchestration import control
-
 
 @dataclass(frozen=True)
 class Args:
@@ -23,6 +20,9 @@ class Args:
 
 
 def main(args: Args) -> int:
+    from nfjobs import results
+    from nfjobs.orchestration import control
+
     found = results.cell_states(args.sweep, args.runs_root)
     keys = [control.find_cell(k, args.runs_root, args.sweep)[1] for k in args.cell]
     done = control.cancel(found, args.runs_root, results.sweep_name(args.sweep), keys, args.failed_only)

@@ -6,10 +6,7 @@ from typing import Annotated
 
 import tyro
 
-from nfjobs import results
 from nfjobs.commands.errors import fail
-from nfjobs.orchestration import control
-from nfjobs.store import states
 
 
 @dataclass(frozen=True)
@@ -29,6 +26,10 @@ class Args:
 
 
 def main(args: Args) -> int:
+    from nfjobs import results
+    from nfjobs.orchestration import control
+    from nfjobs.store import states
+
     files = control.log_files(args.key, args.runs_root, args.sweep, args.log_root)
     sweep, key = control.find_cell(args.key, args.runs_root, args.sweep)
     if not files:

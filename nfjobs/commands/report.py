@@ -5,11 +5,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-import polars as pl
 import tyro
 
-from nfjobs import results
-from nfjobs.reports import tables as reporting
 from nfjobs.commands.errors import fail
 
 
@@ -38,6 +35,10 @@ class Args:
 
 
 def main(args: Args) -> int:
+    import polars as pl
+    from nfjobs import results
+    from nfjobs.reports import tables as reporting
+
     lf = results.load(args.sweep, args.runs_root)
     schema = lf.collect_schema()
     if not schema:

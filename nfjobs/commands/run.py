@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 from nfjobs import typed
 from nfjobs.commands.errors import fail
-from nfjobs.commands.hints import next_steps
 from nfjobs.config import SlurmConfig, SlurmParameterError, slurm_flags
 from nfjobs.sweep import Override
 
@@ -99,6 +98,8 @@ def typed_slurm(args: Args) -> dict[str, Any]:
 
 
 def main(args: Args, overrides: list[Override]) -> int:
+    from nfjobs.commands.hints import next_steps
+
     from nfjobs import sweep
     from nfjobs.models.mamba_install import slow_path_warning
     from nfjobs.backends import slurm

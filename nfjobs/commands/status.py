@@ -3,11 +3,6 @@
 import json
 from dataclasses import dataclass
 
-import polars as pl
-
-from nfjobs import results
-from nfjobs.store import states
-
 
 @dataclass(frozen=True)
 class Args:
@@ -33,6 +28,10 @@ class Args:
 
 
 def main(args: Args) -> int:
+    import polars as pl
+    from nfjobs import results
+    from nfjobs.store import states
+
     found = results.cell_states(args.sweep, args.runs_root, args.log_root)
     counts = found.group_by("state").len()
     order = {s: i for i, s in enumerate(states.STATES)}

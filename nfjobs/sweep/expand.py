@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from nfjobs import identity, typed
-from nfjobs.store.rows import resolve_reference
 from nfjobs.sweep.groups import (_check_value, _Group, _parse_group, _Problems, _split_reference, _suggest,
                                  _value_at)
 from nfjobs.store.layout import SAFE_NAME as NAME  # sweep and group names name folders under the runs and log roots
@@ -34,6 +33,8 @@ def _check_cell(info: KindInfo, cfg: Any, flat: dict[str, Any], launch: "_Launch
             in_launch.add(dotted)
             continue
         if ref not in launch.found:  # thousands of cells may read the same finished cell
+            from nfjobs.store.rows import resolve_reference  # polars: only when a reference leaves the launch
+
             launch.found[ref] = resolve_reference(launch.runs_root, ref)
         run_dir, why = launch.found[ref]
         if run_dir is None:
