@@ -228,3 +228,203 @@ def test_the_test_kind_from_tests_plugin_still_loads():
 
     assert module_file("tests.kinds.toy") == ROOT / "tests" / "kinds" / "toy.py"
     assert load_kind("toy").RUNS_LOG == "toy_runs.log"
+
+
+# ------------------------------------------------------------------ 1. names walk out of the runs root: refused
+def _bait(tmp_path: Path, victim: subprocess.Popen) -> tuple[Path, Path]:
+    """A runs root at tmp/a/b/runs, and outside it what a name walking out of it would reach: a manifest naming a
+    bystander process as a cell's job and a private file as its log (`tmp/a/b/runs/_sweeps/../../x.json` is
+    tmp/a/b/x.json; `../../../../x` reaches tmp/x.json)."""
+    runs = tmp_path / "a" / "b" / "runs"
+    (runs / "_sweeps").mkdir(parents=True)
+    secret = tmp_path / "secret_0_log.out"
+    secret.write_text("PRIVATE-CONTENT\n")
+    for where, name in ((tmp_path / "a" / "b" / "x.json", "../../x"), (tmp_path / "x.json", "../../../../x")):
+        where.write_text(json.dumps({
+            "sweep": name, "cells": {"toy-aaaaaaaaaaaa": {"kind": "toy", "group": "g", "stage": 0, "source": "x"}},
+            "jobs": {"toy-aaaaaaaaaaaa": local.job_id(victim.pid)},
+            "logs": {"toy-aaaaaaaaaaaa": {"stdout": str(secret), "stderr": str(secret)}}}))
+    return runs, secret
+
+
+TRAVERSALS = ["../../x", "../../../../x", "..", "x/../../x", "/etc", "x\n"]
+
+
+@pytest.mark.parametrize("name", TRAVERSALS, ids=repr)
+@pytest.mark.parametrize("source", ["flag", "sweep-file"])
+@pytest.mark.parametrize("command", ["status", "logs", "cancel", "report"])
+def test_a_sweep_name_outside_the_runs_root_is_refused_by_every_command(command, source, name, tmp_path, capsys):
+    victim = sleeper()
+    try:
+        runs, secret = _bait(tmp_path, victim)
+        target = name
+        if source == "sweep-file":
+            target = str(tmp_path / "downloaded.toml")
+            Path(target).write_text(f'[sweep]\nname = {json.dumps(name)}\n\n[[group]]\nkind = "toy"\n')
+        before = tree(tmp_path)
+        argv = {"status": ["status", "--sweep", target, "--log-root", str(tmp_path / "logs")],
+                "logs": ["logs", "toy-aaaa", "--sweep", target, "--log-root", str(tmp_path / "logs")],
+                "cancel": ["cancel", "--sweep", target],
+                "report": ["report", "--sweep", target, "--metric", "metric"]}[command]
+        out = one_line_exit_2(capsys, *argv, "--runs-root", str(runs))
+        assert "is not a sweep name" in out and "PRIVATE-CONTENT" not in out
+        assert tree(tmp_path) == before  # nothing written, inside the runs root or out of it
+        time.sleep(0.2)
+        assert victim.poll() is None  # no signal reached the bystander
+    finally:
+        victim.kill()
+
+
+@pytest.mark.parametrize("key", ["../../x", "../../../../x", "toy-aaaa/../../x", "/etc/passwd"], ids=repr)
+def test_logs_of_a_key_outside_the_runs_root_is_refused(key, tmp_path, capsys):
+    victim = sleeper()
+    try:
+        runs, secret = _bait(tmp_path, victim)
+        manifests.write(runs, manifests.empty("s"))  # a sweep under the runs root, without that cell
+        before = tree(tmp_path)
+        out = one_line_exit_2(capsys, "logs", key, "--runs-root", str(runs), "--log-root", str(tmp_path / "logs"))
+        assert "no cell" in out and "PRIVATE-CONTENT" not in out
+        assert tree(tmp_path) == before
+    finally:
+        victim.kill()
+
+
+def test_a_manifest_naming_a_path_as_a_job_or_an_outside_file_as_a_log_is_refused(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    secret = tmp_path / "secret.txt"
+    secret.write_text("PRIVATE-CONTENT\n")
+    cell = {"kind": "toy", "group": "g", "stage": 0, "source": "x"}
+    path = runs / "_sweeps" / "s.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"sweep": "s", "cells": {"toy-aaaaaaaaaaaa": cell},
+                                "jobs": {"toy-aaaaaaaaaaaa": "../../../etc/passwd"}}))
+    out = one_line_exit_2(capsys, "status", "--sweep", "s", "--runs-root", str(runs))
+    assert f"{path}: jobs.toy-aaaaaaaaaaaa: expected a job id" in out
+    path.write_text(json.dumps({"sweep": "s", "cells": {"toy-aaaaaaaaaaaa": cell}, "jobs": {},
+                                "logs": {"toy-aaaaaaaaaaaa": {"stdout": str(secret)}}}))
+    out = one_line_exit_2(capsys, "logs", "toy-aaaa", "--runs-root", str(runs))
+    assert f"logs.toy-aaaaaaaaaaaa: {secret} is not a log file the launcher wrote" in out
+    assert "PRIVATE-CONTENT" not in out
+
+
+# ---------------------------------------------------------- 4. a pid another process took over is not the job
+@pytest.mark.parametrize("stale", ["wrong-start-time", "old-format"])
+def test_a_reused_pid_is_neither_running_nor_signalled(stale, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    victims = [sleeper(), sleeper()]
+    try:
+        ids = [f"local:{v.pid}:1" if stale == "wrong-start-time" else f"local:{v.pid}" for v in victims]
+        assert all(not local.alive(j) for j in ids) and all(v.poll() is None for v in victims)
+        stored.write_rows(run_dir(runs, "toy-bbbbbbbbbbbb").result,
+                          [{"sweep": "s", "key": "toy-bbbbbbbbbbbb", "status": "failed", "error": "E: x"}])
+        manifests.write(runs, {"sweep": "s", "cells": {
+            k: {"kind": "toy", "group": "g", "stage": 0, "source": "s.toml"} for k in ("toy-aaaaaaaaaaaa", "toy-bbbbbbbbbbbb")},
+            "jobs": {"toy-aaaaaaaaaaaa": ids[0], "toy-bbbbbbbbbbbb": ids[1]}})
+        found = dict(results.cell_states("s", runs).select("key", "state").iter_rows())
+        assert found == {"toy-aaaaaaaaaaaa": "failed", "toy-bbbbbbbbbbbb": "failed"}  # ended, not running
+        assert launch.main(["status", "--sweep", "s", "--runs-root", str(runs)]) == 0
+        assert capsys.readouterr().out.startswith("s: 2 cells | failed 2\n")
+        for flags in (["--failed-only"], []):
+            assert launch.main(["cancel", "--sweep", "s", "--runs-root", str(runs), *flags]) == 0
+            assert "cancelled 0 cell(s)" in capsys.readouterr().out
+        time.sleep(0.3)
+        assert all(v.poll() is None for v in victims)  # neither was signalled
+        assert not run_dir(runs, "toy-aaaaaaaaaaaa").result.exists()  # and no cancelled row was written
+    finally:
+        for v in victims:
+            v.kill()
+
+
+# ------------------------------------------------------------------------------- 5. integrity
+@pytest.mark.parametrize("bad", [
+    b'{"event": "attempt", "attempt": "two"}\n',  # a non-numeric attempt
+    b'{"step": 1, "wall_s": "slow", "metrics": {}}\n',  # a non-numeric wall time
+    b'{"step": 1, "wall_s": null, "metrics": {}}\n',
+    b'[1, 2]\n', b'"text"\n', b'not json at all\n', b'\xff\xfe\n',  # not a record, not JSON, not UTF-8
+    b'[' * 100_000 + b'\n',  # nested deeper than the parser recurses
+    b'{"event": "attempt", "attempt": 1, "ti',  # torn by a kill
+], ids=["attempt-text", "wall-text", "wall-null", "list", "string", "not-json", "not-utf8", "deep", "torn"])
+def test_a_damaged_metrics_line_does_not_fail_a_relaunched_cell(bad, tmp_path, sweep_file, run_launch):
+    path = sweep_file('kind = "toy"\nhead.width = 3\n')
+    assert run_launch("--sweep", path, "--debug") == 0
+    (key,) = results.cell_states(path, tmp_path / "runs")["key"].to_list()
+    metrics = run_dir(tmp_path / "runs", key).metrics
+    metrics.write_bytes(metrics.read_bytes() + bad)
+    stored.write_rows(run_dir(tmp_path / "runs", key).result,  # as if it had failed: a relaunch runs it again
+                      [{"sweep": "s", "key": key, "status": "failed", "error": "E: x"}])
+    assert run_launch("--sweep", path, "--debug") == 0
+    assert stored.status(tmp_path / "runs", key) == "ok"
+    records = [json.loads(ln) for ln in metrics.read_bytes().splitlines()[-2:]]
+    assert records[0]["event"] == "attempt" and records[0]["attempt"] >= 2 and records[1]["phase"] == "toy"
+
+
+def test_a_deeply_nested_manifest_is_one_line_naming_it_and_other_sweeps_still_work(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    manifests.write(runs, {"sweep": "good", "cells": {"toy-cccccccccccc": {"kind": "toy", "group": "g", "stage": 0,
+                                                                             "source": "x"}}, "jobs": {}})
+    bad = runs / "_sweeps" / "deep.json"
+    bad.write_text('{"sweep": "deep", "cells": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    for argv in (["status", "--sweep", "deep"], ["cancel", "--sweep", "deep"]):
+        out = one_line_exit_2(capsys, *argv, "--runs-root", str(runs))
+        assert f"{bad}: damaged sweep manifest" in out
+    assert launch.main(["status", "--sweep", "good", "--runs-root", str(runs)]) == 0
+    out = one_line_exit_2(capsys, "logs", "toy-cccc", "--runs-root", str(runs))  # found, past the damaged one
+    assert "has no job and no log" in out
+
+
+def test_a_deeply_nested_sweep_file_given_to_status_is_one_line(tmp_path, capsys):
+    path = tmp_path / "deep.toml"
+    path.write_text("x = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    out = one_line_exit_2(capsys, "status", "--sweep", str(path), "--runs-root", str(tmp_path / "runs"))
+    assert "no launched sweep named 'deep'" in out
+
+
+FINISH_ON_SIGINT = """
+import signal, sys, time
+from nfjobs.store import rows
+def done(*_):
+    rows.write_rows(rows.run_dir(sys.argv[1], sys.argv[2]).result, [{"sweep": "s", "key": sys.argv[2], "status": "ok"}])
+    sys.exit(0)
+signal.signal(signal.SIGINT, done)
+open(sys.argv[3], "w").close()
+time.sleep(600)
+"""
+
+
+def test_cancel_reports_a_cell_that_finished_ok_during_the_kill_wait_as_finished(tmp_path, capsys):
+    runs, ready = tmp_path / "runs", tmp_path / "ready"
+    keys = ("toy-dddddddddddd", "toy-eeeeeeeeeeee")
+    finisher = subprocess.Popen([sys.executable, "-c", FINISH_ON_SIGINT, str(runs), keys[0], str(ready)], cwd=ROOT)
+    stopper = sleeper()
+    try:
+        wait_for(ready.exists, 60, "the finishing cell to start")
+        manifests.write(runs, {"sweep": "s", "cells": {k: {"kind": "toy", "group": "g", "stage": 0, "source": "s"}
+                                                       for k in keys},
+                               "jobs": {keys[0]: local.job_id(finisher.pid), keys[1]: local.job_id(stopper.pid)}})
+        assert launch.main(["cancel", "--sweep", "s", "--runs-root", str(runs)]) == 0
+        out = capsys.readouterr().out
+        assert f"cancelled 1 cell(s): {keys[1]}" in out
+        assert f"1 cell(s) finished ok before they could be stopped (kept, not cancelled): {keys[0]}" in out
+        assert stored.status(runs, keys[0]) == "ok" and stored.status(runs, keys[1]) == "cancelled"
+    finally:
+        finisher.kill()
+        stopper.kill()
+
+
+def test_a_relaunch_while_cancelled_jobs_are_still_ending_does_not_advise_scancel(tmp_path, monkeypatch):
+    from nfjobs.orchestration import plan as planning
+    from nfjobs.sweep import expand
+
+    path = tmp_path / "s.toml"
+    path.write_text('kind = "toy"\nhead.width = [1, 2]\n')
+    runs = tmp_path / "runs"
+    cells = expand([path], runs_root=runs)
+    cancelled, live = cells
+    stored.write_rows(run_dir(runs, cancelled.key).result, [{"sweep": "s", "key": cancelled.key, "status": "cancelled",
+                                                             "error": "cancelled by `launch.py cancel` (job 41_0)"}])
+    manifests.record(runs, cells, {cancelled.key: "41_0", live.key: "42_0"})
+    monkeypatch.setattr(planning, "job_states", lambda ids: {j: "running" for j in ids})  # both still COMPLETING
+    summary = planning.plan(cells, runs, in_flight=planning.live_jobs(cells, runs)).summary()
+    assert "scancel 42," in summary and "41" not in summary
+    assert "1 cell(s) already queued or running" in summary
+    assert "1 cell(s) cancelled, their jobs still ending" in summary
