@@ -40,7 +40,8 @@ class Plan:
             slurm = sorted({j.split("_")[0] for j in live.values() if not local.is_local(j)})
             how = (f"scancel {' '.join(slurm[:5])}{' ...' if len(slurm) > 5 else ''}, or `launch.py cancel`,"
                    if slurm else "`launch.py cancel`")
-            lines.append(f"  {len(live)} cell(s) already queued or running (skipped; {how} to stop them)")
+            where = " on Slurm" if slurm else ""
+            lines.append(f"  {len(live)} cell(s) already queued or running{where} (skipped; {how} to stop them)")
         if self.stopping:
             lines.append(f"  {len(self.stopping)} cell(s) cancelled, their jobs still ending (skipped; launch again "
                          "once they have ended to run them)")
