@@ -10,17 +10,22 @@ A job module may also define:
 Modules must not import torch at import time: the launcher imports them to validate sweeps.
 
 Kinds are declared, never imported on demand: the built-in ones below, then (in this order) the entry-point
-group `nfjobs.kinds` of installed packages, the `[tool.nfjobs.kinds]` table of the nearest `pyproject.toml` above
-the working directory, and `register()` calls. A sweep naming anything else is an unknown kind; nothing
-undeclared is imported.
+group `nfjobs.kinds` of installed packages, the `[tool.nfjobs.kinds]` table of the project whose environment runs
+the launcher (the `pyproject.toml` beside the environment, `<project>/.venv`; never the folder the user stands
+in: a folder unpacked inside a project declares nothing), and `register()` calls. A sweep naming anything else
+is an unknown kind; nothing undeclared is imported. A declared module is imported only when its file lies in that
+project or in the environment's installed packages (found without importing anything), and never a `__main__`.
 """
 
 import difflib
 import functools
 import importlib
 import importlib.metadata
+import os
 import re
+import site
 import sys
+import sysconfig
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,12 +78,78 @@ def unregister(name: str) -> None:
     _REGISTERED.pop(name, None)
 
 
-def project_file(start: Path | None = None) -> Path | None:
-    """The nearest pyproject.toml at or above `start` (default: the working directory)."""
-    here = (start or Path.cwd()).resolve()
-    for d in (here, *here.parents):
-        if (d / "pyproject.toml").is_file():
-            return d / "pyproject.toml"
+def project_file() -> Path | None:
+    """The pyproject.toml of the project whose environment runs this process: the folder holding the environment
+    (`sys.prefix`, uv's `<project>/.venv`), when it has one. Not the working directory's: what a user stands in
+    (a downloaded folder, an unpacked archive) declares no code to run."""
+    env = Path(sys.prefix).resolve()
+    path = env.parent / "pyproject.toml"
+    return path if env != Path(sys.base_prefix).resolve() and path.is_file() else None
+
+
+def _allowed_roots() -> list[Path]:
+    """Where a declared kind's module may live: the project of the environment, the environment's installed
+    packages (site-packages) and the folders its `.pth` files add (editable installs)."""
+    roots = []
+    project = project_file()
+    if project is not None:
+        roots.append(project.parent)
+    paths = sysconfig.get_paths()
+    packages = {Path(paths[k]) for k in ("purelib", "platlib") if k in paths} | {Path(p) for p in site.getsitepackages()}
+    for folder in packages:
+        roots.append(folder)
+        for pth in sorted(folder.glob("*.pth")) if folder.is_dir() else []:
+            try:
+                lines = pth.read_text(errors="replace").splitlines()
+            except OSError:
+                continue
+            roots += [Path(ln.strip()) if os.path.isabs(ln.strip()) else folder / ln.strip()
+                      for ln in lines if ln.strip() and not ln.startswith(("#", "import ", "import\t"))]
+    return [r.resolve() for r in roots if r.is_dir()]
+
+
+def module_file(module: str) -> Path | None:
+    """The file `import module` would load, found without importing anything (not even its parent packages):
+    the top-level name through the import system's finders (which run no module code), the rest on disk."""
+    import importlib.util
+
+    parts = module.split(".")
+    try:
+        spec = importlib.util.find_spec(parts[0])
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if len(parts) == 1:
+        return Path(spec.origin) if spec.has_location and spec.origin else None
+    folders = [Path(d) for d in spec.submodule_search_locations or []]
+    for part in parts[1:-1]:
+        folders = [d / part for d in folders if (d / part).is_dir()]
+    for folder in folders:
+        last = parts[-1]
+        for candidate in (folder / last / "__init__.py", folder / f"{last}.py"):
+            if candidate.is_file():
+                return candidate
+        extension = sorted(folder.glob(f"{last}.*.so"))
+        if extension:
+            return extension[0]
+    return None
+
+
+def _import_problem(d: "Declared") -> str | None:
+    """Why the declared module of a kind must not be imported (None: it may be)."""
+    if d.origin == "built-in":
+        return None
+    if "__main__" in d.module.split("."):
+        return f"module {d.module!r} is a program's `__main__`, not a job kind module"
+    path = module_file(d.module)
+    if path is None:
+        return f"module {d.module!r} was not found"
+    path = path.resolve()
+    if not any(path.is_relative_to(root) for root in _allowed_roots()):
+        project = project_file()
+        return (f"module {d.module!r} is {path}, outside the project of this environment "
+                f"({project.parent if project else 'none'}) and its installed packages")
     return None
 
 
@@ -99,9 +170,9 @@ def _from_pyproject(path: Path) -> list[Declared]:
 
 
 @functools.cache
-def _installed(cwd: Path, search_path: tuple[str, ...]) -> dict[str, Declared]:
+def _installed(search_path: tuple[str, ...]) -> dict[str, Declared]:
     """Kinds declared by installed packages' entry points and the project's pyproject.toml, read once per
-    working directory and import path (a launch asks for every cell's kind)."""
+    process and search path (a launch asks for every cell's kind; a new path entry may hold new distributions)."""
     out: dict[str, Declared] = {}
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         module = ep.value.split(":", 1)[0].strip()
@@ -109,7 +180,7 @@ def _installed(cwd: Path, search_path: tuple[str, ...]) -> dict[str, Declared]:
             continue  # a built-in name or a malformed declaration never shadows or imports anything
         package = ep.dist.name if ep.dist is not None else "?"
         out[ep.name] = Declared(ep.name, module, f"entry point ({package})")
-    path = project_file(cwd)
+    path = project_file()
     if path is not None:
         out.update({d.name: d for d in _from_pyproject(path)})
     return out
@@ -118,7 +189,7 @@ def _installed(cwd: Path, search_path: tuple[str, ...]) -> dict[str, Declared]:
 def declared() -> dict[str, Declared]:
     """Every job kind that can be run here, by name."""
     out = {name: Declared(name, module, "built-in") for name, module in KINDS.items()}
-    out.update(_installed(Path.cwd(), tuple(sys.path)))
+    out.update(_installed(tuple(sys.path)))
     out.update(_REGISTERED)
     return out
 
@@ -132,6 +203,9 @@ def load_kind(kind: str) -> ModuleType:
         raise UnknownKind(f"unknown job kind {kind!r}; valid kinds: {', '.join(sorted(kinds))}.{hint} "
                           "(declare your own in [tool.nfjobs.kinds] of pyproject.toml: `uv run launch.py kinds`)")
     module_name = kinds[kind].module
+    problem = _import_problem(kinds[kind])
+    if problem:
+        raise UnknownKind(f"job kind {kind!r} (declared in {kinds[kind].origin}): {problem}; not imported")
     try:
         module = importlib.import_module(module_name)
     except Exception as err:  # a declared kind that does not import: one line, not its traceback
@@ -149,18 +223,21 @@ def describe_kinds() -> str:
     read from the source without importing it)."""
     lines = []
     for d in sorted(declared().values(), key=lambda d: (d.origin != "built-in", d.name)):
-        lines.append(f"{d.name:<10} {d.module:<28} {_first_doc_line(d.module):<70}  [{d.origin}]")
+        lines.append(f"{d.name:<10} {d.module:<28} {_first_doc_line(d):<70}  [{d.origin}]")
     return "\n".join(lines)
 
 
-def _first_doc_line(module: str) -> str:
+def _first_doc_line(d: "Declared | str") -> str:
     import ast
-    import importlib.util
 
+    if isinstance(d, str):
+        d = Declared(d, d, "register()")
+    problem = _import_problem(d)
+    if problem:
+        return f"(refused: {problem})"
+    path = module_file(d.module)
     try:
-        spec = importlib.util.find_spec(module)
-        source = Path(spec.origin).read_text() if spec and spec.origin else ""
-        doc = ast.get_docstring(ast.parse(source)) or ""
-    except (ImportError, ValueError, OSError, SyntaxError):
-        return "(module not found)"
-    return doc.strip().splitlines()[0] if doc.strip() else ""
+        doc = ast.get_docstring(ast.parse(path.read_text())) if path and path.suffix == ".py" else ""
+    except (ValueError, OSError, SyntaxError, RecursionError):
+        return "(module not readable)"
+    return doc.strip().splitlines()[0] if doc and doc.strip() else ""

@@ -104,6 +104,26 @@ def _number(name: str, value: Any) -> float | int:
     return value
 
 
+def _record(line: bytes) -> dict:
+    """A metrics.jsonl line as a record, or {} for anything else (torn, not JSON, too deep, not an object)."""
+    try:
+        rec = json.loads(line)
+    except (ValueError, RecursionError):
+        return {}
+    return rec if isinstance(rec, dict) else {}
+
+
+def _count(value: Any) -> int:
+    """An attempt number as written (a whole number >= 0), else 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**9 else 0
+
+
+def _seconds(value: Any) -> float:
+    """A `wall_s` as written (a finite number >= 0), else 0."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    return float(value) if ok else 0.0
+
+
 class MetricsLog:
     """Appends records to `<run_dir>/metrics.jsonl` (flushed per line) and passes them to the trackers."""
 
@@ -111,21 +131,17 @@ class MetricsLog:
                  trackers: str | None = None):
         self.path = run_dir / METRICS_FILE
         previous_attempts, self.wall_offset = 0, 0.0
-        if self.path.exists():
-            with open(self.path, "rb") as f:
-                data = f.read()
-            for line in data.splitlines():
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue  # a line torn by a kill
-                if rec.get("event") == "attempt":
-                    previous_attempts = max(previous_attempts, int(rec.get("attempt", 0)))
-                elif "wall_s" in rec:
-                    self.wall_offset = max(self.wall_offset, float(rec["wall_s"]))
-            torn = bool(data) and not data.endswith(b"\n")
-        else:
-            torn = False
+        try:
+            data = self.path.read_bytes() if self.path.exists() else b""
+        except OSError as err:
+            raise OSError(f"{self.path}: cannot read the cell's metrics file: {err.strerror or err}") from None
+        for line in data.splitlines():
+            rec = _record(line)  # a line torn by a kill, or not one of ours: skipped, never fatal
+            if rec.get("event") == "attempt":
+                previous_attempts = max(previous_attempts, _count(rec.get("attempt")))
+            elif "wall_s" in rec:
+                self.wall_offset = max(self.wall_offset, _seconds(rec.get("wall_s")))
+        torn = bool(data) and not data.endswith(b"\n")
         self.attempt = previous_attempts + 1
         self.started = started
         self.file = open(self.path, "a", encoding="utf-8")

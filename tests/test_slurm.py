@@ -204,6 +204,34 @@ def test_relaunching_while_cells_are_queued_or_running_does_not_submit_them_twic
     assert manifest_jobs(tmp_path, "twice") == first
 
 
+
+def test_two_launches_of_one_sweep_started_at_the_same_instant_run_each_cell_once(sweep_file, tmp_path):
+    """Issue 22: both used to submit every cell (the manifest kept only the last array, cancel missed the other).
+    Now one is refused by the sweep's launch lock or finds the cells already queued; each cell runs once."""
+    from kinds.toy import RUNS_LOG
+
+    path = sweep_file('kind = "toy"\nhead.width = [1, 2, 3]\nsleep_s = 5.0\n', "same.toml")
+    cmd = [sys.executable, "launch.py", "--sweep", str(path), "--runs-root", str(tmp_path / "runs"), "--log-root",
+           str(tmp_path / "logs"), "--slurm-acct", ACCOUNT, "--slurm-partition", PARTITION, "--cpus-per-task", "1",
+           "--wait"]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    ends = [p.communicate(timeout=600) for p in procs]
+    said = [out + err for out, err in ends]
+    codes = sorted(p.returncode for p in procs)
+    assert codes in ([0, 0], [0, 2]), said
+    other = said[[p.returncode for p in procs].index(2)] if codes == [0, 2] else min(said, key=lambda t: "submitted" in t)
+    assert ("is being launched by" in other and "nothing was submitted" in other) or \
+        ("3 cell(s) already queued or running" in other and "nothing to do" in other), said
+    assert sum("submitted 3 cells" in t for t in said) == 1, said
+    keys = results.cell_states(path, tmp_path / "runs")["key"].to_list()
+    assert len(keys) == 3
+    for key in keys:
+        assert len((run_dir(tmp_path / "runs", key) / RUNS_LOG).read_text().split()) == 1, key  # ran once
+        assert stored.outcome(tmp_path / "runs", key) == ("ok", "")
+    df = results.load(path, tmp_path / "runs").collect()
+    assert df.height == 6 and df["key"].n_unique() == 3  # one result (two rows: train, val) per cell
+
 # ---------------------------------------------------------------------------------------------- the job contract
 def rows_by_group(path: Path, tmp_path: Path) -> dict[str, dict]:
     df = results.load(path, tmp_path / "runs").collect()

@@ -168,9 +168,9 @@ def test_logs_prints_a_cells_stdout_and_stderr_and_follows_it_until_it_ends(tmp_
     logs.mkdir()
     code = ("import sys, time\nfor i in range(8):\n    print(f'step {i}', flush=True)\n    time.sleep(0.3)\n"
             "print('bye', file=sys.stderr)")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=open(logs / "c.out", "w"), stderr=open(logs / "c.err", "w"))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=open(logs / "c_0_log.out", "w"), stderr=open(logs / "c_0_log.err", "w"))
     manifest(runs, {"cell-abc": "g", "cell-xyz": "g"}, {"cell-abc": local.job_id(proc.pid)},
-             {"cell-abc": {"stdout": str(logs / "c.out"), "stderr": str(logs / "c.err")}})
+             {"cell-abc": {"stdout": str(logs / "c_0_log.out"), "stderr": str(logs / "c_0_log.err")}})
     assert launch.main(["logs", "cell-a", "-f", "--runs-root", str(runs)]) == 0  # a unique prefix is enough
     out = capsys.readouterr().out
     # It returned only once the cell was ending: `bye`, the last thing written 2.4 s in, was printed. (Not
@@ -178,7 +178,7 @@ def test_logs_prints_a_cells_stdout_and_stderr_and_follows_it_until_it_ends(tmp_
     # a moment before `poll` says so: that flaked in CI.)
     assert all(f"step {i}" in out for i in range(8)) and "bye" in out
     assert proc.wait(timeout=10) == 0
-    assert f"==> {logs / 'c.out'} <==" in out
+    assert f"==> {logs / 'c_0_log.out'} <==" in out
 
     assert launch.main(["logs", "cell-abc", "--runs-root", str(runs)]) == 0
     out = capsys.readouterr().out

@@ -303,7 +303,19 @@ HOSTILE = [
     ("too_many_cells.toml", "", "more than 200,000 cells"),
 ]
 PROJECT = '[tool.nfjobs.kinds]\ntoy = "tests.kinds.toy"\nbroken = "tests.kinds.broken"\n'
-"""A user project's pyproject.toml: the CLI tests run in it, so the kinds it declares are the ones allowed."""
+"""A pyproject.toml the CLI tests stand in: it declares nothing (only the project of the environment does)."""
+
+
+def declaring_broken(tmp_path) -> dict[str, str]:
+    """The environment of a process in which an installed distribution declares `broken` (tests/kinds/broken.py,
+    in the project) beside tests/plugin's `toy`."""
+    import os
+
+    dist = tmp_path / "site" / "brokenkind-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenkind\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[nfjobs.kinds]\nbroken = tests.kinds.broken\n")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
 
 
 @pytest.fixture
@@ -343,15 +355,16 @@ def test_hostile_fixture_is_refused_by_the_cli(fixture, key, expected, dry_run, 
     (project / "pyproject.toml").write_text(PROJECT)
     marker = tmp_path / "payload-imported"
     cmd = [sys.executable, str(ROOT / "launch.py"), "--sweep", str(FIXTURES / fixture), *(["--dry-run"] * dry_run)]
+    env = declaring_broken(tmp_path / "env")
     proc = subprocess.run(cmd, cwd=project, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "NFJOBS_TEST_PAYLOAD_MARKER": str(marker)})
+                          env={**env, "NFJOBS_TEST_PAYLOAD_MARKER": str(marker)})
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr and proc.stderr.count("error:") == 1
     assert (f"{FIXTURES / fixture}: {key}: " if key else str(FIXTURES / fixture)) in proc.stderr
     assert expected in proc.stderr
     assert not marker.exists()
     assert sorted(p.name for p in project.iterdir()) == ["pyproject.toml"]  # no runs/ or logs/ root
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["project"]  # nor anything beside it (../../x)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["env", "project"]  # nor anything beside it (../../x)
 
 
 ROOT = FIXTURES.parent.parent
@@ -433,13 +446,14 @@ def test_the_kinds_command_lists_what_a_sweep_may_name(tmp_path):
     import subprocess
     import sys
 
-    (tmp_path / "pyproject.toml").write_text(PROJECT)
+    (tmp_path / "pyproject.toml").write_text(PROJECT)  # the folder it stands in declares nothing
     proc = subprocess.run([sys.executable, str(ROOT / "launch.py"), "kinds"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, env=declaring_broken(tmp_path / "env"))
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert [ln.split()[0] for ln in lines] == ["cache", "probe", "sae", "score", "smoke", "train", "broken", "toy"]
-    assert "A deterministic job kind" in proc.stdout and str(tmp_path / "pyproject.toml") in proc.stdout
+    assert "A deterministic job kind" in proc.stdout and "[entry point (brokenkind)]" in proc.stdout
+    assert str(tmp_path / "pyproject.toml") not in proc.stdout
 
 
 # ------------------------------------------------------------------------------------------ references

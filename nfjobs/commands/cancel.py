@@ -22,10 +22,16 @@ class Args:
 def main(args: Args) -> int:
     from nfjobs import results
     from nfjobs.orchestration import control
+    from nfjobs.store import states
 
     found = results.cell_states(args.sweep, args.runs_root)
     keys = [control.find_cell(k, args.runs_root, args.sweep)[1] for k in args.cell]
-    done = control.cancel(found, args.runs_root, results.sweep_name(args.sweep), keys, args.failed_only)
+    acted = control.cancel(found, args.runs_root, results.sweep_name(args.sweep), keys, args.failed_only)
+    done = acted.filter(acted["ended"] == states.CANCELLED)
+    finished = acted.filter(acted["ended"] == states.OK)
     print(f"cancelled {done.height} cell(s)" + (": " + ", ".join(done["key"].to_list()[:10]) if done.height else
-                                                 " (none was queued or running)"))
+                                                 " (none was queued or running)" if not finished.height else ""))
+    if finished.height:
+        print(f"{finished.height} cell(s) finished ok before they could be stopped (kept, not cancelled): "
+              + ", ".join(finished["key"].to_list()[:10]))
     return 0

@@ -4,6 +4,8 @@ Cell states come from `results.cell_states` (result files + the scheduler); this
 """
 
 import datetime as dt
+import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -13,7 +15,7 @@ import polars as pl
 
 from nfjobs import results
 from nfjobs.backends import cancel_jobs
-from nfjobs.errors import UserError
+from nfjobs.errors import UserError, one_line
 from nfjobs.store import manifest, rows, states
 
 
@@ -22,25 +24,58 @@ class NotFound(UserError, LookupError):
 
 
 def find_cell(key: str, runs_root: str | Path, sweep: str | None = None) -> tuple[str, str]:
-    """(sweep name, full key) of the launched cell whose key is `key` or starts with it (unique prefix)."""
+    """(sweep name, full key) of the launched cell whose key is `key` or starts with it (unique prefix). Without
+    `sweep`, every sweep under the runs root is searched; a damaged manifest there is skipped (named only when
+    no cell matches), so one damaged sweep never stops a command about another."""
     names = [results.sweep_name(sweep)] if sweep else manifest.names(runs_root)
-    hits = {(name, k) for name in names for k in manifest.read(runs_root, name)["cells"] if k.startswith(key)}
+    hits, damaged = set(), []
+    for name in names:
+        try:
+            cells = manifest.read(runs_root, name)["cells"]
+        except manifest.ManifestError:
+            if sweep:
+                raise
+            damaged.append(name)
+            continue
+        hits |= {(name, k) for k in cells if k.startswith(key)}
     exact = {(n, k) for n, k in hits if k == key}
     hits = exact or hits
     if not hits:
         where = f"sweep {names[0]!r}" if sweep else f"any sweep under {runs_root}"
-        raise NotFound(f"no cell {key!r} in {where}")
+        skipped = f" (skipped damaged manifests of: {', '.join(damaged[:5])})" if damaged else ""
+        raise NotFound(f"no cell {one_line(repr(key))} in {where}{skipped}")
     if len({k for _, k in hits}) > 1:
-        raise NotFound(f"{key!r} matches several cells: {', '.join(sorted({k for _, k in hits})[:5])}")
+        raise NotFound(f"{one_line(repr(key))} matches several cells: {', '.join(sorted({k for _, k in hits})[:5])}")
     return min(hits)
 
 
+LOG_NAME = re.compile(r"[A-Za-z0-9_.:-]+_log\.(out|err)")
+"""A log file as submitit names it (`<job>_<task>_log.out` / `.err`)."""
+
+
 def log_files(key: str, runs_root: str | Path, sweep: str | None = None, log_root: str | Path = "logs") -> list[Path]:
-    """The cell's stdout and stderr files (from the manifest, else where submitit puts them)."""
+    """The cell's stdout and stderr files (from the manifest, else where submitit puts them). A path the manifest
+    names that is not a log file the launcher wrote (another name, a link) is refused in one line, never read."""
     name, key = find_cell(key, runs_root, sweep)
     found = manifest.read(runs_root, name)
     paths = found["logs"].get(key) or results.default_log_paths(found["jobs"].get(key, ""), name, log_root)
-    return [Path(paths[s]) for s in ("stdout", "stderr") if s in paths]
+    files = [Path(paths[s]) for s in ("stdout", "stderr") if s in paths]
+    for path in files:
+        if not LOG_NAME.fullmatch(path.name) or path.is_symlink():
+            raise NotFound(f"{manifest.RunsRoot(runs_root).manifest(name)}: logs.{key}: "
+                           f"{one_line(str(path))[:200]} is not a log file the launcher wrote; not read")
+    return files
+
+
+def _read(path: Path, offset: int = 0) -> bytes | None:
+    """The file's bytes from `offset`, never through a link (None if it is missing or a link)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        f.seek(offset)
+        return f.read()
 
 
 def print_logs(files: list[Path], out: TextIO | None = None) -> dict[Path, int]:
@@ -48,11 +83,12 @@ def print_logs(files: list[Path], out: TextIO | None = None) -> dict[Path, int]:
     out = out or sys.stdout
     offsets = {}
     for path in files:
-        text = path.read_text(errors="replace") if path.exists() else ""
-        print(f"==> {path} <==" + ("" if path.exists() else " (not written yet)"), file=out)
+        data = _read(path)
+        text = data.decode(errors="replace") if data else ""
+        print(f"==> {path} <==" + ("" if data is not None else " (not written yet)"), file=out)
         if text:
             print(text, end="" if text.endswith("\n") else "\n", file=out)
-        offsets[path] = len(text.encode())
+        offsets[path] = len(data or b"")
     return offsets
 
 
@@ -64,11 +100,7 @@ def follow(files: list[Path], offsets: dict[Path, int], still_live, poll_s: floa
     while True:
         live = still_live()
         for path in files:
-            if not path.exists():
-                continue
-            with open(path, "rb") as f:
-                f.seek(offsets.get(path, 0))
-                chunk = f.read()
+            chunk = _read(path, offsets.get(path, 0))
             if chunk:
                 if last != path and len(files) > 1:
                     print(f"==> {path} <==", file=out)
@@ -86,7 +118,8 @@ def cancel(found: pl.DataFrame, runs_root: str | Path, sweep: str, keys: Iterabl
     """Cancel the queued / running cells of `found` (`results.cell_states`) (those in `keys`, if any; with `failed_only`, only those
     whose result already says failed or blocked: retries that will not help). Slurm jobs get `scancel`, local
     processes SIGINT (then SIGKILL after `grace_s`). Each cancelled cell left without a result gets a
-    `cancelled` row, so no cell ends with zero results. Returns the cancelled rows of `states`."""
+    `cancelled` row, so no cell ends with zero results. Returns the rows acted on, with `ended`: `cancelled`, or
+    `ok` for a cell that finished with an `ok` result before its job could be stopped (it was not cancelled)."""
     keys = set(keys)
     todo = found.filter(pl.col("state").is_in(states.LIVE) & (pl.col("job_id") != ""))
     if keys:
@@ -96,9 +129,12 @@ def cancel(found: pl.DataFrame, runs_root: str | Path, sweep: str, keys: Iterabl
                                       for k in todo["key"]], dtype=pl.Boolean))
     cancel_jobs(todo["job_id"].to_list(), grace_s)
     when = dt.datetime.now(dt.timezone.utc)
+    ended = []
     for row in todo.iter_rows(named=True):
-        if rows.outcome(runs_root, row["key"]) is None:
+        now = rows.outcome(runs_root, row["key"])  # read after the kill wait: a cell may have finished meanwhile
+        if now is None:
             cell = rows.CellId(sweep, row["key"], row["kind"], row["group"])
             rows.write_result(runs_root, row["key"], rows.build_rows(
                 cell, states.CANCELLED, f"cancelled by `launch.py cancel` (job {row['job_id']})", meta={"run.end": when}))
-    return todo
+        ended.append(states.OK if now is not None and now[0] == states.OK else states.CANCELLED)
+    return todo.with_columns(pl.Series("ended", ended, dtype=pl.String))

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from nfjobs.backends import LIVE_JOB_STATES, job_states, local
 from nfjobs.errors import UserError
 from nfjobs.kinds import load_kind
-from nfjobs.store import manifest, rows
+from nfjobs.store import manifest, rows, states
 from nfjobs.sweep import Cell
 from nfjobs.worker import CellSpec
 
@@ -25,6 +25,9 @@ class Plan:
     done: list[Cell]
     in_flight: dict[str, str] = dataclasses.field(default_factory=dict)
     """Cell key -> job id of cells an earlier launch started that are still pending or running."""
+    stopping: frozenset[str] = frozenset()
+    """Those of `in_flight` that `launch.py cancel` already cancelled: their jobs are still ending (Slurm's
+    COMPLETING), nothing more to stop; they run again at a launch after that."""
 
     def summary(self) -> str:
         lines = []
@@ -32,11 +35,16 @@ class Plan:
         done = collections.Counter(c.kind for c in self.done)
         for kind in sorted(counts.keys() | done.keys()):
             lines.append(f"  {kind:<10} {counts[kind]:>6} to run  {done[kind]:>6} done (skipped)")
-        if self.in_flight:
-            slurm = sorted({j.split("_")[0] for j in self.in_flight.values() if not local.is_local(j)})
+        live = {k: j for k, j in self.in_flight.items() if k not in self.stopping}
+        if live:
+            slurm = sorted({j.split("_")[0] for j in live.values() if not local.is_local(j)})
             how = (f"scancel {' '.join(slurm[:5])}{' ...' if len(slurm) > 5 else ''}, or `launch.py cancel`,"
                    if slurm else "`launch.py cancel`")
-            lines.append(f"  {len(self.in_flight)} cell(s) already queued or running (skipped; {how} to stop them)")
+            where = " on Slurm" if slurm else ""
+            lines.append(f"  {len(live)} cell(s) already queued or running{where} (skipped; {how} to stop them)")
+        if self.stopping:
+            lines.append(f"  {len(self.stopping)} cell(s) cancelled, their jobs still ending (skipped; launch again "
+                         "once they have ended to run them)")
         return "\n".join(lines)
 
 
@@ -77,7 +85,14 @@ def plan(cells: Sequence[Cell], runs_root: Path, force: bool = False,
                                 "result and is not part of this launch")
     if problems:
         raise DependencyError("nothing was submitted.\n" + "\n".join(problems[:10]))
-    return Plan(to_run, done, dict(in_flight))  # in file order, which puts every referenced cell first
+    stopping = frozenset(k for k, job in in_flight.items() if _cancelled_job(runs_root, k, job))
+    return Plan(to_run, done, dict(in_flight), stopping)  # in file order, which puts every referenced cell first
+
+
+def _cancelled_job(runs_root: Path, key: str, job: str) -> bool:
+    """The cell's result is the `cancelled` row `launch.py cancel` wrote for this very job."""
+    found = rows.outcome(runs_root, key)
+    return found is not None and found[0] == states.CANCELLED and f"(job {job})" in found[1]
 
 
 def git_provenance(cwd: str | Path = ".") -> dict[str, Any]:

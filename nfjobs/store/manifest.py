@@ -6,6 +6,7 @@ each other's jobs."""
 import contextlib
 import fcntl
 import json
+import re
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -14,6 +15,9 @@ from nfjobs.store.files import atomic_write_bytes
 from nfjobs.store.layout import RunsRoot, is_safe_name
 
 CELL_FIELDS = ("kind", "group", "stage", "source")
+JOB_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:+\[\]-]{0,199}")
+"""A job id as a backend records it (`local:<pid>:<start>`, Slurm's `<array>_<task>`): never a path, an option
+(`-...`) or a control character, whatever a manifest holds."""
 
 
 class ManifestError(UserError):
@@ -63,7 +67,7 @@ def _schema_problem(data: Any, sweep: str) -> str | None:
         if not all(isinstance(info.get(f, ""), (str, int)) for f in CELL_FIELDS):
             return f"cells.{key}: expected text fields {', '.join(CELL_FIELDS)}"
     for key, job in data.get("jobs", {}).items():
-        if not is_safe_name(key) or not isinstance(job, str) or not job.isprintable():
+        if not is_safe_name(key) or not isinstance(job, str) or not (job == "" or JOB_ID.fullmatch(job)):
             return f"jobs.{one_line(str(key))[:60]}: expected a job id"
     for key, logs in data.get("logs", {}).items():
         if not isinstance(logs, dict) or not all(isinstance(v, str) for v in logs.values()):

@@ -7,7 +7,10 @@ Editing the tree while cells queue, run or requeue changes nothing they run; row
 import contextlib
 import hashlib
 import os
+import re
 import shutil
+import stat
+import tempfile
 from pathlib import Path
 
 from nfjobs.store.layout import RunsRoot
@@ -30,38 +33,106 @@ def code_hash(root: Path = CODE_ROOT) -> str:
 
 
 def freeze(runs_root: Path | str, root: Path = CODE_ROOT) -> tuple[Path, str]:
-    """Copy the source to `<runs_root>/_code/<hash>/` (reused when it exists) and return (that folder, hash)."""
+    """Copy the source to `<runs_root>/_code/<hash>/` (reused when it is `verified`) and return (that folder,
+    hash). A folder of that name that is not verified (other content, extra files, files someone else can
+    change) is never imported: the copy is then built under a fresh name `<hash>-<pid>-<random>`."""
     digest = code_hash(root)
-    dest = RunsRoot(Path(runs_root).resolve()).code / digest
-    if dest.exists() and not verified(dest):  # not what its name says: never import it, build a fresh copy
-        dest = dest.with_name(f"{digest}-{os.getpid()}-{os.urandom(4).hex()}")
-    if not dest.exists():
-        tmp = dest.with_name(f".{digest}.{os.getpid()}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
+    code_root = RunsRoot(Path(runs_root).resolve()).code
+    dest = code_root / digest
+    if verified(dest):
+        return dest, digest
+    code_root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{digest}.", suffix=".tmp", dir=code_root))  # new, ours, unguessable
+    try:
         for rel in source_files(root):
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(root / rel, tmp / rel)
-        _carry_numba_caches(dest.parent, tmp)
+            shutil.copy2(root / rel, tmp / rel)  # with its mtime: numba's cache entries check it
+        _carry_numba_caches(code_root, tmp)
+        _restrict(tmp)
         try:
             tmp.rename(dest)  # atomic: a concurrent launch either wins or finds the finished copy
+            return dest, digest
         except OSError:
+            pass
+        if verified(dest):  # a concurrent launch built the same copy meanwhile
+            return dest, digest
+        fresh = code_root / f"{digest}-{os.getpid()}-{os.urandom(4).hex()}"
+        tmp.rename(fresh)
+        return fresh, digest
+    finally:
+        if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return dest, digest
+
+
+def _restrict(folder: Path) -> None:
+    """Only its owner may change what a copy holds (a copy anyone else could write is never verified)."""
+    for path in [folder, *folder.rglob("*")]:
+        mode = path.lstat().st_mode
+        path.chmod(stat.S_IMODE(mode) & ~0o022 | (0o755 if stat.S_ISDIR(mode) else 0o644))
+
+
+def _trusted(path: Path, st: os.stat_result) -> bool:
+    """A file or folder of a copy that only this user can have written: a real file or folder (no link), owned by
+    this user, writable by nobody else."""
+    return (not stat.S_ISLNK(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022
+            and (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)))
 
 
 def verified(copy: Path) -> bool:
-    """The copy holds exactly the files whose hash names it (the first 16 hex digits of its name)."""
+    """The copy can be imported: it holds exactly the source files whose hash names it (the first 16 hex digits
+    of its name) and nothing else that Python would import (no extra module, package, extension module or
+    `.pth`; only `__pycache__` folders besides), and every file and folder in it is this user's, writable by no
+    one else, and not a link. A runs root is data: anyone who can write to it could plant code in a copy."""
     try:
-        return copy.is_dir() and code_hash(copy) == copy.name[:16]
-    except OSError:
+        if not _trusted(copy, copy.lstat()) or not stat.S_ISDIR(copy.lstat().st_mode):
+            return False
+        sources = {str(rel) for rel in source_files(copy)}
+        for folder, dirs, files in os.walk(copy):
+            here = Path(folder)
+            rel_dir = here.relative_to(copy)
+            in_cache = "__pycache__" in rel_dir.parts
+            if rel_dir.parts and rel_dir.parts[0] not in ("nfjobs", "__pycache__"):
+                return False  # a package beside nfjobs: it would shadow an installed one
+            for name in [*dirs, *files]:
+                if not _trusted(here / name, (here / name).lstat()):
+                    return False
+            for name in files:
+                if not in_cache and str(rel_dir / name) not in sources:
+                    return False  # an extension module, a .pth, a module the project does not have
+        return code_hash(copy) == copy.name[:16]
+    except (OSError, ValueError):
         return False
+
+
+KERNEL_CACHE = re.compile(r"(?P<module>[^.]+)\.(?P<qualname>.+)-(?P<line>[0-9]+)\.py[0-9]+[a-z]*\.nbi")
+"""numba's index of a cached kernel: `<module file stem>.<qualname>-<first line>.py<version><abiflags>.nbi`."""
+
+
+def _declares_kernel(source: bytes, index_name: str) -> bool:
+    """`source` defines, decorated, the function an index file is named after, at the line the name says (its
+    `co_firstlineno`, the first decorator's line): an index for anything else is not numba's for this file."""
+    import ast
+
+    found = KERNEL_CACHE.fullmatch(index_name)
+    if not found:
+        return False
+    name, line = found["qualname"].split(".")[-1], int(found["line"])
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return False
+    return any(isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name
+               and node.decorator_list and min(d.lineno for d in node.decorator_list) == line
+               for node in ast.walk(tree))
 
 
 def _carry_numba_caches(code_root: Path, new: Path) -> None:
     """Copy numba's on-disk cache of each kernel whose source file is unchanged, from the newest earlier copy
     that has one, into the new copy. numba keys its cache folder on the source file's path (`NUMBA_CACHE_DIR`
     too), so every new copy compiled the AP kernel again (~17 s a cell, BENCHMARKS.md). numba checks each entry
-    before loading it (source bytes, bytecode, CPU, numba version): one that does not match is recompiled."""
+    before loading it (source bytes, bytecode, CPU, numba version): one that does not match is recompiled.
+    But numba unpickles an index to check it: only indexes of `verified` copies (this user's, unchanged) are
+    carried, and only one named after a kernel its source file defines."""
     indexes = []
     for index in code_root.glob("[!.]*/**/__pycache__/*.nbi"):  # not the unfinished copies (.<hash>.<pid>.tmp)
         with contextlib.suppress(OSError):
@@ -78,7 +149,8 @@ def _carry_numba_caches(code_root: Path, new: Path) -> None:
         if (rel, index.name) in carried or not (new / rel).is_file():
             continue
         try:
-            if (old / rel).read_bytes() != (new / rel).read_bytes():
+            source = (new / rel).read_bytes()
+            if (old / rel).read_bytes() != source or not _declares_kernel(source, index.name):
                 continue
             cache = (new / rel).parent / "__pycache__"
             cache.mkdir(exist_ok=True)
