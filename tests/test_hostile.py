@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import polars as pl
 import pytest
 from waiting import wait_for
 

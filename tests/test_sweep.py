@@ -346,7 +346,6 @@ def test_hostile_fixture_is_refused_in_process(fixture, key, expected, tmp_path,
                                      pytest.param(False, id="launch", marks=pytest.mark.slow)])
 @pytest.mark.parametrize(("fixture", "key", "expected"), HOSTILE, ids=[h[0] for h in HOSTILE])
 def test_hostile_fixture_is_refused_by_the_cli(fixture, key, expected, dry_run, tmp_path):
-    import os
     import subprocess
     import sys
 
