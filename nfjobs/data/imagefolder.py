@@ -102,8 +102,17 @@ def _scan(root: Path) -> tuple[list[str], list[int], tuple[str, ...]]:
         real = _real(path, shown, "root")
         return real is not None and real.is_relative_to(real_root)
 
-    classes = tuple(sorted(d.name for d in root.iterdir() if not d.name.startswith(".")
-                           and (linked_inside(d, d.name) if d.is_symlink() else True) and d.is_dir()))
+    def class_folder(d: Path) -> bool:  # a link that loops is no folder (a table link that loops is refused
+        if d.name.startswith("."):     # when the table is read)
+            return False
+        if d.is_symlink():
+            try:
+                return linked_inside(d, d.name) and d.is_dir()
+            except FolderError:
+                return False
+        return d.is_dir()
+
+    classes = tuple(sorted(d.name for d in root.iterdir() if class_folder(d)))
     paths, labels = [], []
     for label, name in enumerate(classes):
         top = root / name
