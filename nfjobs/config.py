@@ -125,6 +125,9 @@ class DataConfig:
         if not 1 <= self.image_size <= MAX_IMAGE_SIZE:
             raise InvalidField("image_size", f"image_size must be >= 1 and <= {MAX_IMAGE_SIZE} (pixels per side), "
                                              f"got {self.image_size}")
+        for name in ("builtin_seed", "split_seed"):  # numpy's generators refuse a negative seed (at run time)
+            if getattr(self, name) < 0:
+                raise InvalidField(name, f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.workers <= MAX_WORKERS:
             raise InvalidField("workers", f"workers must be >= 0 and <= {MAX_WORKERS} (decoding processes), "
                                           f"got {self.workers}")
@@ -167,6 +170,11 @@ class OptimConfig:
             raise InvalidField("lr", f"lr must be > 0, got {self.lr}")
         if self.warmup_steps < 0:
             raise InvalidField("warmup_steps", f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        for name in ("weight_decay", "min_lr", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise InvalidField(name, f"{name} must be >= 0, got {getattr(self, name)}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise InvalidField("betas", f"betas must each be in [0, 1), got {self.betas}")
 
 
 @dataclass(frozen=True)

@@ -310,6 +310,7 @@ HOSTILE = [
     ("deep_dotted_key.toml", "", "nested deeper than 32 levels"),
     ("train_val_frac_zero.toml", "data.val_frac", "expected val_frac > 0"),
     ("probe_knn_k_zero.toml", "knn_k", "knn_k must be >= 1, got 0"),
+    ("data_negative_seed.toml", "data.split_seed", "split_seed must be >= 0, got -1"),
     ("reference_trailing_dot.toml", "[[group]] down: upstream", "references @up.: an empty name"),
     ("reference_in_list_axis.toml", "[[group]] down: upstream", "a reference is a whole value"),
 ]
