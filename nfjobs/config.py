@@ -58,6 +58,16 @@ FLAG = "nfjobs.flag"
 """Field metadata: the launcher flag that sets this Slurm setting, where it is not the field's own name."""
 
 
+class InvalidField(ValueError):
+    """A config's `__post_init__` refuses the value of its own field `field` (a field name, or `extra[0]`):
+    `typed` prefixes the sub-config's dotted path, so a sweep error names the exact key without guessing it from
+    the message. `str()` is the message alone."""
+
+    def __init__(self, field: str, message: str):
+        self.field, self.message = field, message
+        super().__init__(message)
+
+
 def slurm_flags() -> dict[str, str]:
     """Launcher flag (as a field name: `slurm_acct`) -> SlurmConfig field (`account`), for every Slurm setting:
     `launch.py run` has one flag per SlurmConfig field, made from it."""
@@ -103,17 +113,32 @@ class DataConfig:
 
     def __post_init__(self):
         if not 0.0 <= self.val_frac < 1.0:
-            raise ValueError(f"val_frac must be in [0, 1), got {self.val_frac}")
+            raise InvalidField("val_frac", f"val_frac must be in [0, 1), got {self.val_frac}")
         if self.n_train < 0:
-            raise ValueError(f"n_train must be >= 0 (0 = all), got {self.n_train}")
-        if self.builtin_n < 2:
-            raise ValueError(f"builtin_n must be >= 2, got {self.builtin_n}")
+            raise InvalidField("n_train", f"n_train must be >= 0 (0 = all), got {self.n_train}")
+        if not 2 <= self.builtin_n <= MAX_BUILTIN_N:
+            raise InvalidField("builtin_n", f"builtin_n must be >= 2 and <= {MAX_BUILTIN_N:,} (the images are generated "
+                                            f"in memory at once), got {self.builtin_n}")
         if not 0.0 <= self.test_frac < 1.0 or self.val_frac + self.test_frac >= 1.0:
-            raise ValueError(f"test_frac must be in [0, 1) with val_frac + test_frac < 1, got {self.test_frac}")
-        if self.image_size < 1:
-            raise ValueError(f"image_size must be >= 1, got {self.image_size}")
-        if self.workers < 0:
-            raise ValueError(f"workers must be >= 0, got {self.workers}")
+            raise InvalidField("test_frac", f"test_frac must be in [0, 1) with val_frac + test_frac < 1, "
+                                            f"got {self.test_frac}")
+        if not 1 <= self.image_size <= MAX_IMAGE_SIZE:
+            raise InvalidField("image_size", f"image_size must be >= 1 and <= {MAX_IMAGE_SIZE} (pixels per side), "
+                                             f"got {self.image_size}")
+        for name in ("builtin_seed", "split_seed"):  # numpy's generators refuse a negative seed (at run time)
+            if getattr(self, name) < 0:
+                raise InvalidField(name, f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.workers <= MAX_WORKERS:
+            raise InvalidField("workers", f"workers must be >= 0 and <= {MAX_WORKERS} (decoding processes), "
+                                          f"got {self.workers}")
+
+
+MAX_BUILTIN_N = 200_000
+"""Most images the builtin generator makes (it builds them in memory at once: about 4 KB each per array)."""
+MAX_IMAGE_SIZE = 8192
+"""Largest side an image folder's images are resized to (a batch of 256 RGB images of this side is 48 GB)."""
+MAX_WORKERS = 256
+"""Most DataLoader processes an image folder is decoded by."""
 
 
 BUILTIN_PIXELS = "builtin-pixels"
@@ -142,9 +167,14 @@ class OptimConfig:
 
     def __post_init__(self):
         if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise InvalidField("lr", f"lr must be > 0, got {self.lr}")
         if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+            raise InvalidField("warmup_steps", f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        for name in ("weight_decay", "min_lr", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise InvalidField(name, f"{name} must be >= 0, got {getattr(self, name)}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise InvalidField("betas", f"betas must each be in [0, 1), got {self.betas}")
 
 
 @dataclass(frozen=True)
@@ -203,14 +233,17 @@ class SlurmConfig:
                                            f"the #SBATCH line and run the rest as shell): {item!r}"))
             elif name in MANAGED_OPTIONS:
                 out.append((f"extra[{i}]", f"{name!r} is set by the launcher; it cannot be given as an extra"))
-        numbers = {"n_hours": (self.n_hours, "> 0", lambda v: v > 0),
-                   "gpus_per_node": (self.gpus_per_node, ">= 0", lambda v: v >= 0),
-                   "cpus_per_task": (self.cpus_per_task, ">= 1", lambda v: v >= 1),
-                   "mem_gb": (self.mem_gb, ">= 0 (0 = the cluster's default)", lambda v: v >= 0),
-                   "max_parallel": (self.max_parallel, ">= 0 (0 = no limit on Slurm, 2 locally)", lambda v: v >= 0),
-                   "signal_delay_s": (self.signal_delay_s, ">= 0", lambda v: v >= 0),
-                   "max_requeues": (self.max_requeues, ">= 0", lambda v: v >= 0),
-                   "cells_per_gpu": (self.cells_per_gpu, ">= 1", lambda v: v >= 1)}
+        numbers = {"n_hours": (self.n_hours, f"> 0 and <= {MAX_HOURS} (365 days)", lambda v: 0 < v <= MAX_HOURS),
+                   "gpus_per_node": (self.gpus_per_node, f">= 0 and <= {MAX_COUNT}", lambda v: 0 <= v <= MAX_COUNT),
+                   "cpus_per_task": (self.cpus_per_task, f">= 1 and <= {MAX_COUNT}", lambda v: 1 <= v <= MAX_COUNT),
+                   "mem_gb": (self.mem_gb, f">= 0 (0 = the cluster's default) and <= {MAX_MEM_GB}",
+                              lambda v: 0 <= v <= MAX_MEM_GB),
+                   "max_parallel": (self.max_parallel, f">= 0 (0 = no limit on Slurm, 2 locally) and <= {MAX_PARALLEL}",
+                                    lambda v: 0 <= v <= MAX_PARALLEL),
+                   "signal_delay_s": (self.signal_delay_s, f">= 0 and <= {MAX_SIGNAL_DELAY_S} (one day)",
+                                      lambda v: 0 <= v <= MAX_SIGNAL_DELAY_S),
+                   "max_requeues": (self.max_requeues, f">= 0 and <= {MAX_COUNT}", lambda v: 0 <= v <= MAX_COUNT),
+                   "cells_per_gpu": (self.cells_per_gpu, f">= 1 and <= {MAX_COUNT}", lambda v: 1 <= v <= MAX_COUNT)}
         for name, (value, rule, ok) in numbers.items():
             finite = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             if not (finite and ok(value)):
@@ -218,15 +251,25 @@ class SlurmConfig:
         return out
 
 
+MAX_HOURS = 365 * 24
+"""Longest time limit a cell may ask for (Slurm's own limit is a partition's MaxTime; a larger number overflowed
+the conversion to minutes)."""
+MAX_COUNT = 1024
+"""Bound on the Slurm counts (GPUs and CPUs per job, requeues, cells per GPU)."""
+MAX_MEM_GB = 1 << 20
+MAX_PARALLEL = 100_000
+MAX_SIGNAL_DELAY_S = 24 * 3600
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _OPTION_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
 MANAGED_OPTIONS = frozenset({"array", "output", "error", "job-name", "wrap", "open-mode", "parsable", "dependency"})
 """sbatch options the launcher writes itself (array indices, log paths, stage dependencies)."""
 
 
-class SlurmParameterError(ValueError):
-    """A Slurm setting sbatch would misread or refuse; `field` is the SlurmConfig field (`extra[0]`, `n_hours`)."""
+class SlurmParameterError(InvalidField):
+    """A Slurm setting sbatch would misread or refuse; `field` is the SlurmConfig field (`extra[0]`, `n_hours`).
+    `str()` is `field: message`."""
 
     def __init__(self, field: str, message: str):
-        self.field, self.message = field, message
-        super().__init__(f"{field}: {message}")
+        super().__init__(field, message)
+        self.args = (f"{field}: {message}",)

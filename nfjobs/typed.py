@@ -60,8 +60,8 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class FieldError(ValueError):
-    """A config refused a value in `__post_init__`; `key` is the dotted field its message starts with (else the
-    dotted sub-config), so a sweep error can name it."""
+    """A config refused a value in `__post_init__`; `key` is the dotted field it refused (else the dotted
+    sub-config), so a sweep error can name it."""
 
     def __init__(self, key: str, message: str):
         self.key, self.message = key, message
@@ -69,14 +69,102 @@ class FieldError(ValueError):
 
 
 def _construct(cls: type, prefix: str, kwargs: dict[str, Any]) -> Any:
+    """`cls(**kwargs)`; a refusal becomes a FieldError naming the dotted key. A config names the field it refuses
+    by raising an error with a `field` attribute (`nfjobs.config.InvalidField`); only an error without one is
+    matched by the first word of its message (a field name, as the messages of older configs start)."""
     try:
         return cls(**kwargs)
     except FieldError as err:
         raise err from None
     except ValueError as err:
-        first = str(err).split(" ", 1)[0]
         names = {f.name for f in dataclasses.fields(cls)}
+        field = getattr(err, "field", None)
+        if isinstance(field, str) and field.split("[", 1)[0] in names:
+            raise FieldError(prefix + field, str(getattr(err, "message", err))) from None
+        first = str(err).split(" ", 1)[0]
         raise FieldError(prefix + first if first in names else prefix.rstrip("."), str(err)) from None
+
+
+MAX_TOML_DEPTH = 32
+"""Deepest nesting of tables and arrays a TOML file read here may have (a sweep needs a handful of levels)."""
+
+
+class TomlError(ValueError):
+    """A TOML file that cannot be read as one; `str()` is one line saying why."""
+
+
+def load_toml(data: bytes, max_depth: int = MAX_TOML_DEPTH) -> dict[str, Any]:
+    """A TOML document as nested dicts, refused (TomlError) when it is not UTF-8, not TOML, or nested deeper than
+    `max_depth` tables and arrays: everything reading it afterwards may recurse, and tomllib itself ends in a
+    RecursionError on a deep enough file."""
+    import tomllib
+
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise TomlError(f"not UTF-8 text (byte {err.start})") from None
+    depth, deepest = _bracket_depth(text)
+    if deepest > max_depth:
+        raise TomlError(f"nested deeper than {max_depth} levels (arrays or inline tables {deepest} deep)")
+    try:
+        tree = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise TomlError(f"not valid TOML: {err}") from None
+    except RecursionError:
+        raise TomlError(f"nested deeper than {max_depth} levels") from None
+    deepest = nesting_depth(tree)
+    if deepest > max_depth:
+        raise TomlError(f"nested deeper than {max_depth} levels (tables or arrays {deepest} deep)")
+    return tree
+
+
+def _bracket_depth(text: str) -> tuple[int, int]:
+    """(final, deepest) count of open `[` / `{` outside strings and comments, a cheap bound taken before parsing
+    (tomllib recurses once per level of an inline array or table)."""
+    depth = deepest = 0
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "#":
+            i = text.find("\n", i)
+            if i < 0:
+                break
+        elif c in "\"'":
+            triple = text.startswith(c * 3, i)
+            end = c * 3 if triple else c
+            j = i + len(end)
+            while j < n:
+                if c == '"' and text[j] == "\\":
+                    j += 2
+                    continue
+                if text.startswith(end, j):
+                    break
+                if not triple and text[j] == "\n":
+                    break
+                j += 1
+            i = j + len(end) - 1
+        elif c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in "]}":
+            depth = max(0, depth - 1)
+        i += 1
+    return depth, deepest
+
+
+def nesting_depth(tree: Any) -> int:
+    """Levels of dicts and lists in `tree` (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(tree, 0)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, dict):
+            stack.extend((v, level + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, level + 1) for v in node)
+        else:
+            continue
+        deepest = max(deepest, level + 1)
+    return deepest
 
 
 def build(cls: type, flat: dict[str, Any]) -> Any:

@@ -288,7 +288,7 @@ HOSTILE = [
     ("nan_value.toml", "optim.lr", "expected a finite number"),
     ("inf_in_axis.toml", "optim.weight_decay", "expected a finite number"),
     ("negative_step_seconds.toml", "step_seconds", "step_seconds must be >= 0"),
-    ("data_image_size_negative.toml", "data.image_size", "image_size must be >= 1, got -3"),
+    ("data_image_size_negative.toml", "data.image_size", "image_size must be >= 1 and <= 8192 (pixels per side), got -3"),
     ("cache_parts_zero.toml", "parts", "parts must be >= 1, got 0"),
     ("score_max_resident_negative.toml", "max_resident_bytes", "max_resident_bytes must be >= 1, got -1"),
     ("probe_max_resident_zero.toml", "max_resident_gb", "max_resident_gb must be > 0, got 0.0"),
@@ -301,6 +301,18 @@ HOSTILE = [
     ("ginr_perceiver_options.toml", "context_frac", "model 'ginr' does not use this option"),
     ("runtime_axis.toml", "eval_batch_size", "is a runtime field"),
     ("too_many_cells.toml", "", "more than 200,000 cells"),
+    # issue 22: every number bounded, references whole values, a train cell needs validation images
+    ("cache_parts_huge.toml", "parts", "parts must be <= 10,000"),
+    ("cache_parts_more_than_shards.toml", "parts", "parts must be <= 2, the shards of the largest split"),
+    ("slurm_n_hours_huge.toml", "slurm.n_hours", "must be > 0 and <= 8760 (365 days), got 1e+308"),
+    ("data_builtin_n_huge.toml", "data.builtin_n", "builtin_n must be >= 2 and <= 200,000"),
+    ("deep_nesting.toml", "", "nested deeper than 32 levels"),
+    ("deep_dotted_key.toml", "", "nested deeper than 32 levels"),
+    ("train_val_frac_zero.toml", "data.val_frac", "expected val_frac > 0"),
+    ("probe_knn_k_zero.toml", "knn_k", "knn_k must be >= 1, got 0"),
+    ("data_negative_seed.toml", "data.split_seed", "split_seed must be >= 0, got -1"),
+    ("reference_trailing_dot.toml", "[[group]] down: upstream", "references @up.: an empty name"),
+    ("reference_in_list_axis.toml", "[[group]] down: upstream", "a reference is a whole value"),
 ]
 PROJECT = '[tool.nfjobs.kinds]\ntoy = "tests.kinds.toy"\nbroken = "tests.kinds.broken"\n'
 """A pyproject.toml the CLI tests stand in: it declares nothing (only the project of the environment does)."""
@@ -524,3 +536,81 @@ def test_names_that_could_leave_their_roots_are_refused(name, sweep_file):
 def test_ordinary_names_are_accepted(sweep_file):
     cells = expand([sweep_file('[sweep]\nname = "nf_variants-v2.1"\n[[group]]\nname = "sparse.ft"\nkind = "smoke"\n')])
     assert [(c.sweep, c.group) for c in cells] == [("nf_variants-v2.1", "sparse.ft")]
+
+
+# ------------------------------------------------------------------------------------------ bounds (issue 22)
+def test_a_huge_parts_is_refused_in_under_a_second():
+    """parts = 10**9 used to pass validation, then the launch listed 10**9 tasks while its memory grew."""
+    import time
+
+    start = time.perf_counter()
+    msg = problems_of(FIXTURES / "cache_parts_huge.toml")
+    assert time.perf_counter() - start < 1.0
+    assert "parts: " in msg and "parts must be <= 10,000" in msg
+
+
+def test_parts_up_to_the_shards_is_accepted(sweep_file):
+    (cell,) = expand([sweep_file('kind = "cache"\nsource = "original"\nparts = 2\n')])
+    assert cell.config.parts == 2
+
+
+def test_a_config_names_the_field_it_refuses_exactly():
+    """The dotted key comes from the config (InvalidField.field), not from the first word of its message."""
+    from nfjobs import typed
+    from nfjobs.jobs.probe import Config as ProbeConfig
+
+    with pytest.raises(typed.FieldError) as info:
+        typed.build(ProbeConfig, {"head_epochs": 0})
+    assert info.value.key == "head_epochs"
+    with pytest.raises(typed.FieldError) as info:
+        typed.build(ProbeConfig, {"data.val_frac": 0.7, "data.test_frac": 0.5} if "data.val_frac" in
+                    typed.leaf_fields(ProbeConfig) else {"field_lr": -1.0})
+    assert info.value.key in ("data.test_frac", "field_lr")
+    from nfjobs.jobs.train import Config as TrainConfig
+
+    for flat, key in [({"data.test_frac": 0.95}, "data.test_frac"), ({"optim.warmup_steps": -1}, "optim.warmup_steps"),
+                      ({"data.workers": 10**6}, "data.workers"), ({"data.image_size": 10**9}, "data.image_size")]:
+        with pytest.raises(typed.FieldError) as info:
+            typed.build(TrainConfig, flat)
+        assert info.value.key == key, (flat, info.value.key)
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("a = " + "[" * 200 + "]" * 200, "nested deeper than 32 levels"),
+    ("a = " + "{b = " * 200 + "1" + "}" * 200, "nested deeper than 32 levels"),
+    ("a" + ".a" * 200 + " = 1", "nested deeper than 32 levels"),
+])
+def test_deep_toml_is_one_line_not_a_recursion_error(text, words, sweep_file):
+    msg = problems_of(sweep_file(text + "\n"))
+    assert words in msg and len(msg.splitlines()) == 1
+
+
+def test_brackets_inside_strings_and_comments_do_not_count_as_nesting(sweep_file):
+    (cell,) = expand([sweep_file('kind = "toy"\n# ' + "[" * 100 + '\ndata.root = "' + "[{" * 100 + '"\n'
+                                 "data.traits_file = '" + "[" * 50 + "'\n")])
+    assert cell.config.data.root == "[{" * 100
+
+
+def test_a_sweep_file_that_is_not_utf8_is_one_line(sweep_file, tmp_path):
+    path = tmp_path / "binary.toml"
+    path.write_bytes(b'kind = "toy"\nupstream = "\xff\xfe"\n')
+    msg = problems_of(path)
+    assert f"{path}: not UTF-8 text" in msg
+
+
+@pytest.mark.parametrize(("value", "words"), [
+    ('"@up."', "references @up.: an empty name"),
+    ('"@up..head.width"', "references @up..head.width: an empty name"),
+    ('"@"', "'@' names no group"),
+    ('["a", "@up"]', "'@up' inside a list: a reference is a whole value"),
+])
+def test_malformed_or_listed_references_are_refused(value, words, sweep_file):
+    msg = problems_of(sweep_file(f'[[group]]\nname = "up"\nkind = "toy"\n[[group]]\nname = "down"\nkind = "toy"\n'
+                                 f"upstream = {value}\n"))
+    assert "down: upstream: " in msg and words in msg
+
+
+def test_a_reference_inside_a_zip_is_refused(sweep_file):
+    msg = problems_of(sweep_file('[[group]]\nname = "up"\nkind = "toy"\n[[group]]\nname = "down"\nkind = "toy"\n'
+                                 '[[group.zip]]\nupstream = ["@up", "x"]\nhead.width = [1, 2]\n'))
+    assert "a reference is a whole value" in msg

@@ -46,7 +46,8 @@ def _check(cfg: DataConfig, prefix: str, splits: tuple[str, ...]) -> tuple[tuple
         from nfjobs.data.cifar10 import check_root
 
         problem = check_root(cfg.root, test="test" in splits)
-        return ((f"{prefix}.root", f"CIFAR-10 root {problem}"),) if problem else ()
+        if problem:
+            return ((f"{prefix}.root", f"CIFAR-10 root {problem}"),)
     if cfg.name == "imagefolder":
         from nfjobs.data import imagefolder
 
@@ -57,7 +58,38 @@ def _check(cfg: DataConfig, prefix: str, splits: tuple[str, ...]) -> tuple[tuple
 
         problem = check_cub(cfg.root)
         return ((f"{prefix}.root", f"CUB-200-2011 root {problem}"),) if problem else ()
+    for split in splits:  # builtin and CIFAR-10: the held-out validation split is cut by val_frac
+        if split in ("train", "val") and not split_size(cfg, split):
+            n = _n_train_images(cfg)
+            if split == "val":
+                return ((f"{prefix}.val_frac", f"the 'val' split would have no images (round({n} x val_frac = "
+                                               f"{cfg.val_frac}) = 0); this cell reads validation images: "
+                                               "expected val_frac > 0"),)
+            return ((f"{prefix}.val_frac", f"the 'train' split would have no images ({n} images, val_frac = "
+                                           f"{cfg.val_frac} held out)"),)
     return ()
+
+
+CIFAR10_SIZES = {"train": 50_000, "test": 10_000}
+
+
+def _n_train_images(cfg: DataConfig) -> int:
+    return cfg.builtin_n if cfg.name == "builtin" else CIFAR10_SIZES["train"]
+
+
+def split_size(cfg: DataConfig, split: str) -> int | None:
+    """Images in `split`, known without reading any image (None where only reading the dataset's annotations
+    would tell: CUB). An image folder is scanned (memoised); call `check` first."""
+    if cfg.name in ("builtin", "cifar10"):
+        if split == "test":
+            return 0 if cfg.name == "builtin" else CIFAR10_SIZES["test"]
+        s = _hold_out(_n_train_images(cfg), cfg, split)
+        return max(0, s.stop - s.start)
+    if cfg.name == "imagefolder":
+        from nfjobs.data import imagefolder
+
+        return len(imagefolder.split_ids(cfg, split))
+    return None
 
 
 def _hold_out(n: int, cfg: DataConfig, split: str) -> slice:

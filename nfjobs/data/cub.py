@@ -106,13 +106,15 @@ def load_annotations(root: str, split: Literal["train", "val"]) -> Annotations:
 
 
 def read_images(root: str, paths: tuple[str, ...], size: int = IMAGE_SIZE) -> UInt8[np.ndarray, "N S S 3"]:
-    """The images at `paths` (relative to `images/`) as RGB, resized to `size` x `size`."""
-    from PIL import Image
+    """The images at `paths` (relative to `images/`) as RGB, resized to `size` x `size` (`imagefolder.decode`:
+    an image leading out of `images/`, claiming too many pixels or corrupt raises ImageError naming it)."""
+    from nfjobs.data.imagefolder import decode
 
     out = np.empty((len(paths), size, size, 3), np.uint8)
-    for i, p in enumerate(paths):
-        with Image.open(_folder(root) / "images" / p) as im:
-            out[i] = np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
+    images = _folder(root) / "images"
+    real = images.resolve()
+    for i, p in enumerate(paths):  # read only inside images/, within the pixel limit, errors naming the file
+        out[i] = decode(images, p, size, real)
     return out
 
 

@@ -8,12 +8,17 @@ parquet, read with polars) refer to images by their path relative to `root`:
 - `split_file`: `path` and `split` (`train`, `val`, `test`) columns; images it does not list are not used.
 
 A table row naming an absolute path, a `..` component or a file that is not an image of the folder is refused:
-the tables are inputs and may not point outside `root`. Without a split file the images are split at random
+the tables are inputs and may not point outside `root`. Nothing is read through a symbolic link that leads out of
+`root` (a table that is such a link is refused before it is opened, and an image's link is checked again when it
+is decoded); a link that loops is refused in one line. Without a split file the images are split at random
 (seed `split_seed`): `test_frac` of them in `test`, `val_frac` in `val`, the rest in `train`. `n_train` keeps a
 seeded subset of the training images. All indices are in folder order.
 
 Images are decoded and resized (bilinear, to `image_size` squared) as they are read, in batches, by a torch
-DataLoader with `workers` processes: a split is never held in memory whole unless a job asks for it.
+DataLoader with `workers` processes: a split is never held in memory whole unless a job asks for it. An image is
+decoded only if its header claims at most `MAX_PIXELS` pixels (a small file may claim a huge image: a
+decompression bomb); an image that cannot be decoded (truncated, corrupt, too large) fails the cell with an
+`ImageError` naming the file relative to `root`.
 """
 
 import functools
@@ -27,6 +32,8 @@ from jaxtyping import Bool, Int, UInt8
 
 from nfjobs.config import DataConfig
 
+MAX_PIXELS = 1 << 26
+"""Most pixels (width x height, about 67 million: 8192 x 8192) an image may claim to be decoded."""
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
 SPLITS = ("train", "val", "test")
 
@@ -37,6 +44,38 @@ class FolderError(ValueError):
     def __init__(self, key: str, message: str):
         super().__init__(message)
         self.key = key
+
+
+class ImageError(ValueError):
+    """An image of the folder that cannot be decoded; the message names it relative to `root`."""
+
+
+def _real(path: str | Path, shown: str, key: str) -> Path | None:
+    """`path` with every symbolic link followed; None when it (or a link's target) does not exist; FolderError
+    naming `key` and `shown` (the path relative to root) when a link loops."""
+    try:
+        return Path(os.path.realpath(path, strict=True))
+    except FileNotFoundError:
+        return None
+    except (OSError, RuntimeError) as err:  # ELOOP
+        raise FolderError(key, f"{shown!r} cannot be followed ({_reason(err)}): a symbolic link loop?") from None
+
+
+def _resolves_inside(path: str | Path, real_root: Path, shown: str, key: str) -> Path:
+    """`path` with every symbolic link followed, refused (FolderError naming `key` and `shown`) when it does not
+    exist, loops or leads out of `real_root`. Nothing of the file is read."""
+    real = _real(path, shown, key)
+    if real is None:
+        raise FolderError(key, f"{shown!r} does not exist inside root (a broken link?)")
+    if not real.is_relative_to(real_root):
+        raise FolderError(key, f"{shown!r} is a symbolic link leading out of root; files are read only inside "
+                               "root")
+    return real
+
+
+def _reason(err: BaseException) -> str:
+    """An OS error's reason without the paths it quotes."""
+    return getattr(err, "strerror", None) or type(err).__name__
 
 
 @dataclass(frozen=True)
@@ -58,8 +97,22 @@ def _scan(root: Path) -> tuple[list[str], list[int], tuple[str, ...]]:
     folders are kept only when they resolve inside the root; linked sub-folders are not entered. (`os.walk` and
     string checks, not `Path.rglob` + a `resolve()` per file: 50,000 files took 8 s that way.)"""
     real_root = root.resolve()
-    classes = tuple(sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
-                           and (not d.is_symlink() or d.resolve().is_relative_to(real_root))))
+
+    def linked_inside(path: Path, shown: str) -> bool:  # a broken link or one leading out is skipped
+        real = _real(path, shown, "root")
+        return real is not None and real.is_relative_to(real_root)
+
+    def class_folder(d: Path) -> bool:  # a link that loops is no folder (a table link that loops is refused
+        if d.name.startswith("."):     # when the table is read)
+            return False
+        if d.is_symlink():
+            try:
+                return linked_inside(d, d.name) and d.is_dir()
+            except FolderError:
+                return False
+        return d.is_dir()
+
+    classes = tuple(sorted(d.name for d in root.iterdir() if class_folder(d)))
     paths, labels = [], []
     for label, name in enumerate(classes):
         top = root / name
@@ -70,7 +123,7 @@ def _scan(root: Path) -> tuple[list[str], list[int], tuple[str, ...]]:
                 if os.path.splitext(file)[1].lower() not in SUFFIXES:
                     continue
                 full = os.path.join(folder, file)
-                if os.path.islink(full) and not Path(full).resolve().is_relative_to(real_root):
+                if os.path.islink(full) and not linked_inside(Path(full), f"{rel}/{file}"):
                     continue
                 if os.path.isfile(full):
                     found.append(f"{rel}/{file}")
@@ -89,19 +142,24 @@ def inside(root: Path, relative: str, key: str) -> Path:
 
 
 def _read_table(root: Path, name: str, key: str):
+    """The table `name` (relative to root), read only if it resolves to a regular file inside root."""
     import polars as pl
 
     path = inside(root, name, key)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise FolderError(key, f"{path} does not exist (a CSV or parquet file inside root)")
+    real = _resolves_inside(path, root.resolve(), name, key)
+    if not real.is_file():
+        raise FolderError(key, f"{path} is not a regular file (a CSV or parquet file inside root)")
+    if path.suffix.lower() not in (".csv", ".parquet"):
+        raise FolderError(key, f"{path}: expected a .csv or .parquet file")
     try:
         if path.suffix.lower() == ".parquet":
-            return path, pl.read_parquet(path)
-        if path.suffix.lower() == ".csv":
-            return path, pl.read_csv(path)
+            return path, pl.read_parquet(real)
+        return path, pl.read_csv(real)
     except Exception as err:  # polars raises several error types for unreadable files
-        raise FolderError(key, f"{path} cannot be read: {err}") from None
-    raise FolderError(key, f"{path}: expected a .csv or .parquet file")
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise FolderError(key, f"{path} cannot be read as a table: {reason}") from None
 
 
 def _rows(root: Path, table, file: Path, key: str, index: dict[str, int]) -> np.ndarray:
@@ -222,27 +280,62 @@ def check(cfg: DataConfig, splits: Sequence[str]) -> tuple[str, str] | None:
     return None
 
 
+@dataclass(frozen=True)
+class _Failed:
+    """An image that could not be decoded, carried out of a DataLoader worker as a value (an exception raised
+    in a worker comes back wrapped in the worker's traceback text)."""
+
+    message: str
+
+
+def decode(root: Path, relative: str, size: int, real_root: Path | None = None) -> UInt8[np.ndarray, "S S 3"]:
+    """The image `root / relative` as RGB resized to `size` squared; ImageError (naming `relative`) when it leads
+    out of root, claims more than MAX_PIXELS pixels or cannot be decoded."""
+    from PIL import Image
+
+    try:
+        real = _resolves_inside(root / relative, real_root or root.resolve(), relative, "root")
+    except FolderError as err:
+        raise ImageError(str(err)) from None
+    try:
+        with Image.open(real) as im:
+            width, height = im.size
+            if width * height > MAX_PIXELS:
+                raise ImageError(f"{relative!r} claims {width} x {height} pixels, more than the {MAX_PIXELS:,} an "
+                                 "image may have (a decompression bomb?); not decoded")
+            rgb = im.convert("RGB")
+            if rgb.size != (size, size):
+                rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+            return np.asarray(rgb)
+    except ImageError:
+        raise
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError, MemoryError) as err:
+        reason = (str(err).strip().splitlines() or [""])[0][:200] if not isinstance(err, OSError) or \
+            not getattr(err, "filename", None) else _reason(err)
+        raise ImageError(f"{relative!r} cannot be decoded ({type(err).__name__}: {reason or 'no detail'}); "
+                         "a truncated or corrupt image?") from None
+
+
 class _Images:
-    """Map-style dataset: decoded, resized uint8 images (H, W, 3) of the given relative paths."""
+    """Map-style dataset: decoded, resized uint8 images (H, W, 3) of the given relative paths (or `_Failed`)."""
 
     def __init__(self, root: Path, paths: Sequence[str], size: int):
         self.root, self.paths, self.size = root, paths, size
+        self.real_root = root.resolve()
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> UInt8[np.ndarray, "S S 3"]:
-        from PIL import Image
-
-        with Image.open(self.root / self.paths[i]) as im:
-            rgb = im.convert("RGB")
-            if rgb.size != (self.size, self.size):
-                rgb = rgb.resize((self.size, self.size), Image.Resampling.BILINEAR)
-            return np.asarray(rgb)
+    def __getitem__(self, i: int) -> "UInt8[np.ndarray, 'S S 3'] | _Failed":
+        try:
+            return decode(self.root, self.paths[i], self.size, self.real_root)
+        except ImageError as err:
+            return _Failed(str(err))
 
 
-def _stack(images: list[np.ndarray]) -> np.ndarray:
-    return np.stack(images)
+def _stack(images: list) -> "np.ndarray | _Failed":
+    failed = next((im for im in images if isinstance(im, _Failed)), None)
+    return failed if failed is not None else np.stack(images)
 
 
 def iter_images(cfg: DataConfig, ids: Sequence[int], batch_size: int) -> Iterator[UInt8[np.ndarray, "B S S 3"]]:
@@ -253,4 +346,7 @@ def iter_images(cfg: DataConfig, ids: Sequence[int], batch_size: int) -> Iterato
     lst = listing(cfg)
     dataset = _Images(Path(cfg.root).expanduser(), [lst.paths[i] for i in ids], cfg.image_size)
     workers = min(cfg.workers, max(1, -(-len(dataset) // batch_size)))
-    yield from DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_stack)
+    for batch in DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_stack):
+        if isinstance(batch, _Failed):
+            raise ImageError(f"image folder {cfg.root}: {batch.message}")
+        yield batch

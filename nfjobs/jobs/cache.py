@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from nfjobs.config import DataConfig, runtime_field
+from nfjobs.config import DataConfig, InvalidField, runtime_field
 from nfjobs.identity import file_digest, without_runtime
 from nfjobs.probes.tdsm_config import TdsmOptions
 from nfjobs.store import layout
@@ -98,14 +98,24 @@ class Config:
 
     def __post_init__(self):
         if not 0.0 < self.context_frac <= 1.0:
-            raise ValueError(f"context_frac must be in (0, 1], got {self.context_frac}")
+            raise InvalidField("context_frac", f"context_frac must be in (0, 1], got {self.context_frac}")
         for name in ("shard_size", "batch_size", "parts"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise InvalidField(name, f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.parts > MAX_PARTS:  # each part is a task: a huge number would be listed before anything ran
+            raise InvalidField("parts", f"parts must be <= {MAX_PARTS:,} (and no more than the shards the cell "
+                                        f"writes), got {self.parts}")
+        for name, most in (("patch_size", 1024), ("backbone_size", 8192), ("shard_size", 1 << 20)):
+            if not 1 <= getattr(self, name) <= most:
+                raise InvalidField(name, f"{name} must be >= 1 and <= {most:,}, got {getattr(self, name)}")
 
     @property
     def backbone_layer(self) -> str:
         return self.layer or ("encoder.ln" if self.backbone == "vit_b_16" else "layer4")
+
+
+MAX_PARTS = 10_000
+"""Most tasks one cache cell runs as (checked before the shards are counted)."""
 
 
 def _checkpoint_file(run_dir: Path) -> Path:
@@ -117,6 +127,8 @@ def check(cfg: Config) -> list[tuple[str, str]]:
     from nfjobs.data import check as check_data
 
     problems = check_data(cfg.data, splits=_splits(cfg))
+    if cfg.parts > 1 and not problems:
+        problems += _parts_problems(cfg)
     if cfg.source in ("nf", "tdsm"):
         if not cfg.checkpoint:
             problems.append(("checkpoint", f"source {cfg.source!r} needs the cell key or run dir of a train cell"))
@@ -133,6 +145,22 @@ def check(cfg: Config) -> list[tuple[str, str]]:
         if cfg.context == "sparse":
             problems.append(("context", "a backbone sees whole images; use context = 'full'"))
     return problems
+
+
+def _parts_problems(cfg: Config) -> list[tuple[str, str]]:
+    """`parts` no more than the shards of the largest split the cell writes (a part with no shard to write is a
+    task that does nothing)."""
+    from nfjobs.data import split_size
+
+    sizes = {s: split_size(cfg.data, s) for s in _splits(cfg)}
+    if None in sizes.values():
+        return []
+    shards = max(-(-n // cfg.shard_size) for n in sizes.values())
+    if cfg.parts > shards:
+        counts = ", ".join(f"{s} {n:,}" for s, n in sizes.items())
+        return [("parts", f"parts must be <= {shards:,}, the shards of the largest split this cell writes "
+                          f"(images: {counts}; shard_size {cfg.shard_size:,}), got {cfg.parts:,}")]
+    return []
 
 
 def _splits(cfg: Config) -> tuple[str, ...]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from nfjobs.config import runtime_field
+from nfjobs.config import InvalidField, runtime_field
 from nfjobs.probes.tdsm_config import TdsmOptions
 from nfjobs.store import layout
 from nfjobs.store.layout import looks_like_path
@@ -80,14 +80,16 @@ class Config:
     'all' writes `test/`; `finetune` / `two_stage` read the field's dataset's test split)."""
 
     def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1 or self.knn_k < 1 or self.head_epochs < 1:
-            raise ValueError("epochs, head_epochs, batch_size and knn_k must be >= 1")
+        for name in ("epochs", "head_epochs", "batch_size", "knn_k"):
+            if getattr(self, name) < 1:
+                raise InvalidField(name, f"{name} must be >= 1, got {getattr(self, name)}")
         if self.train_images < 0:
-            raise ValueError(f"train_images must be >= 0 (0 = all), got {self.train_images}")
-        if self.lr <= 0 or self.field_lr <= 0:
-            raise ValueError("lr and field_lr must be > 0")
+            raise InvalidField("train_images", f"train_images must be >= 0 (0 = all), got {self.train_images}")
+        for name in ("lr", "field_lr"):
+            if getattr(self, name) <= 0:
+                raise InvalidField(name, f"{name} must be > 0, got {getattr(self, name)}")
         if self.max_resident_gb <= 0:
-            raise ValueError(f"max_resident_gb must be > 0, got {self.max_resident_gb}")
+            raise InvalidField("max_resident_gb", f"max_resident_gb must be > 0, got {self.max_resident_gb}")
 
 
 def check(cfg: Config) -> list[tuple[str, str]]:

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nfjobs.config import BUILTIN_PIXELS, DataConfig, device_problem, runtime_field
+from nfjobs.config import BUILTIN_PIXELS, DataConfig, InvalidField, device_problem, runtime_field
 from nfjobs.store import layout
 from nfjobs.store.layout import looks_like_path
 
@@ -62,18 +62,20 @@ class Config:
 
     def __post_init__(self):
         if problem := device_problem(self.device):
-            raise ValueError(f"device {problem}")
+            raise InvalidField("device", f"device {problem}")
         if self.max_resident_bytes < 1:
-            raise ValueError(f"max_resident_bytes must be >= 1, got {self.max_resident_bytes}")
+            raise InvalidField("max_resident_bytes", f"max_resident_bytes must be >= 1, got {self.max_resident_bytes}")
         for name in ("width", "epochs", "batch", "shuffle_images"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise InvalidField(name, f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.width > 1 << 20:
+            raise InvalidField("width", f"width must be <= {1 << 20:,}, got {self.width}")
         if self.l1 < 0:
-            raise ValueError(f"l1 must be >= 0, got {self.l1}")
+            raise InvalidField("l1", f"l1 must be >= 0, got {self.l1}")
         if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise InvalidField("lr", f"lr must be > 0, got {self.lr}")
         if not 0 < self.dense_frac <= 1:
-            raise ValueError(f"dense_frac must be in (0, 1], got {self.dense_frac}")
+            raise InvalidField("dense_frac", f"dense_frac must be in (0, 1], got {self.dense_frac}")
 
 
 def check(cfg: Config) -> list[tuple[str, str]]:

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from nfjobs.config import (BUILTIN_PIXELS, EVALUATION, INPUT, DataConfig, device_problem, evaluation_field,
+from nfjobs.config import (BUILTIN_PIXELS, EVALUATION, INPUT, DataConfig, InvalidField, device_problem,
+                           evaluation_field,
                            input_field, runtime_field)
 from nfjobs.identity import content_key, file_digest
 from nfjobs.store import layout
@@ -89,22 +90,24 @@ class Config:
 
     def __post_init__(self):
         if problem := device_problem(self.device):
-            raise ValueError(f"device {problem}")
+            raise InvalidField("device", f"device {problem}")
         if self.max_resident_bytes < 1:
-            raise ValueError(f"max_resident_bytes must be >= 1, got {self.max_resident_bytes}")
+            raise InvalidField("max_resident_bytes", f"max_resident_bytes must be >= 1, got {self.max_resident_bytes}")
         if self.sae:  # the prototype count is the sae cell's width, known once it has run: 0, never a wrong number
             if self.n_prototypes not in (0, N_PROTOTYPES):
-                raise ValueError(f"n_prototypes = {self.n_prototypes} with sae = {self.sae!r}: the sae cell's width is "
+                raise InvalidField("n_prototypes", f"n_prototypes = {self.n_prototypes} with sae = {self.sae!r}: the sae cell's width is "
                                  "the number of prototypes (rows say it in `prototypes`); leave n_prototypes out")
             object.__setattr__(self, "n_prototypes", 0)
         counts = ("train_patches", "kmeans_iters", "sae_steps", "sae_batch", *(() if self.sae else ("n_prototypes",)))
         for name in counts:
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise InvalidField(name, f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_prototypes > 1 << 20:
+            raise InvalidField("n_prototypes", f"n_prototypes must be <= {1 << 20:,}, got {self.n_prototypes}")
         if self.n_train < 0:
-            raise ValueError(f"n_train must be >= 0 (0 = all), got {self.n_train}")
+            raise InvalidField("n_train", f"n_train must be >= 0 (0 = all), got {self.n_train}")
         if self.pictures_top_k < 0:
-            raise ValueError(f"pictures_top_k must be >= 0 (0 = no pictures), got {self.pictures_top_k}")
+            raise InvalidField("pictures_top_k", f"pictures_top_k must be >= 0 (0 = no pictures), got {self.pictures_top_k}")
 
 
 def check(cfg: Config) -> list[tuple[str, str]]:

@@ -10,6 +10,8 @@ import socket
 import time
 from dataclasses import dataclass
 
+from nfjobs.config import InvalidField
+
 CHECKPOINTABLE = True
 
 
@@ -29,7 +31,9 @@ class Config:
     def __post_init__(self):
         for name in ("steps", "step_seconds"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise InvalidField(name, f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.step_seconds > 86_400:
+            raise InvalidField("step_seconds", f"step_seconds must be <= 86400 (one day), got {self.step_seconds}")
 
 
 def run(cfg: Config, ctx) -> list[dict]:

@@ -6,7 +6,6 @@ naming the file, the dotted key and what was expected.
 
 import dataclasses
 import itertools
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,14 +61,25 @@ def validate_config(kind: str, cfg: Any, runs_root: str | Path = "runs") -> list
 def _read(path: Path, p: _Problems) -> dict[str, Any] | None:
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            data = f.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         p.add("", "file not found")
-    except tomllib.TOMLDecodeError as err:
-        p.add("", f"not valid TOML: {err}")
+        return None
     except OSError as err:
-        p.add("", f"cannot read: {err}")
+        p.add("", f"cannot read: {err.strerror or err}")
+        return None
+    if len(data) > MAX_FILE_BYTES:
+        p.add("", f"larger than {MAX_FILE_BYTES // 2**20} MiB; a sweep file is a few kilobytes")
+        return None
+    try:
+        return typed.load_toml(data)
+    except typed.TomlError as err:
+        p.add("", str(err))
     return None
+
+
+MAX_FILE_BYTES = 16 * 2**20
+"""Largest sweep file read."""
 
 
 def _apply_overrides(p: _Problems, info: KindInfo, flat: dict[str, Any], overrides: list[Override]) -> None:

@@ -95,8 +95,11 @@ def _parse_group(p: _Problems, raw: dict[str, Any], common: dict[str, Any], inde
         return False
 
     def check_point(key: str, value: Any) -> Any:
-        if isinstance(value, str) and value.startswith("@"):
-            return value  # reference to another group, resolved later
+        """One value of a list (an axis or a [[zip]]): a reference there is refused, not kept as text."""
+        if (ref := _nested_reference(value)) is not None:
+            p.add(where + key, f"{ref!r} inside a list: a reference is a whole value (key = \"@group\" or "
+                               "\"@group.key\"; the referenced cells become the axis), not one item of a list")
+            return None
         return _check_value(p, where + key, value, info.leaves[key])
 
     for key, value in flat.items():
@@ -106,6 +109,9 @@ def _parse_group(p: _Problems, raw: dict[str, Any], common: dict[str, Any], inde
         if isinstance(value, str) and value.startswith("@"):
             if key in info.runtime:  # a reference is an axis over the referenced cells
                 p.add(where + key, RUNTIME_AXIS)
+                continue
+            if problem := _reference_problem(value):
+                p.add(where + key, problem)
                 continue
             group.refs[key] = value[1:]
             group.seeded_axis |= key == "seed"
@@ -119,8 +125,10 @@ def _parse_group(p: _Problems, raw: dict[str, Any], common: dict[str, Any], inde
                 continue
             group.axes.append(((key,), [(check_point(key, v),) for v in value]))
             group.seeded_axis |= key == "seed"
-        else:
+        elif isinstance(value, list):  # one value of a list-typed field
             group.fixed[key] = check_point(key, value)
+        else:
+            group.fixed[key] = _check_value(p, where + key, value, tp)
 
     for z, table in enumerate(zips):
         zflat = typed.flatten(table) if isinstance(table, dict) else {}
@@ -161,6 +169,30 @@ def _parse_group(p: _Problems, raw: dict[str, Any], common: dict[str, Any], inde
         for field_name, msg in shared.SlurmConfig.problems(_unchecked(shared.SlurmConfig, group.slurm)):
             p.add(f"{where}slurm.{field_name}", msg)
     return group
+
+
+def _nested_reference(value: Any) -> str | None:
+    """The first string starting with `@` anywhere inside a (nested) list value, else None."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str) and item.startswith("@"):
+            return item
+        if isinstance(item, list):
+            stack.extend(reversed(item))
+    return None
+
+
+def _reference_problem(value: str) -> str | None:
+    """Why `value` (`@group` or `@group.dotted.key`) is not a well-formed reference, or None. A group name may
+    hold dots, so which dot ends it is found later; here no part may be empty."""
+    ref = value[1:]
+    if not ref:
+        return "'@' names no group: expected \"@group\" or \"@group.key\""
+    if any(not part for part in ref.split(".")):
+        return (f"references {value}: an empty name between dots or after the last dot; expected \"@group\" or "
+                "\"@group.dotted.key\"")
+    return None
 
 
 def _split_reference(ref: str, groups: dict[str, Any]) -> tuple[str, str]:
