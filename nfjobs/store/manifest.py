@@ -110,17 +110,17 @@ def record(runs_root: Path | str, cells: Sequence[Any], jobs: dict[str, str] | N
                     manifest["cells"][c.key]["values"] = found[1].get(c.key, {})
                 elif "values" in old:
                     manifest["cells"][c.key]["values"] = old["values"]
-            if found is not None:
-                manifest["groups"] = found[0]
-                for key, info in manifest["cells"].items():  # earlier cells: an axis found now was their base value
-                    group = found[0].get(info.get("group", ""), {})
-                    for a in group.get("axes", []):
-                        if a in group.get("base", {}):
-                            info.setdefault("values", {}).setdefault(a, group["base"][a])
                 if jobs and c.key in jobs:
                     manifest["jobs"][c.key] = jobs[c.key]
                 if logs and c.key in logs:
                     manifest["logs"][c.key] = logs[c.key]
+            if found is not None:
+                manifest["groups"] = found[0]
+                for info in manifest["cells"].values():  # earlier cells: an axis found now was their base value
+                    axes = found[0].get(info.get("group", ""), {})
+                    for a in axes.get("axes", []):
+                        if a in axes.get("base", {}):
+                            info.setdefault("values", {}).setdefault(a, axes["base"][a])
             write(runs_root, manifest)
 
 
