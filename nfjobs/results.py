@@ -4,6 +4,8 @@
     df = results.load("configs/sweeps/x.toml").collect()      # or a sweep name; runs_root="runs" by default
     results.cell_states("x")                                   # key, group, kind, state, error, job_id, log
     results.load_metrics("runs", key)                          # a cell's metrics.jsonl
+    results.axes("x")                                          # per group: the config fields it varied
+    results.swept("x")                                         # key, group, kind, each cell's value of every axis
 
 Columns are explained in docs/columns.md; the files themselves in docs/architecture.md ("The runs root").
 """
@@ -11,7 +13,9 @@ Columns are explained in docs/columns.md; the files themselves in docs/architect
 import json
 import sys
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -138,3 +142,72 @@ def load_metrics(runs_root: Path | str, key: str, phase: str | None = None) -> p
     if not out:
         return pl.DataFrame()
     return pl.DataFrame(out, infer_schema_length=None, strict=False)
+
+
+@dataclass(frozen=True)
+class GroupAxes:
+    """What one group of a sweep varied: its `axes` (dotted config fields; a reference as `<field>.<axis>` of the
+    cells it reads) and whether it repeats cells over seeds (`seeded`: its rows are pooled over `seed`)."""
+
+    group: str
+    kind: str
+    axes: tuple[str, ...]
+    seeded: bool
+
+
+def _axes_and_values(target: str | Path, runs_root: str | Path) -> tuple[dict[str, dict], dict[str, dict]]:
+    name = sweep_name(target)
+    _require(runs_root, name)
+    found = manifest.read(runs_root, name)
+    groups = found.get("groups", {})
+    if groups and all("values" in info for info in found["cells"].values()):
+        return groups, {k: info["values"] for k, info in found["cells"].items()}
+    return _axes_from_rows(load(name, runs_root, warn=False).collect(), found["cells"])
+
+
+def _axes_from_rows(found: pl.DataFrame, cells: dict[str, dict]) -> tuple[dict[str, dict], dict[str, dict]]:
+    """The axes of a manifest that predates them, from the config columns of the result rows (cells without
+    rows are left out of the computation and get no values)."""
+    from nfjobs.kinds import load_kind
+
+    if found.is_empty() or "key" not in found.columns:
+        return {}, {}
+    fields: dict[str, list[str]] = {}
+    members = []
+    for row in found.unique("key", keep="first", maintain_order=True).iter_rows(named=True):
+        kind = row.get("kind") or cells.get(row["key"], {}).get("kind", "")
+        if kind not in fields:
+            try:
+                fields[kind] = list(rows.config_columns(load_kind(kind).Config()))
+            except Exception:  # noqa: BLE001 - a kind not installed here: no config columns known
+                fields[kind] = []
+        group = row.get("group") or cells.get(row["key"], {}).get("group", "")
+        members.append((row["key"], group, kind, {f: row.get(f) for f in fields[kind] if f in row}))
+    return manifest.axes_of(members)
+
+
+def axes(target: str | Path, runs_root: str | Path = "runs") -> dict[str, GroupAxes]:
+    """Per group of a launched sweep: the config fields its cells vary (`GroupAxes`), as the launch recorded
+    them; for a manifest from before axes were recorded, computed from the result rows' config columns."""
+    groups, _ = _axes_and_values(target, runs_root)
+    return {g: GroupAxes(g, str(info.get("kind", "")), tuple(info.get("axes", ())), bool(info.get("seeded")))
+            for g, info in groups.items()}
+
+
+def _text(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, (list, dict)) else value
+
+
+def swept(target: str | Path, runs_root: str | Path = "runs") -> pl.DataFrame:
+    """One row per cell: `key`, `group`, `kind`, then every axis of every group (null where a cell's group does
+    not vary it); list values as JSON text."""
+    name = sweep_name(target)
+    groups, values = _axes_and_values(target, runs_root)
+    cells = manifest.read(runs_root, name)["cells"]
+    names = list(dict.fromkeys(a for info in groups.values() for a in info.get("axes", [])))
+    out = [{"key": k, "group": info.get("group", ""), "kind": info.get("kind", ""),
+            **{a: _text(values.get(k, {}).get(a)) for a in names}} for k, info in cells.items()]
+    schema = {"key": pl.String, "group": pl.String, "kind": pl.String}
+    if not out:
+        return pl.DataFrame(schema=schema)
+    return pl.DataFrame(out, infer_schema_length=None, strict=False).cast(schema)

@@ -271,7 +271,7 @@ def run(cfg: Config, ctx) -> list[dict]:
     for split, src in (("train", train_src), ("val", val_src)):
         total = _n_batches(src, cfg.batch_patches, cfg.max_resident_bytes)
         chunks = ctx.progress(batches(src, cfg.batch_patches, cfg.max_resident_bytes, stats),
-                              total=total, desc=f"score {split} images")
+                              total=total, desc=f"score {cfg.eval_split if split == 'val' else split} images")
         scores[split] = protocol.image_scores(scorer, chunks, device, dtype)
     seconds_score = time.perf_counter() - start
     ctx.log_metrics(0, {"train_images": len(scores["train"]), "val_images": len(scores["val"]),

@@ -43,7 +43,7 @@ def launch(cells: Sequence[Cell], runs_root: Path, log_root: Path, flags: dict[s
     with locks.launch_lock(runs_root, sweeps):
         p = planning.plan(cells, runs_root, force=force, in_flight=planning.live_jobs(cells, runs_root))
         announce(p)
-        manifest.record(runs_root, cells)
+        manifest.record(runs_root, cells, axes=True)
         if not p.to_run:
             return Outcome(p, {}, log_dir)
         if force:

@@ -5,15 +5,27 @@
 - `psnr_vs_wall`: val PSNR of the curve images against wall-clock seconds, from metrics.jsonl `epoch` records;
 - `map_vs_train_images`: seed 004's mAP against training images, one line per scorer × prototypes, 5–95 % AP band.
 
-Each takes a polars table (see its docstring), writes a PNG to `path` and returns the matplotlib Figure.
+- `curves`: one line per cell of a metrics.jsonl metric against step (legend: the cell's axis values);
+- `metric_bars`: a report table (`tables.report`) as bars with its interval, chance level dashed where known;
+- `metric_vs`: a report table as lines of the metric against one column, one line per value of the others.
+
+Each takes a polars table (see its docstring), writes a PNG to `path` and returns the matplotlib Figure. Every
+text is passed through `plain` first: a `$` in a label never starts matplotlib's mathtext.
 """
 
+import re
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import polars as pl
 
 COLORS = ["#426eb4", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c"]
+
+
+def plain(text: Any) -> str:
+    """`text` as matplotlib prints it verbatim (`$` escaped, so no mathtext)."""
+    return re.sub(r"(?<!\\)\$", r"\\$", str(text))
 
 
 def _figure(width: float = 7.0, height: float = 4.0):
@@ -24,6 +36,13 @@ def _figure(width: float = 7.0, height: float = 4.0):
 
 
 def _save(fig, path: Path | str):
+    for ax in fig.axes:  # every text drawn verbatim
+        ax.set_title(plain(ax.get_title()))
+        legend = ax.get_legend()
+        for text in legend.get_texts() if legend else []:
+            text.set_text(plain(text.get_text()))
+        for tick in [*ax.get_xticklabels(), *ax.get_yticklabels()]:
+            tick.set_text(plain(tick.get_text()))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -49,9 +68,9 @@ def probe_accuracy(table: pl.DataFrame, path: Path | str, title: str = "Probe ac
             ys.append(row["accuracy"])
             seeds = row.get("n_seeds", 1) or 1
             errs.append(row["accuracy_std"] if has_std and seeds > 1 and row["accuracy_std"] is not None else 0.0)
-        ax.bar(xs, ys, width * 0.95, yerr=errs if any(errs) else None, capsize=3, label=rep,
+        ax.bar(xs, ys, width * 0.95, yerr=errs if any(errs) else None, capsize=3, label=plain(rep),
                color=COLORS[i % len(COLORS)])
-    ax.set_xticks(range(len(groups)), [f"{p}\n{c}" for c, p in groups], fontsize=8)
+    ax.set_xticks(range(len(groups)), [plain(f"{p}\n{c}") for c, p in groups], fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy")
     ax.set_title(title)
@@ -86,13 +105,13 @@ def psnr_vs_context(rows: pl.DataFrame, path: Path | str, title: str = "Reconstr
         t = table.filter(pl.col("field") == field)
         err = t["std"].fill_null(0.0).to_list() if (t["n"] > 1).any() else None
         ax.errorbar(t["eval_context_frac"].to_list(), t["mean"].to_list(), yerr=err, marker="o", capsize=3,
-                    label=field, color=COLORS[i % len(COLORS)])
+                    label=plain(field), color=COLORS[i % len(COLORS)])
     ax.set_xscale("log")
     ax.set_xlabel("context fraction of the pixels (evaluation)")
     ax.set_ylabel("PSNR (dB)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _save(fig, path)
 
 
@@ -105,7 +124,7 @@ def psnr_vs_wall(curves: dict[str, pl.DataFrame], path: Path | str, metric: str 
         if frame.is_empty() or metric not in frame.columns:
             continue
         f = frame.filter(pl.col(metric).is_not_null()).sort("wall_s")
-        ax.plot(f["wall_s"].to_list(), f[metric].to_list(), marker=".", label=label, color=COLORS[i % len(COLORS)])
+        ax.plot(f["wall_s"].to_list(), f[metric].to_list(), marker=".", label=plain(label), color=COLORS[i % len(COLORS)])
     ax.set_xlabel("wall-clock seconds since the cell started")
     ax.set_ylabel(f"{metric} (dB)")
     ax.set_title(title)
@@ -127,8 +146,8 @@ def map_vs_train_images(table: pl.DataFrame, path: Path | str, title: str = "Tra
         color = COLORS[i % len(COLORS)]
         x = t["Train"].to_list()
         label = ", ".join([*map(str, key[:-2]), f"{key[-2]}, {key[-1]} prototypes"])
-        ax.plot(x, t["mAP"].to_list(), marker="o", color=color, label=label)
-        ax.fill_between(x, t["5%"].to_list(), t["95%"].to_list(), color=color, alpha=0.15)
+        ax.plot(x, t["mAP"].to_list(), marker="o", color=color, label=plain(label))
+        ax.fill_between(x, t["5%"].to_list(), t["95%"].to_list(), color=color, alpha=0.08, lw=0)
     if keys:
         const = table.group_by("Train").agg(pl.col("Constant mAP").mean()).sort("Train")
         ax.plot(const["Train"].to_list(), const["Constant mAP"].to_list(), "k--", lw=1, label="constant predictor")
@@ -140,5 +159,68 @@ def map_vs_train_images(table: pl.DataFrame, path: Path | str, title: str = "Tra
     ax.set_ylim(0, 1)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _save(fig, path)
+
+
+def curves(lines: dict[str, pl.DataFrame], metric: str, title: str, path: Path | str):
+    """One line per label: `metric` of a cell's metrics.jsonl records (`step`, `metric` columns) against step."""
+    fig, ax = _figure(7.0, 3.6)
+    for i, (name, frame) in enumerate(sorted(lines.items())):
+        f = frame.sort("step")
+        ax.plot(f["step"].to_list(), f[metric].to_list(), marker="." if f.height < 30 else None,
+                label=plain(name), color=COLORS[i % len(COLORS)], lw=1.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel(plain(metric))
+    ax.set_title(plain(title))
+    ax.grid(alpha=0.3)
+    if len(lines) <= 12:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _save(fig, path)
+
+
+def _row_label(row: dict, by: list[str]) -> str:
+    return ", ".join(f"{c.rsplit('.', 1)[-1]}={row[c]}" for c in by) or "all"
+
+
+def metric_bars(table: pl.DataFrame, by: list[str], metric: str, title: str, chance: float | None, path: Path | str):
+    """A `tables.report` table as horizontal bars (mean; its interval where it has one), one per row, labelled
+    by its `by` values; `chance` dashed."""
+    rows = list(table.iter_rows(named=True))
+    fig, ax = _figure(7.0, max(1.8, 0.8 + 0.28 * len(rows)))
+    ci = [c for c in table.columns if c.startswith("ci") and c.endswith("_low")]
+    for i, r in enumerate(rows):
+        lo = r[ci[0]] if ci else None
+        hi = r[ci[0].replace("_low", "_high")] if ci else None
+        err = [[r["mean"] - lo], [hi - r["mean"]]] if lo is not None and hi is not None else None
+        ax.barh(i, r["mean"], xerr=err, capsize=3, color=COLORS[0], height=0.7)
+    ax.set_yticks(range(len(rows)), [plain(_row_label(r, by)) for r in rows], fontsize=7)
+    ax.invert_yaxis()
+    if chance is not None:
+        ax.axvline(chance, color="k", ls="--", lw=1, label=f"chance ({chance:g})")
+        ax.legend(fontsize=7, loc="lower right")
+    ax.set_xlabel(plain(f"{metric} (mean; bar: its interval over seeds where n > 1)"))
+    ax.set_title(plain(title))
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def metric_vs(table: pl.DataFrame, x: str, series: list[str], metric: str, title: str, path: Path | str):
+    """A `tables.report` table as lines of the mean against `x`, one line per value of `series`."""
+    fig, ax = _figure(7.0, 3.6)
+    keys = table.select(series).unique(maintain_order=True).rows() if series else [()]
+    for i, key in enumerate(keys):
+        t = table.filter(*(pl.col(c) == v if v is not None else pl.col(c).is_null() for c, v in zip(series, key))) \
+            if series else table
+        t = t.sort(x)
+        ax.plot(t[x].to_list(), t["mean"].to_list(), marker="o", color=COLORS[i % len(COLORS)],
+                label=plain(_row_label(dict(zip(series, key)), series)))
+    xs = table[x].drop_nulls()
+    if len(xs) and xs.min() > 0 and xs.max() / xs.min() >= 10:
+        ax.set_xscale("log")
+    ax.set_xlabel(plain(x))
+    ax.set_ylabel(plain(metric))
+    ax.set_title(plain(title))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _save(fig, path)

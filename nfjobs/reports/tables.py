@@ -78,3 +78,127 @@ def to_markdown(df: pl.DataFrame, float_digits: int = 4) -> str:
     return "\n".join([head, rule, *body])
 
 
+# ---------------------------------------------------------------------------------------- grouped by the axes
+ROW_DIMS = ("split", "cached_split", "row_type", "eval_context_frac", "epoch", "trait", "n_train_images")
+"""Columns that tell one row of a cell from another (never pooled: a cell's rows are different measurements)."""
+HEADLINE = ("psnr", "accuracy", "map", "fvu", "mse", "train_loss", "loss")
+"""The metrics a cell's summary shows first, where its rows have them."""
+NOT_METRICS = {"sweep", "key", "kind", "group", "status", "error", "seed", *ROW_DIMS}
+
+
+def _as_text(df: pl.DataFrame) -> pl.DataFrame:
+    """List columns as text (a list-typed config value is one value of an axis)."""
+    nested = [c for c, t in df.schema.items() if t.is_nested()]
+    return df.with_columns(pl.col(c).cast(pl.List(pl.String), strict=False).list.join(", ") for c in nested
+                           ) if nested else df
+
+
+def with_axes(rows: pl.DataFrame, swept: pl.DataFrame) -> pl.DataFrame:
+    """`rows` with every axis of `swept` (`results.swept`) as a column: referenced cells' axes joined by key;
+    list values as text; null-typed columns (an empty list everywhere) as text."""
+    rows = _as_text(rows)
+    rows = rows.with_columns(pl.col(c).cast(pl.String) for c, t in rows.schema.items() if t == pl.Null)
+    extra = [c for c in swept.columns if c not in rows.columns and c not in ("group", "kind")]
+    if "key" in rows.columns and extra:
+        rows = rows.join(swept.select("key", *extra), on="key", how="left")
+    return rows
+
+
+def final_rows(rows: pl.DataFrame, metric: str, where: Iterable[str] = ()) -> tuple[pl.DataFrame, list[str]]:
+    """The rows that carry a cell's final `metric`: `split = "val"` where a cell also has per-epoch curve rows,
+    each cell's last `epoch` where it has one row per epoch (unless `where` names those columns). Returns the rows
+    and what was chosen, one note each."""
+    notes = []
+    rows = rows.filter(pl.col(metric).is_not_null())
+    if "status" in rows.columns:
+        rows = rows.filter(pl.col("status") == states.OK)
+    named = set(where)
+    if "split" in rows.columns and "split" not in named and rows["split"].n_unique() > 1 \
+            and (rows["split"] == "val").any():
+        rows = rows.filter(pl.col("split") == "val")
+        notes.append("split=val: the final evaluation on the whole validation split (--where split=... for another)")
+    if "epoch" in rows.columns and "epoch" not in named and "key" in rows.columns \
+            and rows.group_by("key").agg(pl.col("epoch").n_unique() > 1).to_series(1).any():
+        rows = rows.filter(pl.col("epoch") == pl.col("epoch").max().over("key"))
+        notes.append("each cell's last epoch (--where epoch=N for another)")
+    return rows, notes
+
+
+def row_dims(rows: pl.DataFrame) -> list[str]:
+    """The columns that vary between the rows of one cell (the measurements a cell makes: `eval_context_frac`)."""
+    if "key" not in rows.columns or rows.is_empty():
+        return []
+    known = [c for c in ROW_DIMS if c in rows.columns]
+    other = [c for c, t in rows.schema.items() if t in (pl.String, pl.Boolean) and c not in NOT_METRICS
+             and not c.startswith("run.")]
+    varying = rows.group_by("key").agg(pl.col(c).n_unique().alias(c) for c in [*known, *other])
+    return [c for c in [*known, *other] if (varying[c] > 1).any()]
+
+
+def by_axes(rows: pl.DataFrame, axes: dict[str, Any], metric: str, pool: Iterable[str] = ()) -> list[str]:
+    """What a table of `metric` groups by: the axes of the groups whose rows carry it (`axes`: group ->
+    `results.GroupAxes`), `group` where several do, then the columns a cell's rows differ by; less `pool`."""
+    pool = set(pool)
+    groups = [g for g in (rows["group"].unique(maintain_order=True).to_list() if "group" in rows.columns else [])]
+    by = ["group"] if len(groups) > 1 else []
+    for g in groups:
+        by += [a for a in getattr(axes.get(g), "axes", ()) if a in rows.columns and a not in by]
+    by += [c for c in row_dims(rows) if c not in by]
+    return [c for c in by if c not in pool]
+
+
+def varied_but_pooled(rows: pl.DataFrame, axes: dict[str, Any], by: Iterable[str]) -> list[str]:
+    """The axes of the rows' groups that `by` leaves out and whose values differ in `rows`: what a table over
+    `by` averages over."""
+    by = set(by)
+    groups = rows["group"].unique().to_list() if "group" in rows.columns else []
+    names = dict.fromkeys(a for g in groups for a in getattr(axes.get(g), "axes", ()))
+    return [a for a in names if a not in by and a in rows.columns and rows[a].n_unique() > 1]
+
+
+def _config_fields(rows: pl.DataFrame) -> set[str]:
+    """The result columns that are config fields of the rows' kinds (from each kind's Config defaults)."""
+    from nfjobs.kinds import load_kind
+    from nfjobs.store.rows import config_columns
+
+    out: set[str] = set()
+    for kind in rows["kind"].drop_nulls().unique().to_list() if "kind" in rows.columns else []:
+        try:
+            out |= set(config_columns(load_kind(kind).Config()))
+        except Exception:  # noqa: BLE001 - a kind not loadable here: its config columns stay unknown
+            pass
+    return out
+
+
+def cell_table(rows: pl.DataFrame, cells: pl.DataFrame, axes: list[str], max_metrics: int = 8) -> pl.DataFrame:
+    """One row per cell of `cells` (`key`, `state`, and its axis values): its axes, state, final headline
+    metrics (`psnr@1.0` per evaluation context where a cell has several) and wall time."""
+    out = cells.select(["key", *[a for a in axes if a in cells.columns], "state"])
+    if rows.is_empty() or "key" not in rows.columns:
+        return out
+    mine = rows.filter(pl.col("key").is_in(cells["key"].implode()))
+    mine = mine.select([c for c in mine.columns if mine[c].null_count() < mine.height])
+    config = set(axes) | _config_fields(mine)
+    numeric = [c for c, t in mine.schema.items() if t.is_numeric() and t != pl.Boolean and c not in NOT_METRICS
+               and not c.startswith("run.") and c not in config]
+    head = [m for m in HEADLINE if m in numeric] or numeric[:3]
+    if "row_type" in mine.columns and (mine["row_type"] == "summary").any():
+        mine = mine.filter(pl.col("row_type") == "summary")
+    for i, m in enumerate(head[:max_metrics]):
+        final, _ = final_rows(mine, m)
+        dims = [d for d in row_dims(final) if d != "key"]
+        if dims and final.height and (i > 0 or len(head) > 1) and i > 0:
+            varies = final.group_by("key").agg(pl.col(m).n_unique() > 1).to_series(1).any()
+            if varies:
+                continue  # one measurement per row dimension: only the headline metric is spread out
+            wide = final.group_by("key").agg(pl.col(m).first())
+        elif dims and final.height:
+            wide = final.with_columns(pl.concat_str([pl.lit(f"{m}@"), *[pl.col(d).cast(pl.String) for d in dims]],
+                                                    separator="").alias("_col"))
+            wide = wide.pivot(on="_col", index="key", values=m, aggregate_function="first", sort_columns=True)
+        else:
+            wide = final.group_by("key").agg(pl.col(m).first())
+        out = out.join(wide, on="key", how="left")
+    if "run.seconds" in mine.columns:
+        out = out.join(mine.group_by("key").agg(pl.col("run.seconds").max().alias("wall_s")), on="key", how="left")
+    return out
