@@ -187,7 +187,7 @@ def test_triton_on_cpu():
     pytest.importorskip("triton")
     proc = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "interp"],
                           env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0 and re.search(r"\b3 passed", proc.stdout), proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert proc.returncode == 0 and re.search(r"\b4 passed", proc.stdout), proc.stdout[-3000:] + proc.stderr[-2000:]
 
 
 def _sequential_scan(u, delta, a, b, c, d):
@@ -200,8 +200,8 @@ def _sequential_scan(u, delta, a, b, c, d):
 
 
 @interpreted
-@pytest.mark.parametrize("length", [7, 37])
-def test_interp_triton_scan_and_its_gradients_match_the_sequential_scan(length):
+@pytest.mark.parametrize(("length", "chunks"), [(7, 1), (37, 2), (70, 3)])  # segments of 16: partial ones too
+def test_interp_triton_scan_and_its_gradients_match_the_sequential_scan(length, chunks):
     from nfjobs.models import scan_triton
 
     torch.manual_seed(0)
@@ -209,12 +209,26 @@ def test_interp_triton_scan_and_its_gradients_match_the_sequential_scan(length):
     args = [torch.randn(bsz, length, e), torch.rand(bsz, length, e) * 0.5, -torch.rand(e, n) * 2,
             torch.randn(bsz, length, n), torch.randn(bsz, length, n), torch.randn(e)]
     args = [x.requires_grad_() for x in args]
-    y = scan_triton.selective_scan(*args)
+    assert scan_triton.plan(bsz, length, e, chunks)[0] == chunks
+    y = scan_triton.selective_scan(*args, chunks=chunks)
     y_ref = _sequential_scan(*args)
     torch.testing.assert_close(y, y_ref)
+    with torch.no_grad():  # the op without checkpoints
+        torch.testing.assert_close(scan_triton.selective_scan(*args, chunks=chunks), y_ref)
     dy = torch.randn_like(y)
     for got, want in zip(torch.autograd.grad(y, args, dy), torch.autograd.grad(y_ref, args, dy), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_scan_plan_adds_chunks_only_where_batch_and_channels_leave_programs_idle():
+    pytest.importorskip("triton")
+    from nfjobs.models.scan_triton import SEG, TARGET_PROGRAMS, plan
+
+    assert plan(256, 512, 512) == (1, 512)  # 4,096 programs already
+    chunks, length = plan(16, 512, 512)
+    assert chunks > 1 and 16 * 16 * chunks <= TARGET_PROGRAMS and length % SEG == 0 and chunks * length >= 512
+    assert plan(1, 40, 512)[0] == 1  # too short to cut
+    assert plan(2, 70, 40, chunks=3) == (3, 32)
 
 
 @interpreted
