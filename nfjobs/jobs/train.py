@@ -80,6 +80,8 @@ class Config:
     """`torch.compile` the training step (CUDA only)."""
     compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = runtime_field("default")
     """`torch.compile` mode (`bench/train_throughput.py --modes` compares them)."""
+    cuda_graph: bool = runtime_field(True)
+    """Capture the whole train step as one CUDA graph on CUDA (Mamba families; `nfjobs.models.train_step`)."""
     eval_split: Literal["val", "test"] = "val"
     """Split of the final evaluation: `val` (held out of the training images) or `test` (e.g. CIFAR-10's
     `test_batch`); the per-epoch curve always uses `val`."""
@@ -176,6 +178,7 @@ def run(cfg: Config, ctx) -> list[dict]:
 
     from nfjobs.data import load_split
     from nfjobs.models import load_family
+    from nfjobs.models.train_step import make_train_step
     from nfjobs.nf import training as T
 
     device = ctx.device()
@@ -218,11 +221,8 @@ def run(cfg: Config, ctx) -> list[dict]:
 
     bf16 = T.uses_bf16(cfg.precision, device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-    step_fn = family.training_loss
-    if cfg.compile and device.type == "cuda":
-        step_fn = torch.compile(step_fn, mode=cfg.compile_mode)
-    after_step = getattr(family, "after_step", None)
     step = torch.tensor(start * steps_per_epoch, device=device)
+    train_step = make_train_step(family, model, opt, params, cfg, step, device)
     wall0 = time.perf_counter() - (curve[-1]["wall_s"] if curve else 0.0)
 
     bar = ctx.progress_bar((cfg.epochs - start) * steps_per_epoch, desc="train steps")
@@ -237,17 +237,8 @@ def run(cfg: Config, ctx) -> list[dict]:
             images = train_u8[order[i]].float().div_(255)
             if cfg.data.augment:
                 images = T.augment(images)
-            with autocast:
-                loss, logs = step_fn(model, images, step, cfg)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip, foreach=True)
-            opt.step()
+            loss, logs = train_step(images)  # forward, backward, clipping, optimiser, after_step, step += 1
             sched.step()
-            if after_step is not None:
-                after_step(model, step, cfg)
-            step += 1
             losses[i] = loss.detach()
             for k, v in logs.items():
                 log_sums[k] = log_sums.get(k, 0) + v.float()

@@ -116,6 +116,11 @@ def _triton_block(base: type) -> type:
     from nfjobs.models.scan_triton import selective_scan
 
     class TritonMambaBlock(base):
+        def forward(self, x: Float[Tensor, "B L D"]) -> Float[Tensor, "B L D"]:
+            x, z = self.in_proj(x).chunk(2, dim=-1)
+            x = F.silu(causal_conv(x, self.conv1d.weight, self.conv1d.bias))
+            return self.out_proj(self.ssm(x, z) * F.silu(z))
+
         def ssm(self, x: Float[Tensor, "B L E"], z: Float[Tensor, "B L E"]) -> Float[Tensor, "B L E"]:
             n, rank = self.config.d_state, self.config.dt_rank
             dt, b, c = self.x_proj(x).split([rank, n, n], dim=-1)
@@ -123,6 +128,22 @@ def _triton_block(base: type) -> type:
             return selective_scan(x, delta, -torch.exp(self.A_log.float()), b, c, self.D).to(x.dtype)
 
     return TritonMambaBlock
+
+
+def causal_conv(x: Float[Tensor, "B L E"], weight: Float[Tensor, "E 1 K"], bias: Float[Tensor, " E"] | None
+                ) -> Float[Tensor, "B L E"]:
+    """Depthwise causal convolution over time (mambapy's `conv1d` with K − 1 zeros of left padding).
+
+    Under `torch.compile` as K shifted multiply-adds, which Inductor fuses with the neighbouring elementwise work
+    (forward and backward) instead of calling cuDNN's depthwise kernels in a channels-first copy."""
+    length, k = x.shape[1], weight.shape[-1]
+    if not torch.compiler.is_compiling():
+        out = F.conv1d(x.transpose(1, 2), weight, bias, padding=k - 1, groups=x.shape[-1])
+        return out[..., :length].transpose(1, 2)
+    w = weight[:, 0].to(x.dtype)  # (E, K)
+    padded = F.pad(x, (0, 0, k - 1, 0))
+    out = sum(padded[:, i:i + length] * w[:, i] for i in range(k))
+    return out if bias is None else out + bias.to(x.dtype)
 
 
 class BiMamba(nn.Module):
