@@ -229,12 +229,12 @@ def main() -> None:
                     batches = args.pure_batches if mode == "eager" else []
                 else:
                     batches = args.batches if mode == "eager" else (args.compiled_batches or args.batches)
-                impls = [i for i, modes in (("before", before_modes if backend == "triton" else []),
-                                            ("after", args.modes)) if mode in modes]
+                impls = [i for i, modes in (("after", args.modes),
+                                            ("before", before_modes if backend == "triton" else [])) if mode in modes]
                 for batch in batches:
                     for impl in impls:
                         rows.append((mode, family, backend, batch, impl))
-    rows.sort(key=lambda r: (r[1], r[3], r[2]))  # family, batch, backend: before and after side by side
+    rows.sort(key=lambda r: (r[1], r[3], r[2], r[4] == "before"))  # family, batch, backend; after first
     for mode, family, backend, batch, impl in rows:
         problem = backend_problem(backend, str(device)) if backend != "pure" else None
         row = {"family": family, "backend": backend, "impl": impl, "mode": mode, "batch": batch, "device": name}
