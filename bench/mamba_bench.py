@@ -12,7 +12,8 @@ CUDA); `eager-graph` (captured, not compiled). A backend that cannot run here ge
 `--before DIR` adds rows (impl `before`) for the `triton` backend with another version of
 `nfjobs/models/mamba.py` and `nfjobs/models/scan_triton.py` in DIR (e.g. `git show HEAD~3:nfjobs/models/mamba.py
 > DIR/mamba.py`, likewise `scan_triton.py`), in the same run. `--kernels` times the scan alone (forward, and
-forward + backward) at the families' shapes, before and after, with its errors against the before version.
+forward + backward) at the families' shapes, before and after, with its errors against the before version;
+`--resources` compiles the scan kernels for sm_90 here (no GPU) and prints their registers and spills.
 
     uv run python bench/mamba_bench.py --tiny                          # CPU smoke run (pure only)
     python bench/mamba_bench.py --backends triton --modes default graph --batches 16 256 --before /tmp/old
@@ -180,6 +181,36 @@ def kernel_table(before_scan, device: torch.device, chunk_options: list[int]) ->
         torch.cuda.empty_cache()
 
 
+def resource_report(module, label: str) -> None:
+    """Registers, stack and local-memory traffic of a scan module's kernels compiled for sm_90 (Hopper), without a
+    GPU: Triton compiles ahead of time and its bundled cuobjdump reads the cubin."""
+    import os
+    import subprocess
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    tool = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
+    bf16 = {"u_ptr", "b_ptr", "c_ptr"}
+    for name in ("_scan_fwd", "_fwd_summary", "_bwd_summary", "_scan_bwd"):
+        fn = getattr(module, name, None)
+        if fn is None:
+            continue
+        consts = {k: v for k, v in {"N": 16, "BLOCK": module.BLOCK_E, "SEG": getattr(module, "SEG", None),
+                                     "STORE_H": False, "STORE_CK": True}.items() if k in fn.arg_names}
+        sig = {a: "constexpr" if a in consts else ("*bf16" if a in bf16 else "*fp32") if a.endswith("_ptr") else "i32"
+               for a in fn.arg_names}
+        kernel = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                                options={"num_warps": 1})
+        path = Path(os.environ.get("TMPDIR", "/tmp")) / f"{label}{name}.cubin"
+        path.write_bytes(kernel.asm["cubin"])
+        usage = subprocess.run([tool, "--dump-resource-usage", path], capture_output=True, text=True).stdout
+        sass = subprocess.run([tool, "--dump-sass", path], capture_output=True, text=True).stdout
+        line = next((x.strip() for x in usage.splitlines() if "REG:" in x), usage.strip()[-200:])
+        print(f"| {label} | {name} | {' '.join(line.split()[:3])} | {sass.count('LDL')} / {sass.count('STL')} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--families", nargs="+", default=["ginr", "jepa"])
@@ -195,7 +226,9 @@ def main() -> None:
     ap.add_argument("--before-modes", nargs="+", default=None, help="modes of the before rows (default: --modes)")
     ap.add_argument("--kernels", action="store_true", help="time the scan alone first (CUDA)")
     ap.add_argument("--kernel-chunks", nargs="+", type=int, default=[0, 1, 2, 4, 8, 16])
-    ap.add_argument("--no-steps", action="store_true", help="only --kernels")
+    ap.add_argument("--no-steps", action="store_true", help="only --kernels / --resources")
+    ap.add_argument("--resources", action="store_true",
+                    help="registers and spills of the scan kernels for sm_90, compiled here (no GPU needed)")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--tiny", action="store_true", help="tiny models, batch 8, CPU smoke run")
@@ -212,6 +245,13 @@ def main() -> None:
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"device: {name}; torch {torch.__version__}; iters {args.iters} after {args.warmup} warm-up steps")
     before_scan, before_mamba = load_before(args.before) if args.before else (None, None)
+    if args.resources:
+        from nfjobs.models import scan_triton
+
+        print("| impl | kernel | registers, stack, shared | LDL / STL in SASS |\n|---|---|---|---|")
+        for label, module in (("before", before_scan), ("after", scan_triton)):
+            if module is not None:
+                resource_report(module, label)
     if args.kernels and device.type == "cuda":
         kernel_table(before_scan, device, args.kernel_chunks)
     if args.no_steps:

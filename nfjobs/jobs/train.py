@@ -80,8 +80,9 @@ class Config:
     """`torch.compile` the training step (CUDA only)."""
     compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = runtime_field("default")
     """`torch.compile` mode (`bench/train_throughput.py --modes` compares them)."""
-    cuda_graph: bool = runtime_field(True)
-    """Capture the whole train step as one CUDA graph on CUDA (Mamba families; `nfjobs.models.train_step`)."""
+    cuda_graph: bool = runtime_field(False)
+    """Capture the whole train step as one CUDA graph on CUDA (Mamba families; `nfjobs.models.train_step`).
+    Off until measured on a GPU (issue 27)."""
     eval_split: Literal["val", "test"] = "val"
     """Split of the final evaluation: `val` (held out of the training images) or `test` (e.g. CIFAR-10's
     `test_batch`); the per-epoch curve always uses `val`."""

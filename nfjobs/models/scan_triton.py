@@ -3,8 +3,9 @@
     h_t = exp(Δ_t A) ⊙ h_{t−1} + (Δ_t u_t) B_t,   y_t = h_t C_t + D u_t        (h_t: E × N per sequence)
 
 One program per (sequence, chunk of time steps, block of channels) walks its chunk, keeping its states in
-registers, as `mamba_ssm`'s kernel does. The time loop is unrolled `SEG` steps at a time, so each segment's
-loads (which do not depend on the state) are issued before its arithmetic chain.
+registers, as `mamba_ssm`'s kernel does. The forward time loop is unrolled `SEG` steps at a time, so each
+segment's loads (which do not depend on the state) can be issued before its arithmetic chain (the backward's
+reverse loop is not unrolled: compiled for sm_90 it then spilled, `bench/mamba_bench.py --resources`).
 
 - **Chunks** (sequence parallelism, for small batches where batch × channel blocks leave the GPU idle): the
   sequence is cut into `chunks` pieces; a first kernel computes each chunk's end state from a zero start and
@@ -31,7 +32,7 @@ from torch import Tensor
 BLOCK_E = 32
 SEG = 16
 """Time steps per unrolled segment; a checkpoint every SEG steps."""
-TARGET_PROGRAMS = int(os.environ.get("NFJOBS_SCAN_TARGET_PROGRAMS", "2048"))
+TARGET_PROGRAMS = int(os.environ.get("NFJOBS_SCAN_TARGET_PROGRAMS", "1024"))
 """Chunks are added (powers of two) while batch × channel blocks × chunks stays within this many programs."""
 
 
@@ -171,9 +172,9 @@ def _scan_bwd(u_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, d_ptr, ck_ptr, dy_ptr, gl_ptr,
             if j < SEG - 1:
                 tl.store(scr + j * (BLOCK * N), h)
         tl.debug_barrier()
-        for jj in tl.static_range(SEG):
-            j = SEG - 1 - jj
-            t = ts + j
+        for jj in range(SEG):  # not unrolled: 16 steps' loads in flight spill registers here
+            r = SEG - 1 - jj
+            t = ts + r
             ok, ok_n = (e * 0 + t) < L, (n * 0 + t) < L  # vectors: the interpreter masks with no scalars
             row = seq * L + t
             m = emask & ok
@@ -182,10 +183,8 @@ def _scan_bwd(u_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, d_ptr, ck_ptr, dy_ptr, gl_ptr,
             dy = tl.load(dy_ptr + row * E + e, mask=m, other=0.0).to(tl.float32)
             bt = tl.load(b_ptr + row * N + n, mask=ok_n, other=0.0).to(tl.float32)
             ct = tl.load(c_ptr + row * N + n, mask=ok_n, other=0.0).to(tl.float32)
-            if j > 0:
-                h_prev = tl.load(scr + (j - 1) * (BLOCK * N))
-            else:
-                h_prev = h0
+            has_prev = (e[:, None] * 0 + n[None, :] * 0 + r) > 0
+            h_prev = tl.where(has_prev, tl.load(scr + (r - 1) * (BLOCK * N), mask=has_prev, other=0.0), h0)
             decay = tl.exp(dt[:, None] * a)
             g += dy[:, None] * ct[None, :]  # dLoss/dh_t, all later steps included
             part = (seq * nblk + blk) * L + t  # per-block partial sums over channels, reduced by the caller

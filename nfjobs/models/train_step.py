@@ -4,7 +4,7 @@
 (`torch.compile`d on CUDA when `cfg.compile`), the backward pass, gradient clipping, the optimiser step,
 `after_step` and the step counter's increment — everything of a train step but the LR scheduler.
 
-With `cfg.cuda_graph` on CUDA, for the families in `GRAPH_FAMILIES`, the whole step is captured as one CUDA graph
+With `cfg.cuda_graph` (off by default until measured on a GPU) on CUDA, for the families in `GRAPH_FAMILIES`, the whole step is captured as one CUDA graph
 after `WARMUP` ordinary steps (which compile and create the optimiser's state) and then replayed on a static copy
 of each batch: no kernel launches or Python from the host per step, which is what bounds the Mamba families at
 the recipes' batch sizes. A graph replays exactly what was captured, so this suits only steps whose shapes are
