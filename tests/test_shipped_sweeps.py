@@ -106,7 +106,7 @@ def test_seed_004_sweeps_train_every_sae_in_its_own_cell_one_chain_per_cache(nam
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", CPU_SIZED)
-def test_cpu_sized_sweeps_run_end_to_end(name, tmp_path, monkeypatch, run_launch):
+def test_cpu_sized_sweeps_run_end_to_end(name, tmp_path, monkeypatch, run_launch, request):
     path = ROOT / "configs" / "sweeps" / name
     if "imagefolder" in path.read_text():
         _folder_stand_in(tmp_path, monkeypatch)
@@ -155,7 +155,10 @@ def test_cpu_sized_sweeps_run_end_to_end(name, tmp_path, monkeypatch, run_launch
         assert meta["token_grid"] == [8, 8] and meta["token_cells"] == list(range(64))  # one LP per 4x4 patch
         for key in summary["key"]:
             assert len(list((runs / key / "pictures").glob("trait_*.png"))) == 10
+    if name != "ginr_tiny.toml":  # its page is checked in the quick loop (test_tiny_sweep_pages)
+        from test_tiny_sweep_pages import check_page
 
+        check_page(path, runs, tmp_path, request.getfixturevalue("chromium"))  # skips without a browser, at the end
 
 
 def test_the_representation_comparison_probes_the_same_four_fields_nf_variants_trains(tmp_path):
