@@ -25,7 +25,8 @@ import polars as pl
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nfjobs import plots, results, typed  # noqa: E402
+from nfjobs import results, typed  # noqa: E402
+from nfjobs.reports import plots  # noqa: E402
 from nfjobs.jobs import train  # noqa: E402
 from nfjobs.store.layout import run_dir
 from nfjobs.reports import tables as reporting

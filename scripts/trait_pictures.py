@@ -23,7 +23,8 @@ def collect(sweep: list[str], runs_root: Path, out: Path, key: str = "") -> dict
     """The folder under `out`; returns what was written: `key` (the cell whose pictures were copied), `files`."""
     import polars as pl
 
-    from nfjobs import plots, results
+    from nfjobs import results
+    from nfjobs.reports import plots
     from nfjobs.reports import traits as report
 
     rows = pl.concat([results.load(s, runs_root).collect() for s in sweep], how="diagonal_relaxed")
