@@ -4,7 +4,7 @@
 
 Runs the upstream cells of `--sweep` (default: the tiny representation sweep: trains and caches) once in this
 process, then submits the same `--kind` cells (default: its 44 probes) to the real Slurm twice, each time from
-scratch (`plan.forget`): one cell per array task, then `--pack` cells per task (`--cells-per-job`). Reports,
+scratch (`store.rows.forget`): one cell per array task, then `--pack` cells per task (`--cells-per-job`). Reports,
 per variant: wall time from submission until every cell has a result, array tasks, summed queue wait (sacct
 Start - Submit), summed task time (End - Start), summed cell time (`run.seconds` of the rows) and the per-task
 overhead (task time - cell time: interpreter start, imports, torch). Prints a markdown table.
