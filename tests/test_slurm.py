@@ -199,7 +199,7 @@ def test_relaunching_while_cells_are_queued_or_running_does_not_submit_them_twic
     first = manifest_jobs(tmp_path, "twice")
     again = launch(path, tmp_path)
     assert again.returncode == 0, again.stderr
-    assert "2 cell(s) already queued or running (skipped" in again.stdout
+    assert "2 cell(s) already queued or running on Slurm (skipped" in again.stdout
     assert "nothing to do" in again.stdout
     assert manifest_jobs(tmp_path, "twice") == first
 
