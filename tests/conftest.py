@@ -132,3 +132,12 @@ def make_context(tmp_path):
         return Context(key=key or kind, kind=kind, runs_root=Path(runs_root or tmp_path), **fields)
 
     return make
+
+
+def pytest_collection_modifyitems(items):
+    """With `-n 2` (the full suite, as CI runs it), every `slurm` test goes to one worker, one after another (they
+    share the one local cluster, and most of their time is spent waiting on it), while the other worker runs the
+    rest: the waits overlap the CPU-bound tests."""
+    for item in items:
+        if item.get_closest_marker("slurm") is not None:
+            item.add_marker(pytest.mark.xdist_group("slurm"))

@@ -22,7 +22,7 @@ CPU_SIZED = ["quickstart.toml", "nf_variants_tiny.toml", "ginr_tiny.toml", "jepa
 
 def _cifar_stand_in(tmp_path: Path) -> list[sweep.Override]:
     root = tmp_path / "data" / "cifar-10-batches-py"
-    root.mkdir(parents=True)
+    root.mkdir(parents=True, exist_ok=True)  # the key test's fixed root may be made by two workers at once
     for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "batches.meta"):
         (root / name).touch()
     return [sweep.Override("data.root", str(tmp_path / "data"))]
