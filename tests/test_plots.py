@@ -22,7 +22,7 @@ def probe_rows(seeds: int) -> pl.DataFrame:
 
 @pytest.mark.parametrize("seeds", [1, 3])
 def test_probe_accuracy_groups_bars_and_shows_seed_spread(tmp_path, seeds):
-    table = summary(probe_rows(seeds))
+    table = summary(probe_rows(seeds), {})
     fig = plots.probe_accuracy(table, tmp_path / "acc.png")
     ax = fig.axes[0]
     bars = [c for c in ax.containers if isinstance(c, BarContainer)]
@@ -78,7 +78,7 @@ def test_map_vs_train_images_has_a_band_per_line_and_the_constant_predictor(tmp_
          "map": 0.2 + 0.01 * k + n / 1e4, "ap_q05": 0.05, "ap_q95": 0.6, "constant_map": 0.1}
         for sc in ("kmeans", "sae") for k in (8, 32) for n in (16, 160, 1600)
     ])
-    fig = plots.map_vs_train_images(table(rows), tmp_path / "map.png")
+    fig = plots.map_vs_train_images(table(rows, {}), tmp_path / "map.png")
     ax = fig.axes[0]
     labels = [ln.get_label() for ln in ax.get_lines()]
     assert labels == ["kmeans, 8 prototypes", "kmeans, 32 prototypes", "sae, 8 prototypes", "sae, 32 prototypes",
@@ -88,7 +88,7 @@ def test_map_vs_train_images_has_a_band_per_line_and_the_constant_predictor(tmp_
     assert list(ax.get_lines()[-1].get_ydata()) == [0.1, 0.1, 0.1]
     layers = pl.concat([rows.with_columns(layer=pl.lit(name), map=pl.col("map") + shift)
                         for name, shift in (("layer2", 0.0), ("layer3", 0.3))])
-    by_layer = table(layers)
+    by_layer = table(layers, {})
     assert by_layer.columns[:2] == ["Layer", "Scorer"] and by_layer.height == 24  # never averaged over layers
     l2, l3 = (by_layer.filter(pl.col("Layer") == name)["mAP"].to_numpy() for name in ("layer2", "layer3"))
     assert np.allclose(l3 - l2, 0.3)

@@ -24,8 +24,9 @@ from typing import Any
 import polars as pl
 
 from nfjobs import results, typed
-from nfjobs.reports import plots
+from nfjobs.reports import plots, traits
 from nfjobs.reports import tables as reporting
+from nfjobs.reports.views import label, short_names
 from nfjobs.kinds import load_kind
 from nfjobs.store import manifest as manifests
 from nfjobs.store import rows as stored
@@ -223,19 +224,6 @@ def _failures_section(cells: dict[str, dict], states: dict[str, tuple[str, str]]
             f'<th class="t">state</th><th class="t">last error line</th></tr>{rows}</table>')
 
 
-def short_names(axes: list[str]) -> dict[str, str]:
-    """Each axis by its last part (`activations.context` -> `context`) where that names one axis only."""
-    tails = [a.rsplit(".", 1)[-1] for a in axes]
-    return {a: t if tails.count(t) == 1 else a for a, t in zip(axes, tails)}
-
-
-def label(values: dict[str, Any], axes: list[str], key: str) -> str:
-    """A cell's name in a legend: its axis values (`decoder=lainr, lr=0.001`), else its key."""
-    names = short_names(axes)
-    parts = [f"{names[a]}={values.get(a)}" for a in axes]
-    return ", ".join(parts) if parts else key
-
-
 CURVES = (("step", "loss"), ("epoch", "train_loss"), ("step", "psnr"), ("epoch", "psnr"),
           ("epoch", "val_psnr@1.0"), ("step", "accuracy"), ("epoch", "accuracy"), ("epoch", "fvu"),
           ("epoch", "loss"), ("step", "lr"))
@@ -304,11 +292,9 @@ def _group_section(n: int, group: str, info: Any, cells: pl.DataFrame, rows: pl.
             parts.append(_figure(out, f"g{n}_{metric}", plots.metric_bars, summary, by, metric,
                                  f"{group}: final {metric}", _chance(final) if metric == "accuracy" else None))
     if kind == "score" and "row_type" in ok.columns and (ok["row_type"] == "summary").any():
-        from nfjobs.reports.traits import table as score_table
-
-        traits = score_table(ok)
-        parts.append("<h3>trait discovery (seed 004 table)</h3>" + html_table(traits, sortable=True))
-        parts.append(_figure(out, f"g{n}_map_vs_train_images", plots.map_vs_train_images, traits))
+        found = traits.table(ok, {group: info} if info else {})
+        parts.append("<h3>trait discovery (seed 004 table)</h3>" + html_table(found, sortable=True))
+        parts.append(_figure(out, f"g{n}_map_vs_train_images", plots.map_vs_train_images, found))
     return "".join(parts)
 
 

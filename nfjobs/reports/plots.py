@@ -50,12 +50,14 @@ def _save(fig, path: Path | str):
 
 
 def probe_accuracy(table: pl.DataFrame, path: Path | str, title: str = "Probe accuracy (val)"):
-    """Grouped bars from `nfjobs.reports.probes.summary`: one group per (context, probe), one bar per representation;
-    error bars (std over seeds) where a bar has more than one seed."""
-    reps = sorted(table["representation"].unique().to_list())
+    """Grouped bars from `nfjobs.reports.probes.summary`: one group per (context, probe), one bar per representation
+    (and the axes beside it: the columns before `accuracy`); error bars (std over seeds) where a bar has more than one seed."""
+    names = [c for c in table.columns[:table.columns.index("accuracy")] if c not in ("context", "probe")]
+    table = table.with_columns(pl.concat_str([pl.col(c).cast(pl.String).fill_null("") for c in names],
+                                             separator=", ").alias("_bar"))
+    reps = sorted(table["_bar"].unique().to_list())
     groups = table.select("context", "probe").unique().sort("context", "probe").rows()
-    has_std = "accuracy_std" in table.columns
-    by = {(r["representation"], r["context"], r["probe"]): r for r in table.iter_rows(named=True)}
+    by = {(r["_bar"], r["context"], r["probe"]): r for r in table.iter_rows(named=True)}
     width = 0.8 / max(len(reps), 1)
     fig, ax = _figure(max(6.0, 1.2 + 0.3 * len(groups) * max(len(reps), 1)), 4.5)
     for i, rep in enumerate(reps):
@@ -66,8 +68,7 @@ def probe_accuracy(table: pl.DataFrame, path: Path | str, title: str = "Probe ac
                 continue
             xs.append(g - 0.4 + width * (i + 0.5))
             ys.append(row["accuracy"])
-            seeds = row.get("n_seeds", 1) or 1
-            errs.append(row["accuracy_std"] if has_std and seeds > 1 and row["accuracy_std"] is not None else 0.0)
+            errs.append(row["std"] if (row.get("n") or 1) > 1 and row.get("std") is not None else 0.0)
         ax.bar(xs, ys, width * 0.95, yerr=errs if any(errs) else None, capsize=3, label=plain(rep),
                color=COLORS[i % len(COLORS)])
     ax.set_xticks(range(len(groups)), [plain(f"{p}\n{c}") for c, p in groups], fontsize=8)
@@ -75,7 +76,7 @@ def probe_accuracy(table: pl.DataFrame, path: Path | str, title: str = "Probe ac
     ax.set_ylabel("accuracy")
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(title="representation", fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.legend(title=", ".join(names), fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _save(fig, path)
 
 
@@ -154,6 +155,9 @@ def map_vs_train_images(table: pl.DataFrame, path: Path | str, title: str = "Tra
     train = table["Train"].drop_nulls()
     if len(train) and train.min() > 0 and train.max() / train.min() >= 10:
         ax.set_xscale("log")
+        ax.minorticks_off()  # log minor labels (3x10^1, 4x10^1, ...) overlap; label the measured counts only
+    ticks = sorted(set(train.to_list()))
+    ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.set_xlabel("training images (prototype choice)")
     ax.set_ylabel("AP (band: 5–95 % of traits)")
     ax.set_ylim(0, 1)
