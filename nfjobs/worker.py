@@ -65,12 +65,14 @@ def runtime_provenance() -> dict[str, Any]:
         "run.slurm_restarts": int(env.get("SLURM_RESTART_COUNT", "0") or 0),
         "run.python": platform.python_version(),
         "run.gpu": "",
+        "run.gpus": 0,
     }
     torch = sys.modules.get("torch")  # report versions of what the job actually used
     if torch is not None:
         info["run.torch"] = torch.__version__
         if torch.cuda.is_available():
             info["run.gpu"] = torch.cuda.get_device_name()
+            info["run.gpus"] = torch.cuda.device_count()  # what the job was given: on Slurm, what it asked for
     for name in ("numpy", "polars", "submitit", "sklearn", "mambapy", "mamba_ssm"):
         mod = sys.modules.get(name)
         if mod is not None:

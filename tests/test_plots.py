@@ -59,7 +59,7 @@ def test_psnr_vs_wall_reads_epoch_records(tmp_path):
     for key, gain in (("a", 1.0), ("b", 2.0)):
         ctx = Context(key=key, kind="train", runs_root=tmp_path)
         for epoch in (1, 2, 3):
-            ctx.log_metrics(epoch * 10, {"epoch": epoch, "val_psnr@1.0": 10 + gain * epoch}, phase="epoch")
+            ctx.log_metrics(epoch * 10, {"epoch": epoch, "curve_psnr@1.0": 10 + gain * epoch}, phase="epoch")
         ctx.close()
     curves = {k: load_metrics(tmp_path, k, phase="epoch") for k in ("a", "b")}
     curves["no metrics"] = load_metrics(tmp_path, "missing")

@@ -24,9 +24,10 @@ FAMILIES = {
               "wall_s", "gpu_peak_gib")),
 }
 """Per model family: its table's title and the training logs beside its PSNR."""
-CURVE = {"ginr": "val_psnr@1.0", "jepa": "val_psnr@0.1"}
+CURVE = {"ginr": "curve_psnr@1.0", "jepa": "curve_psnr@0.1"}
 """The metrics.jsonl epoch metric each family's wall-time chart draws."""
-EPOCHS = ("epoch", "wall_s", "jepa", "emb_std", "z_std", "target_std", "val_psnr@0.1", "val_psnr@0.5")
+EPOCHS = ("epoch", "wall_s", "train_jepa", "train_emb_std", "train_z_std", "train_target_std", "curve_psnr@0.1",
+          "curve_psnr@0.5")
 """JEPA's per-epoch columns (metrics.jsonl `epoch` records)."""
 
 

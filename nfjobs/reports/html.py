@@ -2,8 +2,9 @@
 `launch.py report --sweep S --html DIR`.
 
 `DIR/index.html` shows the state of every cell, the failures with their last error line, then per group of the
-sweep its axes (`results.axes`), a sortable table of its cells (swept values, state, final metrics, wall time),
-its curves from metrics.jsonl (one line per cell, named by its axis values) and its metric tables grouped by the
+sweep its axes (`results.axes`), a sortable table of its cells (swept values, state, final metrics, wall time,
+GPU-hours), its curves from metrics.jsonl against step and against wall time (one line per cell, named by its axis
+values) and its metric tables grouped by the
 axes (pooled over seeds only), and a page per cell (swept values, what differs from the defaults, final
 metrics, error, the log's tail, pictures). Result files, configs and metrics are untrusted: every text is
 escaped, only keys that are plain names become file names, and only regular PNG files inside the runs root are
@@ -224,16 +225,17 @@ def _failures_section(cells: dict[str, dict], states: dict[str, tuple[str, str]]
             f'<th class="t">state</th><th class="t">last error line</th></tr>{rows}</table>')
 
 
-CURVES = (("step", "loss"), ("epoch", "train_loss"), ("step", "psnr"), ("epoch", "psnr"),
-          ("epoch", "val_psnr@1.0"), ("step", "accuracy"), ("epoch", "accuracy"), ("epoch", "fvu"),
+CURVES = (("step", "loss"), ("epoch", "train_loss"), ("step", "train_psnr"), ("epoch", "train_psnr"),
+          ("epoch", "curve_psnr@1.0"), ("step", "accuracy"), ("epoch", "accuracy"), ("epoch", "fvu"),
           ("epoch", "loss"), ("step", "lr"))
 """(metrics.jsonl phase, metric) drawn per group where its cells logged them, in this order."""
 MAX_CURVES = 4
+"""Metrics drawn per group at most (each against step and against wall time)."""
 
 
-def _figure(out: Path, name: str, draw, *args, caption: str = "") -> str:
+def _figure(out: Path, name: str, draw, *args, caption: str = "", **options) -> str:
     path = _target(out / "plots" / f"{name}.png")
-    fig = draw(*args, path)
+    fig = draw(*args, path, **options)
     fig.clear()
     cap = f"<figcaption>{esc(caption)}</figcaption>" if caption else ""
     return f'<figure><img src="plots/{esc(name)}.png" alt="{esc(name)}">{cap}</figure>'
@@ -270,9 +272,12 @@ def _group_section(n: int, group: str, info: Any, cells: pl.DataFrame, rows: pl.
                 f = frame.filter(pl.col("phase") == phase, pl.col(metric).is_not_null())
                 if f.height:
                     lines[label(values[key], axes, key)] = f
-        if lines and len(figures) < MAX_CURVES:
-            figures.append(_figure(out, f"g{n}_{phase}_{re.sub(r'[^A-Za-z0-9_]', '_', metric)}", plots.curves,
-                                   lines, metric, f"{group}: {metric} per {phase}"))
+        if lines and len(figures) < 2 * MAX_CURVES:
+            name = f"g{n}_{phase}_{re.sub(r'[^A-Za-z0-9_]', '_', metric)}"
+            for x in ("step", plots.WALL):
+                figures.append(_figure(out, f"{name}_{x}", plots.curves, lines, metric,
+                                       f"{group}: {metric} per {phase}" + (" against wall time" if x != "step" else ""),
+                                       x=x))
     parts.append("".join(figures) or "<p>No curves: these cells logged no per-step or per-epoch loss, PSNR or "
                  "accuracy to metrics.jsonl.</p>")
     ok = mine.filter(pl.col("status") == "ok") if "status" in mine.columns else mine

@@ -5,7 +5,7 @@
 - `psnr_vs_wall`: val PSNR of the curve images against wall-clock seconds, from metrics.jsonl `epoch` records;
 - `map_vs_train_images`: seed 004's mAP against training images, one line per scorer × prototypes, 5–95 % AP band.
 
-- `curves`: one line per cell of a metrics.jsonl metric against step (legend: the cell's axis values);
+- `curves`: one line per cell of a metrics.jsonl metric against step or wall time (legend: the cell's axis values);
 - `metric_bars`: a report table (`tables.report`) as bars with its interval, chance level dashed where known;
 - `metric_vs`: a report table as lines of the metric against one column, one line per value of the others.
 
@@ -116,7 +116,7 @@ def psnr_vs_context(rows: pl.DataFrame, path: Path | str, title: str = "Reconstr
     return _save(fig, path)
 
 
-def psnr_vs_wall(curves: dict[str, pl.DataFrame], path: Path | str, metric: str = "val_psnr@1.0",
+def psnr_vs_wall(curves: dict[str, pl.DataFrame], path: Path | str, metric: str = "curve_psnr@1.0",
                  title: str = "Val PSNR while training"):
     """One line per run: `metric` of its metrics.jsonl `epoch` records (`results.load_metrics(..., phase="epoch")`)
     against `wall_s`; runs without that metric are left out."""
@@ -167,14 +167,18 @@ def map_vs_train_images(table: pl.DataFrame, path: Path | str, title: str = "Tra
     return _save(fig, path)
 
 
-def curves(lines: dict[str, pl.DataFrame], metric: str, title: str, path: Path | str):
-    """One line per label: `metric` of a cell's metrics.jsonl records (`step`, `metric` columns) against step."""
+WALL = "wall_s"
+"""The metrics records' clock: seconds the cell has run (`nfjobs.metrics`)."""
+
+
+def curves(lines: dict[str, pl.DataFrame], metric: str, title: str, path: Path | str, x: str = "step"):
+    """One line per label: `metric` of a cell's metrics.jsonl records against `x` (`step`, or `wall_s`)."""
     fig, ax = _figure(7.0, 3.6)
     for i, (name, frame) in enumerate(sorted(lines.items())):
-        f = frame.sort("step")
-        ax.plot(f["step"].to_list(), f[metric].to_list(), marker="." if f.height < 30 else None,
+        f = frame.sort(x)
+        ax.plot(f[x].to_list(), f[metric].to_list(), marker="." if f.height < 30 else None,
                 label=plain(name), color=COLORS[i % len(COLORS)], lw=1.2)
-    ax.set_xlabel("step")
+    ax.set_xlabel("wall-clock seconds since the cell started" if x == WALL else x)
     ax.set_ylabel(plain(metric))
     ax.set_title(plain(title))
     ax.grid(alpha=0.3)
