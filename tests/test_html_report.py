@@ -116,8 +116,6 @@ def test_page_content_and_escaping(sweep, tmp_path):
     for name in pngs:
         assert f'src="plots/{name}"' in text
     assert any("epoch_curve_psnr" in p for p in pngs) and any("map_vs_train_images" in p for p in pngs)
-    for x in ("step", "wall_s"):  # the curves against step and against wall time
-        assert any(p.endswith(f"_epoch_curve_psnr_1_0_{x}.png") for p in pngs), x
     nf = text.split("group nf <small>")[1].split("<h3>")[0]  # the train cells' table: wall time, GPU-hours
     assert "gpu_hours</th>" in nf and '<td class="">1800.0000</td><td class="">2.0000</td>' in nf  # 1800 s x 4 GPUs
     assert '<td class="">3600.0000</td><td class="">4.0000</td>' in nf

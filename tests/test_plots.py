@@ -111,3 +111,12 @@ def test_reconstruction_grid_has_labelled_rows(tmp_path):
     assert img.getpixel((margin + 1, 20 + 1)) == (0, 0, 0) and img.getpixel((margin + 1, 20 + 17)) == (255, 255, 255)
     label_pixels = [img.getpixel((x, y)) for x in range(margin) for y in range(20, h)]
     assert min(sum(p) for p in label_pixels) < 200  # dark text was drawn beside the rows
+
+
+def test_curves_are_drawn_against_step_and_against_wall_time(tmp_path):
+    lines = {"lr=0.1": pl.DataFrame({"step": [10, 20, 30], "wall_s": [1.5, 2.5, 4.0], "loss": [3.0, 2.0, 1.5]})}
+    fig = plots.curves(lines, "loss", "g: loss per step", tmp_path / "c.png")
+    by_step, by_wall = fig.axes
+    assert list(by_step.get_lines()[0].get_xdata()) == [10, 20, 30]
+    assert list(by_wall.get_lines()[0].get_xdata()) == [1.5, 2.5, 4.0] and "wall-clock" in by_wall.get_xlabel()
+    assert list(by_wall.get_lines()[0].get_ydata()) == [3.0, 2.0, 1.5]

@@ -230,12 +230,12 @@ CURVES = (("step", "loss"), ("epoch", "train_loss"), ("step", "train_psnr"), ("e
           ("epoch", "loss"), ("step", "lr"))
 """(metrics.jsonl phase, metric) drawn per group where its cells logged them, in this order."""
 MAX_CURVES = 4
-"""Metrics drawn per group at most (each against step and against wall time)."""
+"""Metrics drawn per group at most (each against step and against wall time, side by side)."""
 
 
-def _figure(out: Path, name: str, draw, *args, caption: str = "", **options) -> str:
+def _figure(out: Path, name: str, draw, *args, caption: str = "") -> str:
     path = _target(out / "plots" / f"{name}.png")
-    fig = draw(*args, path, **options)
+    fig = draw(*args, path)
     fig.clear()
     cap = f"<figcaption>{esc(caption)}</figcaption>" if caption else ""
     return f'<figure><img src="plots/{esc(name)}.png" alt="{esc(name)}">{cap}</figure>'
@@ -272,12 +272,10 @@ def _group_section(n: int, group: str, info: Any, cells: pl.DataFrame, rows: pl.
                 f = frame.filter(pl.col("phase") == phase, pl.col(metric).is_not_null())
                 if f.height:
                     lines[label(values[key], axes, key)] = f
-        if lines and len(figures) < 2 * MAX_CURVES:
-            name = f"g{n}_{phase}_{re.sub(r'[^A-Za-z0-9_]', '_', metric)}"
-            for x in ("step", plots.WALL):
-                figures.append(_figure(out, f"{name}_{x}", plots.curves, lines, metric,
-                                       f"{group}: {metric} per {phase}" + (" against wall time" if x != "step" else ""),
-                                       x=x))
+        flat = all(f[metric].n_unique() == 1 for f in lines.values())  # a constant (the sae's lr) says nothing
+        if lines and not flat and len(figures) < MAX_CURVES:
+            figures.append(_figure(out, f"g{n}_{phase}_{re.sub(r'[^A-Za-z0-9_]', '_', metric)}", plots.curves,
+                                   lines, metric, f"{group}: {metric} per {phase}, against step and wall time"))
     parts.append("".join(figures) or "<p>No curves: these cells logged no per-step or per-epoch loss, PSNR or "
                  "accuracy to metrics.jsonl.</p>")
     ok = mine.filter(pl.col("status") == "ok") if "status" in mine.columns else mine

@@ -5,7 +5,8 @@
 - `psnr_vs_wall`: val PSNR of the curve images against wall-clock seconds, from metrics.jsonl `epoch` records;
 - `map_vs_train_images`: seed 004's mAP against training images, one line per scorer × prototypes, 5–95 % AP band.
 
-- `curves`: one line per cell of a metrics.jsonl metric against step or wall time (legend: the cell's axis values);
+- `curves`: one line per cell of a metrics.jsonl metric against step and against wall time, side by side (legend:
+  the cell's axis values);
 - `metric_bars`: a report table (`tables.report`) as bars with its interval, chance level dashed where known;
 - `metric_vs`: a report table as lines of the metric against one column, one line per value of the others.
 
@@ -167,23 +168,26 @@ def map_vs_train_images(table: pl.DataFrame, path: Path | str, title: str = "Tra
     return _save(fig, path)
 
 
-WALL = "wall_s"
-"""The metrics records' clock: seconds the cell has run (`nfjobs.metrics`)."""
+def curves(lines: dict[str, pl.DataFrame], metric: str, title: str, path: Path | str):
+    """One line per label: `metric` of a cell's metrics.jsonl records against step (left) and against wall-clock
+    seconds since the cell started (right), one legend for both."""
+    from matplotlib.figure import Figure
 
-
-def curves(lines: dict[str, pl.DataFrame], metric: str, title: str, path: Path | str, x: str = "step"):
-    """One line per label: `metric` of a cell's metrics.jsonl records against `x` (`step`, or `wall_s`)."""
-    fig, ax = _figure(7.0, 3.6)
+    fig = Figure(figsize=(10.0, 3.4), dpi=100, layout="constrained")
+    by_step, by_wall = fig.subplots(1, 2, sharey=True)
     for i, (name, frame) in enumerate(sorted(lines.items())):
-        f = frame.sort(x)
-        ax.plot(f[x].to_list(), f[metric].to_list(), marker="." if f.height < 30 else None,
-                label=plain(name), color=COLORS[i % len(COLORS)], lw=1.2)
-    ax.set_xlabel("wall-clock seconds since the cell started" if x == WALL else x)
-    ax.set_ylabel(plain(metric))
-    ax.set_title(plain(title))
-    ax.grid(alpha=0.3)
+        for ax, x in ((by_step, "step"), (by_wall, "wall_s")):
+            f = frame.sort(x)
+            ax.plot(f[x].to_list(), f[metric].to_list(), marker="." if f.height < 30 else None,
+                    label=plain(name), color=COLORS[i % len(COLORS)], lw=1.2)
+    by_step.set_xlabel("step")
+    by_wall.set_xlabel("wall-clock seconds since the cell started")
+    by_step.set_ylabel(plain(metric))
+    fig.suptitle(plain(title))
+    for ax in (by_step, by_wall):
+        ax.grid(alpha=0.3)
     if len(lines) <= 12:
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        by_wall.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _save(fig, path)
 
 
