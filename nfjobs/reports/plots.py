@@ -77,7 +77,8 @@ def probe_accuracy(table: pl.DataFrame, path: Path | str, title: str = "Probe ac
     ax.set_ylabel("accuracy")
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(title=", ".join(names), fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.legend(title=", ".join(n.rsplit(".", 1)[-1] for n in names), title_fontsize=8, fontsize=8, loc="upper left",
+              bbox_to_anchor=(1.0, 1.0))
     return _save(fig, path)
 
 
