@@ -27,6 +27,8 @@ KEY = "key"
 """The trial's user attribute naming its cell key."""
 ROUND = "round"
 """The trial's user attribute numbering the round it was first launched in (1, 2, ...)."""
+ROUNDS = "rounds"
+"""The study's user attribute counting the rounds launched, over every launch of the search."""
 
 
 class MetricMissing(UserError):
@@ -70,7 +72,8 @@ def run(search: Search, build: Callable[[list[dict[str, Any]]], list[Cell]], run
         tell_ended(found, search, runs_root)
         while batch := _next_round(found, search):
             rounds += 1
-            number = 1 + max((t.user_attrs.get(ROUND, 0) for t in found.get_trials(deepcopy=False)), default=0)
+            number = found.user_attrs.get(ROUNDS, 0) + 1
+            found.set_user_attr(ROUNDS, number)
             cells = build([_point(t.params, search.space) for t in batch])
             keys = _keys(cells, search)
             trials: dict[str, study.TrialRef] = {}

@@ -2,6 +2,7 @@
 question a running trial asks its pruner. Optuna is optional (the `search` extra): it is imported only when a
 search runs, and its absence is one line saying how to install it."""
 
+import fcntl
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +33,28 @@ def storage(runs_root: Path | str, sweep: str) -> Any:
     """The sweep's study storage: a journal file (appended under a file lock, so the launcher and running
     trials on other nodes of a shared file system can use it at once)."""
     from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.storages.journal._file import BaseJournalFileLock
+
+    class FlockLock(BaseJournalFileLock):
+        """An flock on `<journal>.lock`: the kernel releases it when its holder dies. Optuna's own file locks
+        outlive a killed launcher until a 30 s grace period ends (measured: a relaunch after SIGKILL waited
+        that long)."""
+
+        def __init__(self, path: Path):
+            self.path, self.handle = path, None
+
+        def acquire(self) -> bool:
+            self.handle = open(self.path, "a")
+            fcntl.flock(self.handle, fcntl.LOCK_EX)
+            return True
+
+        def release(self) -> None:
+            self.handle.close()
 
     path = RunsRoot(runs_root).study(sweep)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+    return JournalStorage(JournalFileBackend(str(path), lock_obj=FlockLock(path.with_name(path.name + ".lock"))))
 
 
 def pruner(name: str) -> Any:

@@ -255,6 +255,10 @@ def _expand_file(path: Path, data: dict[str, Any], overrides: list[Override], p:
                 p.add(next(iter(g.dists)), "a distribution needs [sweep] samples = N (points drawn per group) or a "
                                            "[search] table")
                 continue
+            if samples > launch.max_cells:  # refused before anything is drawn; the grid is counted below
+                p.add("sweep.samples", f"{samples:,} samples: more than the launch's limit of {launch.max_cells:,} "
+                                       "cells; draw fewer, or raise the limit with --max-cells N")
+                break
             leaves = kind_info(g.kind).leaves
             drawn = [[_check_value(p, k, v, leaves[k]) for v in sampling.draw(d, samples, sample_seed, g.name, k)]
                      for k, d in g.dists.items()]
@@ -302,7 +306,7 @@ def _expand_file(path: Path, data: dict[str, Any], overrides: list[Override], p:
         if launch.counted > launch.max_cells:
             where = f"group {g.name}" if g.name != "main" else ""
             p.add(where, f"the launch would have more than {launch.max_cells:,} cells (the product of the grid "
-                         "axes' lengths); shrink the grid, split it into several launches, or raise the limit "
+                         "axes' lengths and [sweep] samples); shrink the grid, split it into several launches, or raise the limit "
                          "with --max-cells N")
             return []
     for g in groups:

@@ -6,6 +6,7 @@ random stream, seeded by a hash of (`sample_seed`, group name, dotted key), so t
 same cells on every machine, and adding a distributed field changes no other field's draws.
 """
 
+import difflib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
@@ -148,7 +149,9 @@ def parse_search(add: Callable[[str, str], None], table: Any) -> Search | None:
     values: dict[str, Any] = {}
     for key, value in table.items():
         if key not in SEARCH_TYPES:
-            add(f"search.{key}", f"unknown search setting; expected one of {', '.join(SEARCH_TYPES)}")
+            close = difflib.get_close_matches(key, list(SEARCH_TYPES), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"expected one of {', '.join(SEARCH_TYPES)}"
+            add(f"search.{key}", f"unknown search setting; {hint}")
             continue
         if key == "where":
             ok = isinstance(value, dict) and all(not isinstance(v, (dict, list)) for v in value.values())
