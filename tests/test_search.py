@@ -215,3 +215,22 @@ def test_a_search_without_optuna_installed_says_how_to_install_it(sweep_file, ru
     err = capsys.readouterr().err
     assert info.value.code == 2 and err.count("\n") == 1 and "uv sync --extra search" in err
     assert "nfjobs[search]" in err
+
+
+def test_status_shows_the_rounds_and_report_the_best_trial_and_the_search_plots(sweep_file, run_launch, tmp_path,
+                                                                               capsys):
+    path = search_file(sweep_file, "shown", trials=5, per_round=3)
+    assert run_launch("--sweep", path, "--debug") == 0
+    best = results.search_trials("shown", tmp_path / "runs").best()
+    capsys.readouterr()
+    assert run_launch("status", "--sweep", path) == 0
+    out = capsys.readouterr().out
+    assert "search: minimize objective over x (uniform), optim.lr (loguniform): 5 trials in 2 round(s): 5 complete" in out
+    assert "round 1: trials 0, 1, 2: 3 complete" in out and "round 2: trials 3, 4: 2 complete" in out
+    assert f"best: trial {best['trial']} (round {best['round']}), objective = {best['value']:.6g}" in out
+    assert run_launch("report", "--sweep", path, "--html", tmp_path / "page") == 0
+    out = capsys.readouterr().out
+    assert f"cell {best['key']}" in out and "best so far" in out
+    page = (tmp_path / "page" / "index.html").read_text()
+    assert "<h2>Search</h2>" in page and "search_progress.png" in page and "search_values.png" in page
+    assert (tmp_path / "page" / "plots" / "search_values.png").stat().st_size > 1000

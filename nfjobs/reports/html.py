@@ -24,7 +24,7 @@ from typing import Any
 import polars as pl
 
 from nfjobs import results, typed
-from nfjobs.reports import plots
+from nfjobs.reports import plots, search
 from nfjobs.reports import tables as reporting
 from nfjobs.kinds import load_kind
 from nfjobs.store import manifest as manifests
@@ -441,7 +441,8 @@ def _write_page(name: str, manifest: dict, runs_root: Path, out: Path) -> Path:
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body = (f"<p>Runs root <code>{esc(runs_root)}</code>, written {esc(stamp)}. Tables group by each group's axes "
             "and pool only over seeds; click a column to sort.</p>" + _status_section(cells, states)
-            + _failures_section(cells, states) + toc + "".join(sections))
+            + _failures_section(cells, states) + search.page_section(name, runs_root, out, _figure, html_table) + toc
+            + "".join(sections))
     page = out / "index.html"
     _write_text(page, _page(f"sweep {name}", body, SORT_JS))
     return page
