@@ -83,7 +83,7 @@ def run(search: Search, build: Callable[[list[dict[str, Any]]], list[Cell]], run
                     found._storage.set_trial_user_attr(t._trial_id, KEY, key)
                     found._storage.set_trial_user_attr(t._trial_id, ROUND, number)
                 trials.setdefault(key, study.TrialRef(str(runs_root), search.sweep, t._trial_id, search.pruner,
-                                                      search.metric))
+                                                      search.intermediate or search.metric))
             say(f"round {number}: trials {', '.join(str(t.number) for t in batch)} ({len(cells)} cells)")
             done = launching.launch_held(cells, runs_root, log_root, flags, mode, cells_per_job=cells_per_job,
                                          announce=lambda plan: None, trials=trials)
