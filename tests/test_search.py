@@ -218,7 +218,7 @@ def test_a_search_without_optuna_installed_says_how_to_install_it(sweep_file, ru
 
 
 def test_status_shows_the_rounds_and_report_the_best_trial_and_the_search_plots(sweep_file, run_launch, tmp_path,
-                                                                               capsys):
+                                                                               capsys, monkeypatch):
     path = search_file(sweep_file, "shown", trials=5, per_round=3)
     assert run_launch("--sweep", path, "--debug") == 0
     best = results.search_trials("shown", tmp_path / "runs").best()
@@ -234,3 +234,19 @@ def test_status_shows_the_rounds_and_report_the_best_trial_and_the_search_plots(
     page = (tmp_path / "page" / "index.html").read_text()
     assert "<h2>Search</h2>" in page and "search_progress.png" in page and "search_values.png" in page
     assert (tmp_path / "page" / "plots" / "search_values.png").stat().st_size > 1000
+    monkeypatch.setitem(sys.modules, "optuna", None)  # an environment without the search extra still shows cells
+    assert run_launch("status", "--sweep", path) == 0
+    assert "search: its study is not shown: reading it needs Optuna, pip install" in capsys.readouterr().out
+
+
+def test_a_point_no_config_accepts_is_told_failed_and_the_search_goes_on(sweep_file, run_launch, tmp_path, capsys):
+    # both ends of every range are valid (what validation builds); (val_frac ~0.3, test_frac 0.9) is not
+    path = sweep_file('kind = "toy"\ndata.val_frac = { uniform = [0.05, 0.5] }\n'
+                      'data.test_frac = { choice = [0.0, 0.9, 0.0] }\n[sweep]\nname = "points"\n'
+                      '[search]\nmetric = "objective"\ntrials = 6\nper_round = 3\n', "points.toml")
+    assert run_launch("--sweep", path, "--debug") == 0
+    found = results.search_trials("points", tmp_path / "runs").trials
+    failed = found.filter(pl.col("state") == "fail")
+    assert found.height == 6 and failed.height >= 1 and failed["round"].is_not_null().all()
+    assert set(found.filter(pl.col("state") != "fail")["state"]) == {"complete"}
+    assert "its point makes no valid cell; told failed:" in capsys.readouterr().out

@@ -100,9 +100,11 @@ def overview(args: Args) -> str:
     cells = results.cell_states(name, args.runs_root)
     counts = cells.group_by("state").len().sort("state")
     lines = [f"sweep {name}: {cells.height} cells: " + ", ".join(f"{n} {s}" for s, n in counts.rows())]
-    if (trials := results.search_trials(name, args.runs_root)) is not None:
-        from nfjobs.reports import search
+    from nfjobs.reports import search
 
+    if isinstance(trials := search.trials_or_note(name, args.runs_root), str):
+        lines.append(trials)
+    elif trials is not None:
         lines += [search.headline(trials), search.best_line(trials), _show(search.table(trials), args.format)]
     axes = results.axes(name, args.runs_root)
     swept = results.swept(name, args.runs_root)

@@ -50,10 +50,11 @@ def main(args: Args) -> int:
             print(json.dumps(row))
         return 0
     print(f"{results.sweep_name(args.sweep)}: {found.height} cells | " + ", ".join(f"{s} {n}" for s, n in counts))
-    if (trials := results.search_trials(args.sweep, args.runs_root)) is not None:
-        from nfjobs.reports import search
+    from nfjobs.reports import search
 
-        print("\n".join([search.headline(trials), *search.rounds(trials), search.best_line(trials)]))
+    if (trials := search.trials_or_note(args.sweep, args.runs_root)) is not None:
+        print(trials if isinstance(trials, str) else
+              "\n".join([search.headline(trials), *search.rounds(trials), search.best_line(trials)]))
     limit = 200 if filtered else 10
     if not filtered:  # counts first; the failures are what needs reading
         listed = listed.filter(pl.col("state").is_in([states.FAILED, states.BLOCKED]))

@@ -21,7 +21,7 @@ from nfjobs.errors import UserError
 from nfjobs.identity import flat_config
 from nfjobs.orchestration import launching
 from nfjobs.store import locks, rows, states, study
-from nfjobs.sweep import Cell, Distribution, Search, kind_info
+from nfjobs.sweep import Cell, Distribution, Search, SweepError, kind_info
 
 KEY = "key"
 """The trial's user attribute naming its cell key."""
@@ -74,14 +74,18 @@ def run(search: Search, build: Callable[[list[dict[str, Any]]], list[Cell]], run
             rounds += 1
             number = found.user_attrs.get(ROUNDS, 0) + 1
             found.set_user_attr(ROUNDS, number)
-            cells = build([_point(t.params, search.space) for t in batch])
+            for t in batch:  # Optuna's public API sets user attributes only on the trial it just asked for
+                if ROUND not in t.user_attrs:
+                    found._storage.set_trial_user_attr(t._trial_id, ROUND, number)
+            batch, cells = _buildable(found, batch, build, search, say)
+            if not batch:
+                continue
             keys = _keys(cells, search)
             trials: dict[str, study.TrialRef] = {}
             for t in batch:
                 key = keys[_values(_point(t.params, search.space), search)]
                 if KEY not in t.user_attrs:
                     found._storage.set_trial_user_attr(t._trial_id, KEY, key)
-                    found._storage.set_trial_user_attr(t._trial_id, ROUND, number)
                 trials.setdefault(key, study.TrialRef(str(runs_root), search.sweep, t._trial_id, search.pruner,
                                                       search.intermediate or search.metric))
             say(f"round {number}: trials {', '.join(str(t.number) for t in batch)} ({len(cells)} cells)")
@@ -94,6 +98,24 @@ def run(search: Search, build: Callable[[list[dict[str, Any]]], list[Cell]], run
             log_dir = done.log_dir
             tell_ended(found, search, runs_root)
     return Outcome(rounds, ran, found, log_dir)
+
+
+def _buildable(found: Any, batch: list[Any], build: Callable[[list[dict[str, Any]]], list[Cell]], search: Search,
+               say) -> tuple[list[Any], list[Cell]]:
+    """The trials of `batch` whose points make valid cells, and the cells. A point a config refuses (a rule
+    between two fields, say) is told FAIL, with the reason said, so the search goes on without it."""
+    try:
+        return batch, build([_point(t.params, search.space) for t in batch])
+    except SweepError:
+        kept: list[Any] = []
+        for trial in batch:
+            try:
+                build([_point(trial.params, search.space)])
+                kept.append(trial)
+            except SweepError as err:
+                say(f"trial {trial.number}: its point makes no valid cell; told failed: {err.problems[0]}")
+                found.tell(trial.number, state=study.optuna().trial.TrialState.FAIL, skip_if_finished=True)
+        return kept, build([_point(t.params, search.space) for t in kept]) if kept else []
 
 
 def _wait_for_results(in_flight: dict[str, str], runs_root: Path, say, poll_s: float = 5.0) -> None:
@@ -192,6 +214,7 @@ def final_value(runs_root: Path, key: str, search: Search) -> float | None:
     for column, value in search.where.items():
         if column not in df.columns:
             return None
-        df = df.filter(pl.col(column).cast(pl.String) == str(value))
+        text = str(value).lower() if isinstance(value, bool) else str(value)  # polars writes booleans lower-case
+        df = df.filter(pl.col(column).cast(pl.String) == text)
     found = df[search.metric].drop_nulls()
     return float(found[-1]) if len(found) else None

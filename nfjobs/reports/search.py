@@ -9,10 +9,20 @@ import polars as pl
 
 from nfjobs import results
 from nfjobs.reports import plots
+from nfjobs.store import study
 
 
 def _value(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else repr(value)
+
+
+def trials_or_note(target: str | Path, runs_root: str | Path) -> Any:
+    """The sweep's search trials (`results.search_trials`); a one-line note instead when its study needs Optuna
+    and this environment has none (status and report still show the cells); None without a search."""
+    try:
+        return results.search_trials(target, runs_root)
+    except study.SearchUnavailable:
+        return f"search: its study is not shown: reading it needs Optuna, {study.INSTALL}"
 
 
 def headline(found: Any) -> str:
@@ -55,9 +65,9 @@ def page_section(name: str, runs_root: Path, out: Path, figure: Callable[..., st
                  html_table: Callable[[pl.DataFrame], str]) -> str:
     """The HTML page's search section ("" for a sweep without a search): its two plots drawn with `figure` and
     its trials table drawn with `html_table` (the page's own writers)."""
-    found = results.search_trials(name, runs_root)
-    if found is None:
-        return ""
+    found = trials_or_note(name, runs_root)
+    if found is None or isinstance(found, str):
+        return f"<p>{html.escape(found)}</p>" if found else ""
     figures = ""
     if found.best() is not None:
         figures = (figure(out, "search_progress", plots.search_progress, found.trials, found.metric, found.direction,
