@@ -306,8 +306,8 @@ def _expand_file(path: Path, data: dict[str, Any], overrides: list[Override], p:
         if launch.counted > launch.max_cells:
             where = f"group {g.name}" if g.name != "main" else ""
             p.add(where, f"the launch would have more than {launch.max_cells:,} cells (the product of the grid "
-                         "axes' lengths and [sweep] samples); shrink the grid, split it into several launches, or raise the limit "
-                         "with --max-cells N")
+                         "axes' lengths and [sweep] samples); shrink the grid, split it into several launches, or "
+                         "raise the limit with --max-cells N")
             return []
     for g in groups:
         info = kind_info(g.kind)
