@@ -250,3 +250,17 @@ def test_a_point_no_config_accepts_is_told_failed_and_the_search_goes_on(sweep_f
     assert found.height == 6 and failed.height >= 1 and failed["round"].is_not_null().all()
     assert set(found.filter(pl.col("state") != "fail")["state"]) == {"complete"}
     assert "its point makes no valid cell; told failed:" in capsys.readouterr().out
+
+
+def test_a_metric_no_row_has_stops_the_search_in_one_line_and_force_is_refused(sweep_file, run_launch, capsys):
+    path = sweep_file(SEARCH.format(name="nometric", seed=0, trials=4, per_round=2, sampler="tpe", pruner="none",
+                                    extra="").replace('metric = "objective"', 'metric = "objectiv"'), "nometric.toml")
+    with pytest.raises(SystemExit) as info:
+        run_launch("--sweep", path, "--debug")
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("[debug]")]
+    assert info.value.code == 2 and len(err) == 1
+    err = err[0]
+    assert "search.metric: cell toy-" in err and "rows have no column 'objectiv'; its metrics: metric, objective." in err
+    with pytest.raises(SystemExit):
+        run_launch("--sweep", path, "--debug", "--force")
+    assert "--force: a search keeps its trials in " in capsys.readouterr().err

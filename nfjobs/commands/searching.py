@@ -18,9 +18,10 @@ def run_search(args: Any, overrides: list, search: Any, flags: dict[str, Any], m
     from nfjobs import results, sweep
     from nfjobs.orchestration import search as searching
     from nfjobs.store import study
+    from nfjobs.store.layout import RunsRoot
 
     if args.force:
-        fail(f"--force: a search keeps its trials in {study.RunsRoot(args.runs_root).study(search.sweep)}; to start it "
+        fail(f"--force: a search keeps its trials in {RunsRoot(args.runs_root).study(search.sweep)}; to start it "
              "over, launch it under another [sweep] name (or delete that file); nothing was submitted")
     print(describe(search))
     study.optuna()  # one line saying how to install it, before anything is written
@@ -39,7 +40,7 @@ def run_search(args: Any, overrides: list, search: Any, flags: dict[str, Any], m
     found = results.search_trials(search.sweep, runs_root)
     counts = found.trials["state"].value_counts(sort=True).rows()
     print(f"search {search.sweep}: {done.rounds} round(s) launched now, {len(done.cells)} cells run; trials: "
-          + ", ".join(f"{n} {state}" for state, n in counts))
+          + ", ".join(f"{n} {state}" for state, n in counts) + (f"; logs in {done.log_dir}" if done.cells else ""))
     best = found.best()
     if best is None:
         print("no trial completed: launch.py status --sweep ... --failed shows why")

@@ -37,11 +37,10 @@ class MetricMissing(UserError):
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a search launch did: the rounds it launched and the cells they ran, and the study afterwards."""
+    """What a search launch did: the rounds it launched, the cells they ran and where their logs are."""
 
     rounds: int
     cells: list[Cell]
-    study: Any
     log_dir: Path
 
 
@@ -97,7 +96,7 @@ def run(search: Search, build: Callable[[list[dict[str, Any]]], list[Cell]], run
             ran += done.plan.to_run
             log_dir = done.log_dir
             tell_ended(found, search, runs_root)
-    return Outcome(rounds, ran, found, log_dir)
+    return Outcome(rounds, ran, log_dir)
 
 
 def _buildable(found: Any, batch: list[Any], build: Callable[[list[dict[str, Any]]], list[Cell]], search: Search,
@@ -106,7 +105,7 @@ def _buildable(found: Any, batch: list[Any], build: Callable[[list[dict[str, Any
     between two fields, say) is told FAIL, with the reason said, so the search goes on without it."""
     try:
         return batch, build([_point(t.params, search.space) for t in batch])
-    except SweepError:
+    except SweepError as first:
         kept: list[Any] = []
         for trial in batch:
             try:
@@ -115,7 +114,10 @@ def _buildable(found: Any, batch: list[Any], build: Callable[[list[dict[str, Any
             except SweepError as err:
                 say(f"trial {trial.number}: its point makes no valid cell; told failed: {err.problems[0]}")
                 found.tell(trial.number, state=study.optuna().trial.TrialState.FAIL, skip_if_finished=True)
-        return kept, build([_point(t.params, search.space) for t in kept]) if kept else []
+        if not kept:  # more likely the file than the points (edited since the search began): stop, do not burn trials
+            raise SweepError(["no trial of this round makes a valid cell; the search stopped (launch again once "
+                              "the sweep is fixed)", *first.problems])
+        return kept, build([_point(t.params, search.space) for t in kept])
 
 
 def _wait_for_results(in_flight: dict[str, str], runs_root: Path, say, poll_s: float = 5.0) -> None:
@@ -207,9 +209,10 @@ def final_value(runs_root: Path, key: str, search: Search) -> float | None:
 
     df = results.cell_rows(runs_root, key)
     if search.metric not in df.columns:
-        numeric = [c for c, t in df.schema.items() if t.is_numeric() and not c.startswith("run.")]
+        config = kind_info(search.kind).leaves
+        metrics = [c for c, t in df.schema.items() if t.is_numeric() and c not in config and not c.startswith("run.")]
         raise MetricMissing(f"{search.source}: search.metric: cell {key}'s rows have no column {search.metric!r}; "
-                            f"its numbers: {', '.join(numeric[:20])}. The search stopped; fix the metric and launch "
+                            f"its metrics: {', '.join(metrics[:20])}. The search stopped; fix the metric and launch "
                             "again to go on")
     for column, value in search.where.items():
         if column not in df.columns:
