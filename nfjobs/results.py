@@ -6,6 +6,7 @@
     results.load_metrics("runs", key)                          # a cell's metrics.jsonl
     results.axes("x")                                          # per group: the config fields it varied
     results.swept("x")                                         # key, group, kind, each cell's value of every axis
+    results.search_trials("x").trials                          # a [search] sweep's trials: round, state, value, ...
 
 Columns are explained in docs/columns.md; the files themselves in docs/architecture.md ("The runs root").
 """
@@ -133,8 +134,9 @@ def cell_rows(runs_root: Path | str, key: str) -> pl.DataFrame:
 
 @dataclass(frozen=True)
 class SearchTrials:
-    """A search's study as a table: one row per trial (`trial`, `round`, `state`, `value`, `key`, and the value
-    of every searched key, e.g. `optim.lr`), with what it optimises."""
+    """A search's study as a table: one row per trial (`trial`, `round`, `state`: Optuna's trial state, lower
+    case (`complete`, `pruned`, `fail`, `running`), `value`, `key`: its cell, and the value of every searched key,
+    e.g. `optim.lr`), with what it optimises."""
 
     metric: str
     direction: str
