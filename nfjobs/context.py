@@ -7,13 +7,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from nfjobs.metrics import MetricsLog, Progress
 from nfjobs.store.files import atomic_write_bytes, load_tensors
 from nfjobs.store.layout import RunDir, is_safe_name
 
 T = TypeVar("T")
+
+
+class Pruned(Exception):
+    """Raised by a job when `ctx.report` says a search's pruner stopped its trial: the cell ends `pruned`."""
 
 
 @dataclass
@@ -38,6 +42,8 @@ class Context:
     """Minimum seconds between two records of one phase when a job asks `metrics_due` (per-step metrics)."""
     trackers: str | None = None
     """Metric writers besides metrics.jsonl (`tensorboard,wandb`); None = the NFJOBS_TRACKERS variable."""
+    pruning: Callable[[int, dict[str, Any]], bool] | None = None
+    """The search's pruner, when this cell is a search trial (`report` asks it)."""
     _started: float = field(default_factory=time.monotonic, init=False, repr=False)
     _metrics: MetricsLog | None = field(default=None, init=False, repr=False)
     _last_record: dict = field(default_factory=dict, init=False, repr=False)
@@ -122,6 +128,12 @@ class Context:
             self._metrics = MetricsLog(self.run_dir, self.key, self.kind, self._started, self.log, self.trackers)
         self._last_record[phase] = time.monotonic()
         self._metrics.write(step, metrics, phase)
+
+    def report(self, step: int, metrics: dict[str, Any]) -> bool:
+        """Tell a search the intermediate metrics at `step` (an epoch's validation metric); True when its pruner
+        says to stop this trial: the job then raises `Pruned` (after saving its checkpoint). Always False for a
+        cell that is not a search trial, or a search without a pruner."""
+        return self.pruning is not None and self.pruning(step, metrics)
 
     def metrics_due(self, phase: str) -> bool:
         """Whether `metrics_every_s` has passed since the last record of `phase` (ask before computing per-step

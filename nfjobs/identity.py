@@ -129,3 +129,8 @@ def file_digest(path: Path) -> str:
     """16 hex digits of the SHA-256 of a file's bytes (a checkpoint a cache was computed from)."""
     with open(path, "rb") as f:  # hashlib reads it in small blocks: a 4 MB read buffer showed in score's memory
         return hashlib.file_digest(f, "sha256").hexdigest()[:16]
+
+
+def stream_seed(*parts: Any) -> int:
+    """A 64-bit seed from JSON-able parts (a sampled field's random stream: sample seed, group, dotted key)."""
+    return int.from_bytes(hashlib.sha256(json.dumps(parts).encode()).digest()[:8], "little")

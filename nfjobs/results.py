@@ -6,6 +6,7 @@
     results.load_metrics("runs", key)                          # a cell's metrics.jsonl
     results.axes("x")                                          # per group: the config fields it varied
     results.swept("x")                                         # key, group, kind, each cell's value of every axis
+    results.search_trials("x").trials                          # a [search] sweep's trials: round, state, value, ...
 
 Columns are explained in docs/columns.md; the files themselves in docs/architecture.md ("The runs root").
 """
@@ -22,7 +23,7 @@ import polars as pl
 from nfjobs.backends import LIVE_JOB_STATES, job_states, local
 from nfjobs.errors import UserError, one_line
 from nfjobs.metrics import RECORD_FIELDS
-from nfjobs.store import manifest, rows, states
+from nfjobs.store import manifest, rows, states, study
 from nfjobs.store.layout import RESULT, RunsRoot, is_safe_name, run_dir
 from nfjobs.store.states import STATES as CELL_STATES  # noqa: F401  (the public name)
 
@@ -121,6 +122,51 @@ def load(target: str | Path, runs_root: str | Path = "runs", *, warn: bool = Tru
     if not frames:
         return pl.LazyFrame()
     return pl.concat(frames, how="diagonal_relaxed")
+
+
+def cell_rows(runs_root: Path | str, key: str) -> pl.DataFrame:
+    """One cell's result rows (empty without a readable result file)."""
+    try:
+        return pl.read_parquet(run_dir(runs_root, key).result)
+    except Exception:  # missing or torn: no rows
+        return pl.DataFrame()
+
+
+@dataclass(frozen=True)
+class SearchTrials:
+    """A search's study as a table: one row per trial (`trial`, `round`, `state`: Optuna's trial state, lower
+    case (`complete`, `pruned`, `fail`, `running`), `value`, `key`: its cell, and the value of every searched key,
+    e.g. `optim.lr`), with what it optimises."""
+
+    metric: str
+    direction: str
+    space: dict[str, str]
+    """Searched dotted key -> its distribution's kind (`loguniform`, ...)."""
+    trials: pl.DataFrame
+
+    def best(self) -> dict[str, Any] | None:
+        """The best complete trial's row, or None before one has completed."""
+        done = self.trials.filter(pl.col("state") == "complete")
+        if done.is_empty():
+            return None
+        return done.sort("value", descending=self.direction == "maximize").row(0, named=True)
+
+
+def search_trials(target: str | Path, runs_root: str | Path = "runs") -> SearchTrials | None:
+    """The trials of a launched sweep's search, or None when the sweep has no search (SearchUnavailable, one
+    line, when it has one but Optuna is not installed here)."""
+    name = sweep_name(target)
+    if not RunsRoot(runs_root).study(name).exists():
+        return None
+    optuna = study.optuna()
+    found = optuna.load_study(study_name=name, storage=study.storage(runs_root, name))
+    space = found.user_attrs.get("space", {})
+    out = [{"trial": t.number, "round": t.user_attrs.get("round"), "state": t.state.name.lower(),
+            "value": t.value, "key": t.user_attrs.get("key", ""), **{k: t.params.get(k) for k in space}}
+           for t in found.get_trials(deepcopy=False)]
+    schema = {"trial": pl.Int64, "round": pl.Int64, "state": pl.String, "value": pl.Float64, "key": pl.String}
+    return SearchTrials(found.user_attrs.get("metric", ""), found.direction.name.lower(), space,
+                        pl.DataFrame(out, schema_overrides=schema, strict=False) if out else pl.DataFrame(schema=schema))
 
 
 def load_metrics(runs_root: Path | str, key: str, phase: str | None = None) -> pl.DataFrame:

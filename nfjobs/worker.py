@@ -21,9 +21,9 @@ from typing import Any
 from submitit.helpers import Checkpointable
 
 from nfjobs import parts
-from nfjobs.context import Context
+from nfjobs.context import Context, Pruned
 from nfjobs.kinds import load_kind
-from nfjobs.store import locks, rows, states
+from nfjobs.store import locks, rows, states, study
 from nfjobs.store.files import atomic_write_bytes
 from nfjobs.store.layout import RunDir
 
@@ -48,6 +48,8 @@ class CellSpec:
     """The kind resumes from its checkpoint, so an interrupted run is requeued (else it fails, saying why)."""
     part: int | None = None
     """Which part of a cell split into `parts` tasks this is (None: the whole cell; see `nfjobs.parts`)."""
+    trial: study.TrialRef | None = None
+    """The search trial this cell runs as (its pruner is asked through `ctx.report`); None outside a search."""
 
     @property
     def run_dir(self) -> RunDir:
@@ -109,7 +111,8 @@ def run_cell(spec: CellSpec) -> list[dict[str, Any]]:
 
 def _run_claimed(spec: CellSpec) -> list[dict[str, Any]]:
     ctx = Context(key=spec.key, kind=spec.kind, runs_root=Path(spec.runs_root), part=spec.part,
-                  parts=parts.n_parts(spec.config))
+                  parts=parts.n_parts(spec.config),
+                  pruning=study.pruning_hook(spec.trial) if spec.trial is not None else None)
     start = dt.datetime.now(dt.timezone.utc)
     t0 = time.monotonic()
     _write_config(spec)
@@ -128,6 +131,8 @@ def _run_claimed(spec: CellSpec) -> list[dict[str, Any]]:
                 if held is None:
                     return []  # another part writes the result
             status, error = states.OK, ""
+        except Pruned as err:  # the search's decision, not a failure: the checkpoint stays for a later look
+            metric_rows, status, error = [{}], states.PRUNED, f"pruned by the search: {err}"
         except BaseException as err:  # noqa: BLE001 - record, then re-raise (KeyboardInterrupt included)
             metric_rows, status, error = [{}], states.FAILED, "".join(traceback.format_exception(err))
             if type(err).__name__ == "UncompletedJobError":  # submitit: interrupted and not requeued

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from waiting import SLURM_LANE
 from hypothesis import HealthCheck, settings
 
 TESTS = Path(__file__).parent
@@ -135,11 +136,12 @@ def make_context(tmp_path):
 
 
 def pytest_collection_modifyitems(items):
-    """With `-n 2` (the full suite, as CI runs it), every `slurm` test goes to one worker, one after another (they
-    share the one local cluster, and most of their time is spent waiting on it), while the other worker runs the
-    rest: the waits overlap the CPU-bound tests. They are collected first, so that worker starts on them at once
-    instead of after a share of the rest (their ~400 s are the longest chain)."""
+    """With `-n 3` (the full suite, as CI runs it), the `slurm` tests run in two lanes (xdist groups), each one
+    test after another in its own worker: they share the one local cluster and spend most of their time waiting on
+    it, so the two lanes' waits overlap each other and the CPU-bound tests of the third worker. A test names its
+    lane with `xdist_group(SECOND_LANE)`; the rest are in `SLURM_LANE`. They are collected first, so those workers
+    start on them at once (the lanes, ~320 s each on an idle machine, are the longest chains)."""
     for item in items:
-        if item.get_closest_marker("slurm") is not None:
-            item.add_marker(pytest.mark.xdist_group("slurm"))
+        if item.get_closest_marker("slurm") is not None and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(SLURM_LANE))
     items.sort(key=lambda item: item.get_closest_marker("slurm") is None)  # stable: file order otherwise

@@ -73,6 +73,23 @@ def test_every_shipped_sweep_validates(path, tmp_path, monkeypatch):
     assert cells
 
 
+SEARCHES = ["search_tiny.toml"]
+"""Shipped [search] sweeps: Optuna chooses their cells, so they have no fixed keys to pin and are not in CPU_SIZED
+(a CPU run of search_tiny: its 6 trials took 3 min on the loaded 2-core VM, 2026-12-07); each validates at the ends
+of its ranges and says what it searches."""
+
+
+@pytest.mark.parametrize("name", SEARCHES)
+def test_a_shipped_search_validates_and_its_dry_run_says_what_it_searches(name, tmp_path, capsys):
+    path = ROOT / "configs" / "sweeps" / name
+    found = sweep.search_of([path])
+    assert found is not None and found.space and found.trials >= found.per_round
+    assert launch.main(["--sweep", str(path), "--dry-run", "--runs-root", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"search {found.sweep}: {found.direction} {found.metric} over ")
+    assert f"0 of {found.trials} trials ended so far" in out and not (tmp_path / "runs").exists()
+
+
 SEED_004 = ["prototypes.toml", "prototypes_tiny.toml", "prototypes_folder.toml", "prototypes_folder_tiny.toml",
             "traits_ginr_cifar.toml", "traits_ginr_cifar_tiny.toml"]
 

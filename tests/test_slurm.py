@@ -12,7 +12,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from waiting import open_gate_when, wait_for
+from waiting import SECOND_LANE, open_gate_when, wait_for
 
 from nfjobs import results, sweep
 from nfjobs.store.layout import run_dir
@@ -96,6 +96,7 @@ def test_a_cancelled_job_is_reported_not_hung_on(sweep_file, tmp_path):
     assert "cancelled" in status.stdout
 
 
+@pytest.mark.xdist_group(SECOND_LANE)
 def test_a_job_that_hits_its_time_limit_is_requeued_and_resumes_from_its_checkpoint(sweep_file, tmp_path):
     # A 2-minute limit with the warning 60 s before it: slurmctld checks limits every 30 s, so each run is warned
     # 30-60 s in, checkpoints and is requeued (docs/slurm-notes.md). 80 s of work cannot fit in one run.
@@ -295,6 +296,7 @@ def test_a_preempted_cell_whose_kind_cannot_resume_is_not_requeued_and_says_why(
     assert row["run.slurm_restarts"] == 0 and row["run.seconds"] < 30
 
 
+@pytest.mark.xdist_group(SECOND_LANE)
 def test_a_packed_task_runs_ten_cells_each_with_its_own_result_and_resumes_at_the_first_unfinished(sweep_file,
                                                                                                    tmp_path):
     labels = ", ".join(f'"c{i}"' for i in range(10))
@@ -367,6 +369,7 @@ def test_a_relaunch_that_resumes_a_cell_says_so_in_its_row(sweep_file, tmp_path)
     assert row["run.resumed"] is True and row["run.resumed_from"].startswith("step ")
     assert int(row["run.resumed_from"].split()[1]) >= 1 and row["starts"] == 2 and row["run.slurm_restarts"] == 0
 
+@pytest.mark.xdist_group(SECOND_LANE)
 def test_a_cache_in_four_parts_runs_four_tasks_gives_one_result_and_a_lost_part_resumes_alone(sweep_file, tmp_path):
     import hashlib
 
@@ -446,6 +449,7 @@ def launch_cmd(tmp_path: Path, *args: str, timeout: float = 120) -> subprocess.C
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.xdist_group(SECOND_LANE)
 def test_status_logs_and_cancel_on_slurm(sweep_file, tmp_path):
     path = sweep_file('kind = "smoke"\n[[group]]\nname = "bad"\nsteps = 1\nfail_at_step = 0\n'
                       '[[group]]\nname = "long"\nsteps = 600\nstep_seconds = 1.0\n', "watch.toml")

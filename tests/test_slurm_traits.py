@@ -7,6 +7,7 @@ import subprocess
 import polars as pl
 import pytest
 import torch
+from waiting import SECOND_LANE
 
 from nfjobs import results, sweep
 from nfjobs.context import Context
@@ -23,6 +24,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 STATISTICS = ["epoch", "mse", "fvu", "code_l1", "l0", "frac_dead", "frac_dense", "patches", "gb_read", "peak_resident_bytes"]
 
 
+@pytest.mark.xdist_group(SECOND_LANE)
 def test_a_preempted_sae_cell_is_requeued_and_resumes_to_the_uninterrupted_result(sweep_file, tmp_path, monkeypatch):
     # 48 builtin training images x 64 patches of 4x4x3 pixels; batch 8 makes an epoch 384 steps (under a second
     # here), so the preemption sent when the first checkpoint appears lands in epoch 2 or 3; twelve epochs leave

@@ -101,3 +101,15 @@ def test_check_reports_a_missing_cifar_root_and_the_module_imports_without_torch
     code = "import sys, nfjobs.jobs.train, nfjobs.models; assert 'torch' not in sys.modules; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_a_search_s_pruner_is_asked_after_every_epoch_and_stops_the_cell_with_its_checkpoint_kept(tmp_path):
+    from nfjobs.context import Pruned
+
+    asked = []
+    ctx = Context("p", "train", tmp_path, pruning=lambda step, metrics: asked.append((step, metrics)) or True)
+    with pytest.raises(Pruned, match="epoch 1"):
+        train.run(replace(TINY, epochs=2, data=replace(TINY.data, augment=False)), ctx)
+    [(step, metrics)] = asked
+    assert step == 1 and {"train_loss", "curve_psnr@1.0"} <= set(metrics)
+    assert (tmp_path / "p" / "checkpoint.pt").exists() and not (tmp_path / "p" / "model.pt").exists()

@@ -6,6 +6,12 @@ import time
 from pathlib import Path
 from typing import Callable
 
+SLURM_LANE = "slurm"
+"""The pytest-xdist group of the Slurm tests: with `-n 3` they run one after another in one worker each lane."""
+SECOND_LANE = "slurm-2"
+"""A second lane of Slurm tests (the longest waits: time limits, requeues), beside the first: both lanes wait on
+the cluster at once while the third worker runs the CPU-bound tests."""
+
 
 def wait_for(predicate: Callable[[], object], timeout: float = 120, what: str = "", poll_s: float = 0.5) -> None:
     """Return once `predicate()` holds; fail the test if it still does not after `timeout` seconds."""

@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Args:
-    """Without --metric: the sweep's overview (cells per state, then per group its axes and each cell's final
-    metrics). With --metric: its mean, std, count and a bootstrap CI per value of the sweep's axes."""
+    """Without --metric: the sweep's overview (cells per state; a search's best trial and every trial's metric and
+    values; then per group its axes and each cell's final metrics). With --metric: its mean, std, count and a bootstrap CI per value of the sweep's axes."""
 
     sweep: str
     """Sweep file, sweep name or a folder of result files."""
@@ -100,6 +100,12 @@ def overview(args: Args) -> str:
     cells = results.cell_states(name, args.runs_root)
     counts = cells.group_by("state").len().sort("state")
     lines = [f"sweep {name}: {cells.height} cells: " + ", ".join(f"{n} {s}" for s, n in counts.rows())]
+    from nfjobs.reports import search
+
+    if isinstance(trials := search.trials_or_note(name, args.runs_root), str):
+        lines.append(trials)
+    elif trials is not None:
+        lines += [search.headline(trials), search.best_line(trials), _show(search.table(trials), args.format)]
     axes = results.axes(name, args.runs_root)
     swept = results.swept(name, args.runs_root)
     rows = reporting.with_axes(results.load(name, args.runs_root, warn=False).collect(), swept)

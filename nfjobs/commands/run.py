@@ -109,11 +109,17 @@ def main(args: Args, overrides: list[Override]) -> int:
         if value < 1:
             fail(f"{flag} {value}: expected a whole number >= 1; nothing was submitted")
     try:
+        search = sweep.search_of(list(args.sweep), overrides, sweep_name=args.name, runs_root=args.runs_root,
+                                 max_cells=args.max_cells)
         cells = sweep.expand(list(args.sweep), overrides, sweep_name=args.name, runs_root=args.runs_root,
                              max_cells=args.max_cells)
     except sweep.SweepError as err:
         fail(f"the sweep is not valid; nothing was submitted.\n{err}")
     flags = typed_slurm(args)
+    if search is not None:
+        from nfjobs.commands.searching import run_search
+
+        return run_search(args, overrides, search, flags, launching.mode_of(flags, args.debug))
     if warning := slow_path_warning(cells, flags):
         print(warning, file=sys.stderr)
     runs_root = Path(args.runs_root)

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Args:
-    """Counts of cells per state (ok, failed, blocked, cancelled, running, pending, requeued, not run), from the
-    result files and the scheduler; then the failed cells with their error line and log, or what you ask for."""
+    """Counts of cells per state (ok, failed, blocked, cancelled, pruned, running, pending, requeued, not run), from
+    the result files and the scheduler; a search's rounds and trials; then the failed cells with their error line
+    and log, or what you ask for."""
 
     sweep: str
     """Sweep file or sweep name."""
@@ -49,6 +50,11 @@ def main(args: Args) -> int:
             print(json.dumps(row))
         return 0
     print(f"{results.sweep_name(args.sweep)}: {found.height} cells | " + ", ".join(f"{s} {n}" for s, n in counts))
+    from nfjobs.reports import search
+
+    if (trials := search.trials_or_note(args.sweep, args.runs_root)) is not None:
+        print(trials if isinstance(trials, str) else
+              "\n".join([search.headline(trials), *search.rounds(trials), search.best_line(trials)]))
     limit = 200 if filtered else 10
     if not filtered:  # counts first; the failures are what needs reading
         listed = listed.filter(pl.col("state").is_in([states.FAILED, states.BLOCKED]))

@@ -20,6 +20,7 @@ import dataclasses
 import time
 from pathlib import Path
 
+from nfjobs.context import Pruned
 from nfjobs.models.trained import field_name
 from nfjobs.models.train_config import TrainConfig as Config
 from nfjobs.store import layout
@@ -176,11 +177,12 @@ def run(cfg: Config, ctx) -> list[dict]:
         means = " ".join(f"{k}={v:.4g}" for k, v in log_means.items())
         psnr = " ".join(f"psnr@{r.get('eval_context_frac', '')}={r.get('psnr', float('nan')):.2f}"
                         for r in curve if r["epoch"] == epoch + 1)
-        ctx.log_metrics(int(step), {
+        record = {
             "epoch": epoch + 1, "train_loss": summary["train_loss"], "train_s": train_s,
             **epoch_logs,
             **{_psnr_name(r, curve=True): r["psnr"] for r in curve if r["epoch"] == epoch + 1 and "psnr" in r},
-        }, phase="epoch")
+        }
+        ctx.log_metrics(int(step), record, phase="epoch")
         ctx.log(f"epoch {epoch + 1}/{cfg.epochs} loss={summary['train_loss']:.4g} {means} {psnr} "
                 f"wall={summary['wall_s']:.0f}s ({steps_per_epoch * batch / (time.perf_counter() - t0):.0f} img/s incl. eval)")
         ctx.save_checkpoint({
@@ -188,6 +190,8 @@ def run(cfg: Config, ctx) -> list[dict]:
             "rng": T.rng_state(), "epoch": epoch + 1, "history": history, "curve": curve, "train_s": train_s,
             "logs": epoch_logs,
         })
+        if ctx.report(epoch + 1, record):  # a search's pruner stops this trial; its checkpoint stays
+            raise Pruned(f"epoch {epoch + 1}")
 
     bar.close()
     model.eval()

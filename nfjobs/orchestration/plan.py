@@ -13,6 +13,7 @@ from nfjobs.backends import LIVE_JOB_STATES, job_states, local
 from nfjobs.errors import UserError
 from nfjobs.kinds import load_kind
 from nfjobs.store import manifest, rows, states
+from nfjobs.store.study import TrialRef
 from nfjobs.sweep import Cell
 from nfjobs.worker import CellSpec
 
@@ -109,13 +110,15 @@ def git_provenance(cwd: str | Path = ".") -> dict[str, Any]:
     return {"run.git_commit": commit, "run.git_dirty": dirty}
 
 
-def specs(cells: Sequence[Cell], runs_root: Path, code_hash: str = "") -> dict[str, CellSpec]:
+def specs(cells: Sequence[Cell], runs_root: Path, code_hash: str = "",
+          trials: dict[str, TrialRef] | None = None) -> dict[str, CellSpec]:
     """What each worker needs, by key, with this launch's provenance (one launch id: a requeued pack knows what
-    it did)."""
+    it did) and, in a search, the trial each cell runs as."""
     launch_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     prov = {**git_provenance(), "run.code_hash": code_hash, "run.launch_id": launch_id}
     in_launch = {c.key for c in cells}
     return {c.key: CellSpec(c.kind, c.config, c.key, c.sweep, c.group, str(runs_root), prov,
                             deps=tuple(d for d in c.deps if d in in_launch),
-                            checkpointable=bool(getattr(load_kind(c.kind), "CHECKPOINTABLE", False)))
+                            checkpointable=bool(getattr(load_kind(c.kind), "CHECKPOINTABLE", False)),
+                            trial=(trials or {}).get(c.key))
             for c in cells}

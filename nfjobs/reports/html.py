@@ -1,14 +1,14 @@
 """One static HTML page per sweep (no server; a few lines of inline script sort the tables):
 `launch.py report --sweep S --html DIR`.
 
-`DIR/index.html` shows the state of every cell, the failures with their last error line, then per group of the
-sweep its axes (`results.axes`), a sortable table of its cells (swept values, state, final metrics, wall time,
-GPU-hours), its curves from metrics.jsonl against step and against wall time (one line per cell, named by its axis
-values) and its metric tables grouped by the
-axes (pooled over seeds only), and a page per cell (swept values, what differs from the defaults, final
-metrics, error, the log's tail, pictures). Result files, configs and metrics are untrusted: every text is
-escaped, only keys that are plain names become file names, and only regular PNG files inside the runs root are
-copied beside the page. `DIR` must be empty or a folder an earlier report wrote (it holds `MARKER`), and nothing
+`DIR/index.html` shows every cell's state, the failures with their last error line, a search's trials and plots
+(`reports.search`), then per group of the sweep its axes (`results.axes`), a sortable table of its cells (swept
+values, state, final metrics, wall time, GPU-hours), its curves from metrics.jsonl against step and against wall
+time (one line per cell, named by its axis values) and its metric tables grouped by the axes (pooled over seeds
+only), and a page per cell (swept values, what differs from the defaults, final metrics, error, the log's tail,
+pictures). Result files, configs and metrics are untrusted: every text is escaped, only keys that are plain names
+become file names, and only regular PNG files inside the runs root are copied beside the page. `DIR` must be
+empty or a folder an earlier report wrote (it holds `MARKER`), and nothing
 is written through a symbolic link found in it.
 """
 
@@ -25,7 +25,7 @@ from typing import Any
 import polars as pl
 
 from nfjobs import results, typed
-from nfjobs.reports import plots, traits
+from nfjobs.reports import plots, search, traits
 from nfjobs.reports import tables as reporting
 from nfjobs.reports.views import label, short_names
 from nfjobs.kinds import load_kind
@@ -430,7 +430,8 @@ def _write_page(name: str, manifest: dict, runs_root: Path, out: Path) -> Path:
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body = (f"<p>Runs root <code>{esc(runs_root)}</code>, written {esc(stamp)}. Tables group by each group's axes "
             "and pool only over seeds; click a column to sort.</p>" + _status_section(cells, states)
-            + _failures_section(cells, states) + toc + "".join(sections))
+            + _failures_section(cells, states) + search.page_section(name, runs_root, out, _figure, html_table) + toc
+            + "".join(sections))
     page = out / "index.html"
     _write_text(page, _page(f"sweep {name}", body, SORT_JS))
     return page

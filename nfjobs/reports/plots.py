@@ -10,6 +10,9 @@
 - `metric_bars`: a report table (`tables.report`) as bars with its interval, chance level dashed where known;
 - `metric_vs`: a report table as lines of the metric against one column, one line per value of the others.
 
+- `search_progress`: a search's metric against trial number, with the best so far;
+- `search_values`: a search's metric against each searched key's drawn values, one panel per key.
+
 Each takes a polars table (see its docstring), writes a PNG to `path` and returns the matplotlib Figure. Every
 text is passed through `plain` first: a `$` in a label never starts matplotlib's mathtext.
 """
@@ -236,4 +239,51 @@ def metric_vs(table: pl.DataFrame, x: str, series: list[str], metric: str, title
     ax.set_title(plain(title))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _save(fig, path)
+
+
+def search_progress(trials: pl.DataFrame, metric: str, direction: str, path: Path | str):
+    """A search's metric against trial number (`trial`, `value`, `state` columns): complete trials as dots, the
+    best so far as a step line; pruned and failed trials as marks on the x axis."""
+    fig, ax = _figure(7.0, 3.6)
+    done = trials.filter(pl.col("state") == "complete").sort("trial")
+    values = done["value"].to_list()
+    best = [min(values[: i + 1]) if direction == "minimize" else max(values[: i + 1]) for i in range(len(values))]
+    ax.plot(done["trial"].to_list(), values, "o", ms=4, color=COLORS[0], label="trial")
+    ax.step(done["trial"].to_list(), best, where="post", color=COLORS[1], label="best so far")
+    for i, state in enumerate(("pruned", "fail")):
+        ended = trials.filter(pl.col("state") == state)["trial"].to_list()
+        if ended:
+            ax.plot(ended, [min(values, default=0)] * len(ended), "x", color=COLORS[3 + i], label=state)
+    if values and min(values) > 0 and max(values) / min(values) >= 100:
+        ax.set_yscale("log")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(plain(metric))
+    ax.set_title(plain(f"{metric} ({direction}) against trial number"))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _save(fig, path)
+
+
+def search_values(trials: pl.DataFrame, space: dict[str, str], metric: str, path: Path | str):
+    """One panel per searched key: the metric of each complete trial against the value it drew (a log axis for a
+    loguniform key), later trials darker."""
+    from matplotlib.figure import Figure
+
+    keys = list(space)
+    fig = Figure(figsize=(3.2 * max(len(keys), 1), 3.2), dpi=100, layout="constrained")
+    done = trials.filter(pl.col("state") == "complete").sort("trial")
+    for i, key in enumerate(keys):
+        ax = fig.add_subplot(1, max(len(keys), 1), i + 1)
+        xs = done[key].to_list()
+        if space[key] == "choice":
+            labels = sorted({str(x) for x in xs})
+            xs = [labels.index(str(x)) for x in xs]
+            ax.set_xticks(range(len(labels)), [plain(x) for x in labels], fontsize=7)
+        ax.scatter(xs, done["value"].to_list(), c=done["trial"].to_list(), cmap="viridis_r", s=14)
+        if space[key] == "loguniform":
+            ax.set_xscale("log")
+        ax.set_xlabel(plain(f"{key} ({space[key]})"))
+        ax.set_ylabel(plain(metric) if i == 0 else "")
+        ax.grid(alpha=0.3)
     return _save(fig, path)

@@ -37,6 +37,8 @@ CODE = "_code"
 """`<hash>/`: the frozen code copies launched jobs import."""
 LOCKS = "_locks"
 """`<sweep>.lock`: held by the launch that is submitting the sweep's cells."""
+SEARCHES = "_searches"
+"""`<sweep>.journal`: a search's Optuna study (its journal file; `<sweep>.journal.lock` beside it)."""
 SCORERS = "scorers"
 """`<scorer key>.pt`: trained scorers shared by the score cells that would train the same one."""
 
@@ -149,6 +151,12 @@ class RunsRoot:
         if not is_safe_name(sweep):
             raise ValueError(f"{sweep!r} is not a sweep name")
         return self.path / LOCKS / f"{sweep}.lock"
+
+    def study(self, sweep: str) -> Path:
+        """The journal file of the sweep's search (Optuna's JournalStorage)."""
+        if not is_safe_name(sweep):
+            raise ValueError(f"{sweep!r} is not a sweep name")
+        return self.path / SEARCHES / f"{sweep}.journal"
 
     def scorer(self, key: str) -> Path:
         if not is_safe_name(key):

@@ -3,15 +3,17 @@ it has none or a retry is live, from its job (`nfjobs.backends` maps each schedu
 
 from typing import Literal, get_args
 
-Outcome = Literal["ok", "failed", "blocked", "cancelled"]
+Outcome = Literal["ok", "failed", "blocked", "cancelled", "pruned"]
 """What a result file can say (its `status` column)."""
-State = Literal["ok", "failed", "blocked", "cancelled", "running", "pending", "requeued", "not run"]
+State = Literal["ok", "failed", "blocked", "cancelled", "pruned", "running", "pending", "requeued", "not run"]
 """Every state `launch.py status` and `results.cell_states` report."""
 
 OK: Outcome = "ok"
 FAILED: Outcome = "failed"
 BLOCKED: Outcome = "blocked"
 CANCELLED: Outcome = "cancelled"
+PRUNED: Outcome = "pruned"
+"""A search's pruner stopped the trial early (its checkpoint is kept); the search counts it as ended."""
 RUNNING: State = "running"
 PENDING: State = "pending"
 REQUEUED: State = "requeued"

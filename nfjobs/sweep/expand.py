@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from nfjobs import identity, typed
+from nfjobs.sweep import sampling
 from nfjobs.sweep.groups import (_check_value, _Group, _parse_group, _Problems, _split_reference, _suggest,
                                  _value_at)
 from nfjobs.store.layout import SAFE_NAME as NAME  # sweep and group names name folders under the runs and log roots
@@ -104,15 +105,44 @@ class _Launch:
     """Cells the files read so far will make (counted before they are built)."""
     found: dict[str, tuple[Path | None, str]] = field(default_factory=dict)
     """References outside the launch, resolved."""
+    points: list[dict[str, Any]] | None = None
+    """A search's trials to build (dotted key -> value each)."""
+    searches: list[sampling.Search] = field(default_factory=list)
+    """The `[search]` tables read, with their group's distributions."""
+
+
+def search_of(paths: list[str | Path], overrides: list[Override] = (), sweep_name: str | None = None, *,
+              runs_root: str | Path = "runs", max_cells: int = MAX_CELLS) -> sampling.Search | None:
+    """The `[search]` of a launch, its files validated (SweepError as `expand`); None when no file has one. A
+    search is launched alone: one file, one group."""
+    launch = _Launch(Path(runs_root), max_cells)
+    problems: list[str] = []
+    found = [(Path(path), _Problems(str(path))) for path in paths]
+    files = [(path, p, _read(path, p)) for path, p in found]
+    if not any(isinstance(data, dict) and "search" in data for _, _, data in files):
+        return None  # `expand` reports anything else
+    for path, p, data in files:
+        if data is not None:
+            _expand_file(path, data, list(overrides), p, sweep_name, launch)
+        problems.extend(p.items)
+    if problems:
+        raise SweepError(problems)
+    if launch.searches and len(paths) > 1:
+        raise SweepError([f"{launch.searches[0].source}: search: a [search] sweep is launched on its own; launch "
+                          "the other files separately"])
+    return launch.searches[0] if launch.searches else None
 
 
 def expand(paths: list[str | Path], overrides: list[Override] = (), sweep_name: str | None = None, *,
-           runs_root: str | Path = "runs", max_cells: int = MAX_CELLS) -> list[Cell]:
+           runs_root: str | Path = "runs", max_cells: int = MAX_CELLS,
+           points: list[dict[str, Any]] | None = None) -> list[Cell]:
     """All cells of the sweep files, validated; raises SweepError listing every problem found. References to
-    cells outside the launch are looked up under `runs_root`."""
+    cells outside the launch are looked up under `runs_root`. A file with a `[search]` table gives the cells of
+    `points` (each a value per distributed key: a round of trials), or without them the two cells at the ends of
+    its ranges, which validate it."""
     problems: list[str] = []
     cells: list[Cell] = []
-    launch = _Launch(Path(runs_root), max_cells)
+    launch = _Launch(Path(runs_root), max_cells, points=points)
     kinds_seen = launch.kinds_seen
     if sweep_name is not None and not _valid_name(sweep_name):
         problems.append(f"command line: --name: {NAME_RULE}, got {sweep_name!r}")
@@ -144,6 +174,36 @@ def _valid_name(name: Any) -> bool:
     return isinstance(name, str) and NAME.fullmatch(name) is not None
 
 
+def _search_space(p: _Problems, search: sampling.Search | None, groups: list[_Group], sample_seed: int, name: str,
+                  path: Path, launch: _Launch) -> None:
+    """A search's one group gets one axis over its distributions: the trials asked for, else the two ends of
+    every range (what validation builds)."""
+    if len(groups) > 1:
+        p.add("search", "a [search] runs over one group of cells: write one sweep file per search")
+        return
+    g = groups[0]
+    if not g.dists:
+        p.add("search", "no field has a distribution to search over, e.g. optim.lr = { loguniform = [1e-4, 1e-2] }")
+    for keys, _ in g.axes:
+        p.add(keys[0], "a [search] varies only its distributions: give this field one value, or a "
+                       "{ choice = [...] } to search over")
+    for key in g.refs:
+        p.add(key, "a [search] reads no other group's cells: give a cell key or a run directory")
+    if search is not None and search.trials > launch.max_cells:
+        p.add("search.trials", f"{search.trials:,} trials: more than the launch's limit of {launch.max_cells:,} cells; "
+                               "ask for fewer, or raise the limit with --max-cells N")
+    if p.items or search is None:
+        return
+    info = kind_info(g.kind)
+    if launch.points is None:
+        points = [tuple(d.corners[end] for d in g.dists.values()) for end in (0, 1)]
+    else:
+        points = [tuple(_check_value(p, k, trial[k], info.leaves[k]) for k in g.dists) for trial in launch.points]
+    g.axes.append((tuple(g.dists), points))
+    launch.searches.append(dataclasses.replace(search, space=dict(g.dists), seed=sample_seed, group=g.name,
+                                               kind=g.kind, source=str(path), sweep=name))
+
+
 def _expand_file(path: Path, data: dict[str, Any], overrides: list[Override], p: _Problems,
                  sweep_name: str | None, launch: _Launch) -> list[Cell]:
     kinds_seen = launch.kinds_seen
@@ -164,6 +224,14 @@ def _expand_file(path: Path, data: dict[str, Any], overrides: list[Override], p:
     seeds = meta.get("seeds", "derived")
     if seeds not in SEED_POLICIES:
         p.add("sweep.seeds", f"expected one of {', '.join(map(repr, SEED_POLICIES))}, got {seeds!r}")
+    samples, sample_seed = meta.get("samples"), meta.get("sample_seed", 0)
+    if samples is not None and not (type(samples) is int and samples >= 1):
+        p.add("sweep.samples", f"expected a whole number >= 1 (points drawn per group), got {samples!r}")
+    if not (type(sample_seed) is int and sample_seed >= 0):
+        p.add("sweep.sample_seed", f"expected a whole number >= 0, got {sample_seed!r}")
+    search = sampling.parse_search(p.add, data["search"]) if "search" in data else None
+    if search is not None and samples is not None:
+        p.add("sweep.samples", "a [search] chooses its own points (trials); remove samples or the [search] table")
     raw_groups = data.get("group")
     if raw_groups is not None and not (isinstance(raw_groups, list) and all(isinstance(g, dict) for g in raw_groups)):
         p.add("group", "expected [[group]] tables")
@@ -173,11 +241,31 @@ def _expand_file(path: Path, data: dict[str, Any], overrides: list[Override], p:
         return []
     if "name" in data:
         p.add("name", "the sweep's name goes in the [sweep] table (name = ...); group names in [[group]] tables")
-    common = {k: v for k, v in data.items() if k not in ("group", "sweep", "name")}
+    common = {k: v for k, v in data.items() if k not in ("group", "sweep", "name", "search")}
     groups = [
         _parse_group(p, g, common, i, g.get("name", str(i))) for i, g in enumerate(raw_groups)
     ] if raw_groups else [_parse_group(p, {}, common, 0, "main")]
     if p.items or any(g is None for g in groups):
+        return []
+    if "search" in data:
+        _search_space(p, search, groups, sample_seed, name, path, launch)
+    for g in groups:
+        if g.dists and "search" not in data:
+            if samples is None:
+                p.add(next(iter(g.dists)), "a distribution needs [sweep] samples = N (points drawn per group) or a "
+                                           "[search] table")
+                continue
+            if samples > launch.max_cells:  # refused before anything is drawn; the grid is counted below
+                p.add("sweep.samples", f"{samples:,} samples: more than the launch's limit of {launch.max_cells:,} "
+                                       "cells; draw fewer, or raise the limit with --max-cells N")
+                break
+            leaves = kind_info(g.kind).leaves
+            drawn = [[_check_value(p, k, v, leaves[k]) for v in sampling.draw(d, samples, sample_seed, g.name, k)]
+                     for k, d in g.dists.items()]
+            g.axes.append((tuple(g.dists), list(zip(*drawn))))
+    if samples is not None and not any(g.dists for g in groups):
+        p.add("sweep.samples", "no field of this file has a distribution to draw from")
+    if p.items:
         return []
 
     by_name: dict[str, _Group] = {}
@@ -218,8 +306,8 @@ def _expand_file(path: Path, data: dict[str, Any], overrides: list[Override], p:
         if launch.counted > launch.max_cells:
             where = f"group {g.name}" if g.name != "main" else ""
             p.add(where, f"the launch would have more than {launch.max_cells:,} cells (the product of the grid "
-                         "axes' lengths); shrink the grid, split it into several launches, or raise the limit "
-                         "with --max-cells N")
+                         "axes' lengths and [sweep] samples); shrink the grid, split it into several launches, or "
+                         "raise the limit with --max-cells N")
             return []
     for g in groups:
         info = kind_info(g.kind)

@@ -9,6 +9,7 @@ from typing import Any
 from nfjobs import config as shared
 from nfjobs import typed
 from nfjobs.kinds import UnknownKind
+from nfjobs.sweep import sampling
 from nfjobs.sweep.model import RESERVED, RUNTIME_AXIS, kind_info
 
 def _suggest(key: str, valid: list[str]) -> str:
@@ -33,6 +34,8 @@ class _Group:
     refs: dict[str, str]  # dotted key -> what follows the "@": a group name, or a group name + "." + its key
     slurm: dict[str, Any]
     seeded_axis: bool
+    dists: dict[str, sampling.Distribution]
+    """Dotted key -> the distribution its values are drawn from (`[sweep] samples`) or searched over."""
 
 
 class _Problems:
@@ -77,12 +80,12 @@ def _parse_group(p: _Problems, raw: dict[str, Any], common: dict[str, Any], inde
         return None
 
     # merge by dotted key: a group's `[group.optim] lr = ...` keeps the file's other `[optim]` settings
-    flat = typed.flatten({k: v for k, v in common.items() if k not in RESERVED})
-    flat.update(typed.flatten({k: v for k, v in raw.items() if k not in RESERVED}))
+    flat = _lift_distributions(typed.flatten({k: v for k, v in common.items() if k not in RESERVED}), info.leaves)
+    flat.update(_lift_distributions(typed.flatten({k: v for k, v in raw.items() if k not in RESERVED}), info.leaves))
     zips = [*common.get("zip", []), *raw.get("zip", [])]
     slurm = {**common.get("slurm", {}), **raw.get("slurm", {})}
     valid = sorted(info.leaves)
-    group = _Group(default_name, kind, index, {}, [], {}, {}, False)
+    group = _Group(default_name, kind, index, {}, [], {}, {}, False, {})
 
     def check_key(key: str) -> bool:
         if key in info.leaves:
@@ -106,6 +109,14 @@ def _parse_group(p: _Problems, raw: dict[str, Any], common: dict[str, Any], inde
         if not check_key(key):
             continue
         tp = info.leaves[key]
+        if isinstance(value, _DistributionTable):
+            if key in info.runtime:
+                p.add(where + key, RUNTIME_AXIS)
+                continue
+            if (dist := sampling.parse(lambda msg: p.add(where + key, msg), value, tp)) is not None:
+                group.dists[key] = dist
+                group.seeded_axis |= key == "seed"
+            continue
         if isinstance(value, str) and value.startswith("@"):
             if key in info.runtime:  # a reference is an axis over the referenced cells
                 p.add(where + key, RUNTIME_AXIS)
@@ -136,7 +147,11 @@ def _parse_group(p: _Problems, raw: dict[str, Any], common: dict[str, Any], inde
             p.add(f"{where}zip[{z}]", "a [[zip]] table needs at least one key with a list of values")
             continue
         lengths = {}
-        for key, value in zflat.items():
+        for key, value in _lift_distributions(zflat, info.leaves).items():
+            if isinstance(value, _DistributionTable):
+                p.add(f"{where}zip[{z}].{key}", "a distribution cannot be paired in a [[zip]]: set it outside the "
+                                                 "[[zip]] (its draws are crossed with the other axes)")
+                continue
             if not check_key(key):
                 continue
             if key in group.fixed or any(key in keys for keys, _ in group.axes):
@@ -169,6 +184,24 @@ def _parse_group(p: _Problems, raw: dict[str, Any], common: dict[str, Any], inde
         for field_name, msg in shared.SlurmConfig.problems(_unchecked(shared.SlurmConfig, group.slurm)):
             p.add(f"{where}slurm.{field_name}", msg)
     return group
+
+
+class _DistributionTable(dict):
+    """A table given as a field's value (`optim.lr = { loguniform = [1e-4, 1e-2] }`): a distribution to check."""
+
+
+def _lift_distributions(flat: dict[str, Any], leaves: dict[str, Any]) -> dict[str, Any]:
+    """`flat` with each table under a field (`optim.lr.loguniform`, flattened) put back as that field's value."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        head, _, last = key.rpartition(".")
+        if key not in leaves and head in leaves:
+            table = out.get(head)
+            out[head] = table if isinstance(table, _DistributionTable) else _DistributionTable()
+            out[head][last] = value
+        else:
+            out[key] = value
+    return out
 
 
 def _nested_reference(value: Any) -> str | None:

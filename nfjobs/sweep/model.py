@@ -7,9 +7,9 @@ from nfjobs import identity, typed
 from nfjobs.errors import UserError, one_line
 from nfjobs.kinds import UnknownKind, load_kind
 
-RESERVED = {"kind", "name", "zip", "group", "slurm", "sweep"}
+RESERVED = {"kind", "name", "zip", "group", "slurm", "sweep", "search"}
 """Top-level / group keys that are not config fields."""
-SWEEP_META = {"name", "seeds", "description"}
+SWEEP_META = {"name", "seeds", "description", "samples", "sample_seed"}
 SEED_POLICIES = ("derived", "fixed")
 MAX_CELLS = 200_000
 """Default limit on the cells of one launch (`--max-cells` raises it); counted before any cell is built."""

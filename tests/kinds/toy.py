@@ -1,5 +1,6 @@
 """A deterministic job kind with nested configs, for pinning sweep semantics without models."""
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -7,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from nfjobs.config import DataConfig, OptimConfig, runtime_field
+from nfjobs.context import Pruned
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,11 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     head: Head = field(default_factory=Head)
+    x: float = 0.0
+    """A free number: `objective` = (x - 0.3)^2 + (log10 optim.lr + 3)^2, least (0) at x = 0.3, lr = 1e-3."""
+    steps: int = 0
+    """Per-step records of `objective` (from objective + steps - 1 down to objective), each told to `ctx.report`:
+    a search's pruner may stop the cell."""
     upstream: str = ""
     """A cell key this cell reads (for dependency tests)."""
     fail: bool = False
@@ -69,6 +76,12 @@ def run(cfg: Config, ctx) -> list[dict]:
     if cfg.upstream:
         upstream = (ctx.resolve(cfg.upstream) / "result.parquet").exists()
     score = cfg.optim.lr * cfg.head.width + cfg.seed % 7
+    objective = (cfg.x - 0.3) ** 2 + (math.log10(cfg.optim.lr) + 3) ** 2
+    for step in range(cfg.steps):
+        value = {"objective": objective + cfg.steps - 1 - step}
+        ctx.log_metrics(step, value, phase="step")
+        if ctx.report(step, value):
+            raise Pruned(f"step {step}")
     ctx.log_metrics(0, {"metric": score}, phase="toy")
     extra = {"head.width": -1} if cfg.clash else {}
     # echoing a config value under its own name is harmless
@@ -77,5 +90,5 @@ def run(cfg: Config, ctx) -> list[dict]:
         import torch
 
         extra |= {"omp_threads": os.environ.get("OMP_NUM_THREADS", "unset"), "torch_threads": torch.get_num_threads()}
-    return [{"metric": score, "split": s, "upstream_ok": upstream, "seed": cfg.seed, "gpus": gpus, **extra}
+    return [{"metric": score, "objective": objective, "split": s, "upstream_ok": upstream, "seed": cfg.seed, "gpus": gpus, **extra}
             for s in ("train", "val")]
