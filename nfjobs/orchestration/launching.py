@@ -40,6 +40,8 @@ def launch(cells: Sequence[Cell], runs_root: Path, log_root: Path, flags: dict[s
     log_dir = Path(log_root) / "+".join(sweeps)
     if mode == "slurm":
         slurm.check_available()
+    if mode == "debug":
+        debug.check(cells, flags)
     with locks.launch_lock(runs_root, sweeps):
         p = planning.plan(cells, runs_root, force=force, in_flight=planning.live_jobs(cells, runs_root))
         announce(p)
