@@ -1,0 +1,125 @@
+"""Cells of several ranks on the CPU (gloo): the same training trajectory and the same cache bytes as one process,
+one result written by one rank, a failing rank named in the cell's error, a hung rank ending the cell within the
+timeout, and the placement a 2-node Slurm job gives its tasks."""
+
+import hashlib
+import os
+import pickle
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from nfjobs import ranks
+from nfjobs.activations import open_cache
+from nfjobs.config import DataConfig, OptimConfig
+from nfjobs.context import Context
+from nfjobs.jobs import cache, train
+from nfjobs.models.perceiver_config import PerceiverConfig
+from nfjobs.store import rows
+from nfjobs.store.layout import RunDir
+from nfjobs.worker import CellSpec, run_cell
+from kinds import ranked
+
+ROOT = Path(__file__).parent.parent
+TINY = train.Config(
+    data=DataConfig(name="builtin", builtin_n=20, val_frac=0.2),
+    optim=OptimConfig(lr=1e-3, warmup_steps=2),
+    perceiver=PerceiverConfig(fourier_size=8, latent_dims=(16, 24), num_latents=8, cross_heads=1, cross_dim_head=8,
+                              self_heads=1, self_dim_head=8, ff_mult=1, processor_depth=1),
+    epochs=2, batch_size=8, curve_images=2, eval_batch_size=4, compile=False,
+)  # 16 training images: 2 steps of 8 per epoch, 4 per rank; full context, nothing drawn at random
+
+
+def _spec(runs: Path, kind: str, cfg, key: str, world_size: int = 2, timeout_s: int = 60) -> CellSpec:
+    return CellSpec(kind, cfg, key, "s", "g", str(runs), {}, world_size=world_size, dist_timeout_s=timeout_s)
+
+
+def _result(runs: Path, key: str) -> pl.DataFrame:
+    return pl.read_parquet(RunDir(runs, key).result)
+
+
+def test_two_ranks_follow_the_one_process_loss_trajectory_and_write_one_result(tmp_path):
+    one = train.run(TINY, Context(key="one", kind="train", runs_root=tmp_path))
+    run_cell(_spec(tmp_path, "train", TINY, "two"))
+    np.testing.assert_allclose(np.load(tmp_path / "two" / "train_loss.npy"), np.load(tmp_path / "one" / "train_loss.npy"),
+                               rtol=1e-4)
+    df = _result(tmp_path, "two")
+    assert df.height == len(one) and set(df["status"]) == {"ok"}  # rank 0's rows only, not one set per rank
+    assert set(df["run.world_size"]) == {2} and set(df["run.nodes"]) == {1}
+    np.testing.assert_allclose(df["psnr"].to_numpy(), [r["psnr"] for r in one], rtol=1e-3)
+    assert (tmp_path / "two" / "model.pt").is_file()
+
+
+def test_two_ranks_write_the_same_cache_bytes_as_one_process(tmp_path):
+    cfg = cache.Config(data=DataConfig(builtin_n=40, val_frac=0.25), split="both", shard_size=4, batch_size=4,
+                       dtype="float32")
+    for key, n in (("one", 1), ("two", 2)):
+        run_cell(_spec(tmp_path, "cache", cfg, key, world_size=n))
+
+    def files(key: str) -> dict[str, str]:
+        found = sorted((tmp_path / key).glob("*/*.npy")) + sorted((tmp_path / key).glob("*/shards/*.npy"))
+        return {str(p.relative_to(tmp_path / key)): hashlib.sha256(p.read_bytes()).hexdigest() for p in found}
+
+    assert files("two") == files("one") and len(files("one")) == 2 * 2 + 8 + 3  # labels, traits, shards
+    df = _result(tmp_path, "two")
+    assert df["shards_written"].to_list() == [8, 3] and set(df["run.world_size"]) == {2}
+    assert [open_cache(tmp_path / "two" / s).n_images for s in ("train", "val")] == [30, 10]  # marked complete
+
+
+def test_a_rank_that_hangs_ends_the_cell_within_the_timeout(tmp_path):
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="rank 0 of 2"):
+        run_cell(_spec(tmp_path, "ranked", ranked.Config(hang_rank=1), "hang", timeout_s=4))
+    assert time.monotonic() - t0 < 60  # the hung rank sleeps 300 s: it was stopped, not waited for
+    status, line = rows.outcome(tmp_path, "hang")
+    assert status == "failed" and "rank 0 of 2" in line and "Timed out" in line
+
+
+def test_slurm_placement_of_a_two_node_job_reaches_torch_distributed(tmp_path):
+    """No second node here (Debian's slurmd is built without multiple-slurmd): each process gets the variables a
+    2-node x 1-task Slurm job gives its tasks and takes its place through TorchDistributedEnvironment, as on a
+    cluster; rank 1 raises, and the cell fails with its error and rank."""
+    spec = _spec(tmp_path, "ranked", ranked.Config(fail_rank=1), "nodes")
+    port = str(ranks.free_port())
+    procs = []
+    code = "import pickle, sys; from nfjobs.worker import run_cell; run_cell(pickle.load(sys.stdin.buffer))"
+    for node in (0, 1):
+        env = {**os.environ, "SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "77", "SLURM_NTASKS": "2",
+               "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "localhost,localhost", "SLURM_NODEID": str(node),
+               "SLURM_PROCID": str(node), "SLURM_LOCALID": "0", "MASTER_PORT": port, "CUDA_VISIBLE_DEVICES": ""}
+        procs.append(subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, env=env, cwd=ROOT))
+        procs[-1].stdin.write(pickle.dumps(spec))
+        procs[-1].stdin.close()
+    codes = [p.wait(timeout=120) for p in procs]
+    assert codes[1] != 0
+    status, line = rows.outcome(tmp_path, "nodes")
+    assert status == "failed" and line == ("rank 1 of 2 on " + os.uname().nodename +
+                                           " failed: ValueError: ranked job failing on purpose on rank 1")
+    df = _result(tmp_path, "nodes")
+    assert df["run.world_size"][0] == 2 and df["run.nodes"][0] == 2 and df["run.hosts"][0] == os.uname().nodename
+
+
+def test_a_placement_from_slurms_variables_narrows_the_gpus_to_its_local_rank(monkeypatch):
+    for k, v in {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "5", "SLURM_NTASKS": "4", "SLURM_JOB_NUM_NODES": "2",
+                 "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_NODEID": "1", "SLURM_PROCID": "3", "SLURM_LOCALID": "1",
+                 "CUDA_VISIBLE_DEVICES": "4,5"}.items():
+        monkeypatch.setenv(k, v)
+    for k in ranks.DIST_VARIABLES:
+        monkeypatch.delenv(k, raising=False)
+    assert ranks.slurm_placement() == ranks.Placement(rank=3, world_size=4, local_rank=1, nodes=2)
+    assert os.environ["MASTER_ADDR"] == "gpu07" and os.environ["RANK"] == "3" and os.environ["WORLD_SIZE"] == "4"
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
+
+
+def test_debug_refuses_a_cell_of_several_ranks(sweep_file, run_launch, capsys):
+    path = sweep_file('kind = "ranked"\n[slurm]\ntasks_per_node = 2\n')
+    with pytest.raises(SystemExit) as exit_:
+        run_launch("--sweep", str(path), "--debug")
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "asks for 2 ranks" in err and "run without --debug" in err
