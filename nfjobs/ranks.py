@@ -82,10 +82,16 @@ def join(place: Placement, timeout_s: float, holds_claim: bool) -> Placement | N
     dist.init_process_group(backend, timeout=dt.timedelta(seconds=timeout_s), rank=place.rank,
                             world_size=place.world_size)
     found: list = [None] * place.world_size
-    dist.all_gather_object(found, (holds_claim, socket.gethostname()))
+    dist.all_gather_object(found, (holds_claim, host_name()))
     if not found[0][0]:
         return None
     return dataclasses.replace(place, hosts=tuple(host for _, host in found))
+
+
+def host_name() -> str:
+    """This rank's node: Slurm's name for it in a Slurm job (what `squeue` and the node list say), else the
+    machine's host name."""
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
 
 
 def leave() -> None:

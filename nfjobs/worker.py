@@ -68,7 +68,7 @@ def runtime_provenance(place: ranks.Placement = ranks.Placement()) -> dict[str, 
         "run.host": socket.gethostname(),
         "run.world_size": place.world_size,
         "run.nodes": place.nodes,
-        "run.hosts": ",".join(dict.fromkeys(place.hosts or (socket.gethostname(),))),
+        "run.hosts": ",".join(dict.fromkeys(place.hosts or (ranks.host_name(),))),
         "run.slurm_job_id": env.get("SLURM_JOB_ID", ""),
         "run.slurm_array_job_id": env.get("SLURM_ARRAY_JOB_ID", ""),
         "run.slurm_array_task_id": env.get("SLURM_ARRAY_TASK_ID", ""),
@@ -204,7 +204,7 @@ def _run_claimed(spec: CellSpec, place: ranks.Placement, holds_claim: bool = Tru
         if type(err).__name__ == "UncompletedJobError":  # submitit: interrupted and not requeued
             error += "\n" + NOT_RESUMABLE.format(kind=spec.kind)
         if many:  # the error's last line, which progress lines and `status` show, names the rank
-            error += (f"\nrank {place.rank} of {place.world_size} on {socket.gethostname()} failed: "
+            error += (f"\nrank {place.rank} of {place.world_size} on {ranks.host_name()} failed: "
                       f"{one_line(f'{type(err).__name__}: {err}')}")
         failure = err
     finally:

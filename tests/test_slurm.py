@@ -527,3 +527,25 @@ def test_a_two_task_train_cell_requeued_mid_epoch_resumes_and_ends_with_one_resu
     assert df["run.resumed_from"][0] in [f"epoch {i}" for i in range(1, 6)]  # it was stopped before the end
     logs = sorted(p.name for p in (tmp_path / "logs" / "ranks").glob("*/*_log.err"))
     assert [name.rsplit("_", 2)[-2] for name in logs] == ["0", "1"]  # one log per rank
+
+
+TWO_NODES = os.environ.get("NFJOBS_TEST_SLURM_TWO_NODES", "")
+"""The slurm.conf of a cluster of two nodes (`bash scripts/dev-slurm-two-nodes.sh up`: two slurmd on this machine)."""
+
+
+@pytest.mark.skipif(not TWO_NODES, reason="no two-node cluster (bash scripts/dev-slurm-two-nodes.sh up, then "
+                                           "NFJOBS_TEST_SLURM_TWO_NODES=/tmp/nfjobs-slurm-two/slurm.conf)")
+def test_a_two_node_cell_runs_one_rank_on_each_node(sweep_file, tmp_path):
+    path = sweep_file('kind = "ranked"\n', "nodes.toml")
+    runs = tmp_path / "two" / "runs"  # not tmp_path/runs: its job ids are the other cluster's, never to be scancelled
+    cmd = [sys.executable, "launch.py", "--sweep", str(path), "--runs-root", str(runs), "--log-root",
+           str(tmp_path / "logs"), "--slurm-acct", "ci", "--slurm-partition", "two", "--cpus-per-task", "1",
+           "--nodes", "2", "--wait"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "SLURM_CONF": TWO_NODES})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    row = results.load(path, runs).collect().row(0, named=True)
+    nodes = row["run.hosts"].split(",")
+    assert row["status"] == "ok" and row["rank_sum"] == 3.0  # 1 + 2: the all-reduce spanned both ranks
+    assert row["run.world_size"] == 2 and row["run.nodes"] == 2 and len(set(nodes)) == 2
+    assert row["master_addr"] == nodes[0]  # Slurm's first node, through TorchDistributedEnvironment
