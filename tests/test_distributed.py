@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from nfjobs import ranks
+from nfjobs import ranks, results
 from nfjobs.activations import open_cache
 from nfjobs.config import DataConfig, OptimConfig
 from nfjobs.context import Context
@@ -55,20 +55,23 @@ def test_two_ranks_follow_the_one_process_loss_trajectory_and_write_one_result(t
     assert (tmp_path / "two" / "model.pt").is_file()
 
 
-def test_two_ranks_write_the_same_cache_bytes_as_one_process(tmp_path):
+def test_a_local_launch_of_two_ranks_writes_the_same_cache_bytes_as_one_process(tmp_path, sweep_file, run_launch):
     cfg = cache.Config(data=DataConfig(builtin_n=40, val_frac=0.25), split="both", shard_size=4, batch_size=4,
                        dtype="float32")
-    for key, n in (("one", 1), ("two", 2)):
-        run_cell(_spec(tmp_path, "cache", cfg, key, world_size=n))
+    run_cell(_spec(tmp_path / "one", "cache", cfg, "one", world_size=1))
+    path = sweep_file('kind = "cache"\ndata.builtin_n = 40\ndata.val_frac = 0.25\nshard_size = 4\nbatch_size = 4\n'
+                      'dtype = "float32"\n')
+    assert run_launch("--sweep", str(path), "--tasks-per-node", "2") == 0  # a worker, the parent of 2 ranks
+    df = results.load(path, tmp_path / "runs").collect()
+    two = tmp_path / "runs" / df["key"][0]
 
-    def files(key: str) -> dict[str, str]:
-        found = sorted((tmp_path / key).glob("*/*.npy")) + sorted((tmp_path / key).glob("*/shards/*.npy"))
-        return {str(p.relative_to(tmp_path / key)): hashlib.sha256(p.read_bytes()).hexdigest() for p in found}
+    def files(run_dir: Path) -> dict[str, str]:
+        found = sorted(run_dir.glob("*/*.npy")) + sorted(run_dir.glob("*/shards/*.npy"))
+        return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest() for p in found}
 
-    assert files("two") == files("one") and len(files("one")) == 2 * 2 + 8 + 3  # labels, traits, shards
-    df = _result(tmp_path, "two")
+    assert files(two) == files(tmp_path / "one" / "one") and len(files(two)) == 2 * 2 + 8 + 3  # labels, traits
     assert df["shards_written"].to_list() == [8, 3] and set(df["run.world_size"]) == {2}
-    assert [open_cache(tmp_path / "two" / s).n_images for s in ("train", "val")] == [30, 10]  # marked complete
+    assert [open_cache(two / s).n_images for s in ("train", "val")] == [30, 10]  # marked complete
 
 
 def test_a_rank_that_hangs_ends_the_cell_within_the_timeout(tmp_path):
