@@ -126,3 +126,12 @@ def test_debug_refuses_a_cell_of_several_ranks(sweep_file, run_launch, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "asks for 2 ranks" in err and "run without --debug" in err
+
+
+def test_more_ranks_per_node_than_gpus_given_by_a_flag_is_refused(sweep_file, run_launch, capsys):
+    path = sweep_file('kind = "ranked"\n[slurm]\ngpus_per_node = 1\n')
+    with pytest.raises(SystemExit) as exit_:
+        run_launch("--sweep", str(path), "--tasks-per-node", "2", "--dry-run")
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1
+    assert f"{path}: slurm.tasks_per_node with the command line's Slurm flags: must be <= gpus_per_node (1)" in err

@@ -463,7 +463,7 @@ def test_the_kinds_command_lists_what_a_sweep_may_name(tmp_path):
                           text=True, timeout=120, env=declaring_broken(tmp_path / "env"))
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert [ln.split()[0] for ln in lines] == ["cache", "probe", "sae", "score", "smoke", "train", "broken", "toy"]
+    assert [ln.split()[0] for ln in lines] == ["cache", "probe", "sae", "score", "smoke", "train", "broken", "ranked", "toy"]
     assert "A deterministic job kind" in proc.stdout and "[entry point (brokenkind)]" in proc.stdout
     assert str(tmp_path / "pyproject.toml") not in proc.stdout
 
