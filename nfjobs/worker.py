@@ -218,11 +218,14 @@ def _run_claimed(spec: CellSpec, place: ranks.Placement, holds_claim: bool = Tru
         error = (f"job {spec.kind!r} returned metrics whose names clash with result columns {clash} "
                  f"(rename them); its rows were: {_metric_rows_repr(metric_rows)}")
         metric_rows, status, failure = [{}], states.FAILED, ValueError(error)
-    if isinstance(failure, (KeyboardInterrupt, SystemExit)):
-        raise failure  # interrupted, not failed: no result, so a relaunch (or the requeue) runs it again
     # before the ranks agreed, only a rank 0 holding the claim may speak for the cell (another process may run it)
-    writes = not many or ((agreed or (place.is_main and holds_claim)) and (failure is not None or place.is_main)
-                          and ranks.first_to_end(spec.run_dir.rank_ended(spec.part, ctx.parts), place.rank))
+    speaks = agreed or (place.is_main and holds_claim)
+    ended = spec.run_dir.rank_ended(spec.part, ctx.parts)
+    if isinstance(failure, (KeyboardInterrupt, SystemExit)):
+        if many and speaks:  # a requeue or a cancel: the ranks that lose this one then fail quietly, writing nothing
+            ranks.first_to_end(ended, place.rank)
+        raise failure  # interrupted, not failed: no result, so a relaunch (or the requeue) runs it again
+    writes = not many or (speaks and (failure is not None or place.is_main) and ranks.first_to_end(ended, place.rank))
     result = rows.build_rows(spec, status, error, config=spec.config, meta=meta, metrics=metric_rows)
     try:
         if writes:
