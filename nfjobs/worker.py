@@ -191,8 +191,8 @@ def _run_claimed(spec: CellSpec, place: ranks.Placement, holds_claim: bool = Tru
             if many and not getattr(module, "DISTRIBUTED", False):
                 if not place.is_main:
                     return []
-                ctx.log(f"kind {spec.kind!r} does not split its work over ranks: rank 0 runs it, "
-                        f"ranks 1-{place.world_size - 1} end now")
+                ctx.log(f"kind {spec.kind!r} does not split its work over ranks: rank 0 runs it alone, "
+                        f"the other {place.world_size - 1} end now")
             metric_rows = module.run(spec.config, ctx) or [{}]
             if spec.part is not None and place.is_main:
                 held, metric_rows = parts.finish(module, spec.config, ctx, metric_rows)
