@@ -20,7 +20,7 @@ from nfjobs.config import DataConfig, OptimConfig
 from nfjobs.context import Context
 from nfjobs.jobs import cache, train
 from nfjobs.models.perceiver_config import PerceiverConfig
-from nfjobs.store import rows
+from nfjobs.store import locks, rows
 from nfjobs.store.layout import RunDir
 from nfjobs.worker import CellSpec, run_cell
 from kinds import ranked
@@ -72,6 +72,19 @@ def test_a_local_launch_of_two_ranks_writes_the_same_cache_bytes_as_one_process(
     assert files(two) == files(tmp_path / "one" / "one") and len(files(two)) == 2 * 2 + 8 + 3  # labels, traits
     assert df["shards_written"].to_list() == [8, 3] and set(df["run.world_size"]) == {2}
     assert [open_cache(two / s).n_images for s in ("train", "val")] == [30, 10]  # marked complete
+
+
+def test_the_parent_of_the_ranks_holds_the_claim_so_a_cell_being_run_starts_no_rank(tmp_path):
+    spec = _spec(tmp_path, "ranked", ranked.Config(), "claimed")
+    spec.run_dir.ensure()
+    held = locks.claim(spec.run_dir, None, 1)
+    try:
+        t0 = time.monotonic()
+        assert run_cell(spec) == []
+        assert time.monotonic() - t0 < 2  # no rank process was started
+        assert sorted(p.name for p in spec.run_dir.path.iterdir()) == [".claim"]
+    finally:
+        held.close()
 
 
 def test_a_rank_that_hangs_ends_the_cell_within_the_timeout(tmp_path):
