@@ -141,7 +141,8 @@ def spawn(command: list[str], payload: bytes, world_size: int, grace_s: float = 
     torch.distributed's variables, each on its own GPU of those visible here, the torch threads of this process
     shared between them. Returns every exit code and the rank that failed first (None if none did). When one
     fails (an error or a signal) the others are stopped at once (SIGTERM, SIGKILL after `grace_s`); when this
-    process is interrupted (Ctrl-C, a requeue's exit), all of them, first with SIGINT so they write nothing."""
+    process is interrupted (Ctrl-C, a requeue's exit), all of them, first with SIGINT so they write nothing; when
+    it is killed, the kernel kills them too."""
     port = free_port()
     threads = int(os.environ.get("OMP_NUM_THREADS", "") or os.cpu_count() or 1)
     procs: list[subprocess.Popen] = []
@@ -150,7 +151,7 @@ def spawn(command: list[str], payload: bytes, world_size: int, grace_s: float = 
             env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
                    "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(world_size),
                    "OMP_NUM_THREADS": str(max(1, threads // world_size)), **one_gpu(os.environ, rank)}
-            proc = subprocess.Popen(command, stdin=subprocess.PIPE, env=env)
+            proc = subprocess.Popen(command, stdin=subprocess.PIPE, env=env, preexec_fn=_die_with_parent)
             procs.append(proc)
             proc.stdin.write(payload)
             proc.stdin.close()
@@ -165,6 +166,14 @@ def spawn(command: list[str], payload: bytes, world_size: int, grace_s: float = 
     except BaseException:
         _stop(procs, signal.SIGINT, grace_s)
         raise
+
+
+def _die_with_parent() -> None:
+    """In a rank process before it starts: SIGKILL when its parent dies, however that dies (a cancel SIGKILLs the
+    worker 1 s after its SIGINT, before it could stop its ranks), so no orphaned rank goes on to write a result."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG (Linux)
 
 
 def _stop(procs: list[subprocess.Popen], sig: int, grace_s: float) -> None:
