@@ -16,7 +16,7 @@ import pytest
 
 from nfjobs import ranks, results
 from nfjobs.activations import open_cache
-from nfjobs.config import DataConfig, OptimConfig
+from nfjobs.config import DataConfig, OptimConfig, SlurmConfig
 from nfjobs.context import Context
 from nfjobs.jobs import cache, train
 from nfjobs.models.perceiver_config import PerceiverConfig
@@ -148,3 +148,12 @@ def test_more_ranks_per_node_than_gpus_given_by_a_flag_is_refused(sweep_file, ru
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.count("\n") == 1
     assert f"{path}: slurm.tasks_per_node with the command line's Slurm flags: must be <= gpus_per_node (1)" in err
+
+
+def test_a_cell_of_several_ranks_asks_slurm_for_its_nodes_and_tasks():
+    from nfjobs.backends.slurm import parameters
+
+    params = parameters(SlurmConfig(account="a", nodes=2, tasks_per_node=4, gpus_per_node=4))
+    assert (params["nodes"], params["tasks_per_node"], params["gpus_per_node"]) == (2, 4, 4)
+    assert params["slurm_srun_args"] == ["--kill-on-bad-exit=1"]  # a failed rank ends the job's other ranks
+    assert "slurm_srun_args" not in parameters(SlurmConfig(account="a"))

@@ -527,6 +527,8 @@ def test_a_two_task_train_cell_requeued_mid_epoch_resumes_and_ends_with_one_resu
     assert df["run.resumed_from"][0] in [f"epoch {i}" for i in range(1, 6)]  # it was stopped before the end
     logs = sorted(p.name for p in (tmp_path / "logs" / "ranks").glob("*/*_log.err"))
     assert [name.rsplit("_", 2)[-2] for name in logs] == ["0", "1"]  # one log per rank
+    (script,) = [p.read_text() for p in (tmp_path / "logs" / "ranks").glob("*/*_submission.sh")]
+    assert "#SBATCH --nodes=1" in script and "#SBATCH --ntasks-per-node=2" in script and "--kill-on-bad-exit=1" in script
 
 
 TWO_NODES = os.environ.get("NFJOBS_TEST_SLURM_TWO_NODES", "")
