@@ -3,8 +3,10 @@ one result written by one rank, a failing rank named in the cell's error, a hung
 timeout, and the placement a 2-node Slurm job gives its tasks."""
 
 import hashlib
+import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import time
@@ -157,3 +159,23 @@ def test_a_cell_of_several_ranks_asks_slurm_for_its_nodes_and_tasks():
     assert (params["nodes"], params["tasks_per_node"], params["gpus_per_node"]) == (2, 4, 4)
     assert params["slurm_srun_args"] == ["--kill-on-bad-exit=1"]  # a failed rank ends the job's other ranks
     assert "slurm_srun_args" not in parameters(SlurmConfig(account="a"))
+
+
+def test_local_ranks_get_torch_distributeds_variables_and_one_gpu_each(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    dump = "import json, os, sys; open(sys.stdin.read() + os.environ['RANK'], 'w').write(json.dumps(dict(os.environ)))"
+    codes, failed = ranks.spawn([sys.executable, "-c", dump], str(tmp_path / "env").encode(), 2)
+    assert codes == [0, 0] and failed is None
+    env = [json.loads((tmp_path / f"env{r}").read_text()) for r in (0, 1)]
+    assert {e["MASTER_ADDR"] for e in env} == {"127.0.0.1"} and len({e["MASTER_PORT"] for e in env}) == 1
+    assert [(e["RANK"], e["LOCAL_RANK"], e["WORLD_SIZE"]) for e in env] == [("0", "0", "2"), ("1", "1", "2")]
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in env] == ["4", "6"] and {e["OMP_NUM_THREADS"] for e in env} == {"2"}
+
+
+def test_when_a_local_rank_fails_the_parent_stops_the_others_at_once(tmp_path):
+    code = "import os, sys, time; sys.exit(3) if os.environ['RANK'] == '1' else time.sleep(60)"
+    t0 = time.monotonic()
+    codes, failed = ranks.spawn([sys.executable, "-c", code], b"", 2)
+    assert failed == 1 and codes == [-signal.SIGTERM, 3] and time.monotonic() - t0 < 30
+    assert ranks.exit_words(codes[0]) == "signal SIGTERM" and ranks.exit_words(codes[1]) == "exit code 3"
