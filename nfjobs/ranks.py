@@ -50,7 +50,7 @@ def slurm_placement() -> Placement | None:
     job = JobEnvironment()
     if job.num_tasks <= 1:
         return None
-    # a requeued job starts again with the variables of the submission, so an earlier export is never seen
+    # overwrite: the earlier cell of a packed task exported them already (and a launcher's own are not the job's)
     found = TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
     os.environ.update(one_gpu(os.environ, found.local_rank))
     return Placement(found.rank, found.world_size, found.local_rank, job.num_nodes)

@@ -18,7 +18,7 @@ A cell of several ranks (`ctx.world_size`) runs DistributedDataParallel: every r
 and takes its slice of each, so the loss trajectory is the one-process trajectory up to float rounding when the
 objective draws nothing at random (full context, no NCE, jitter or augmentation); random draws come from a
 generator per rank and epoch, so they differ from the one-process run's. Rank 0 evaluates and writes every file;
-`train_loss` is the mean over the whole global batch.
+`train_loss` is the mean over the whole global batch (the `step` records of metrics.jsonl: rank 0's slice).
 """
 
 import dataclasses
