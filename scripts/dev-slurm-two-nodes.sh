@@ -14,9 +14,12 @@
 set -uo pipefail
 
 BASE=${NFJOBS_SLURM_TWO_BASE:-/tmp/nfjobs-slurm-two}
-# Slurm takes the name `localhost` for this machine's host name, so two other names of 127.x are needed
-mapfile -t NODES < <(awk '$1 ~ /^127\./ { for (i = 2; i <= NF; i++) if ($i != "localhost") print $i }' /etc/hosts \
-                     | sort -u | head -n 2)
+# Slurm takes the name `localhost` for this machine's host name, so two other names of 127.x are needed; where
+# /etc/hosts has fewer, `up` adds two (as root), marked, so any machine of the CI gets the same two nodes
+HOSTS_MARK="# nfjobs dev-slurm-two-nodes.sh"
+node_names() { awk '$1 ~ /^127\./ { for (i = 2; i <= NF && $i !~ /^#/; i++) if ($i != "localhost") print $i }' \
+                 /etc/hosts | sort -u | head -n 2; }
+mapfile -t NODES < <(node_names)
 CONF=$BASE/slurm.conf
 export SLURM_CONF=$CONF
 
@@ -25,6 +28,10 @@ alive() { [ -s "$1" ] && [ -d "/proc/$(cat "$1")" ]; }
 
 cmd_up() {
   set -e
+  if [ ${#NODES[@]} -lt 2 ] && [ -w /etc/hosts ]; then
+    printf '127.0.1.2 nfjobs-node-a %s\n127.0.1.3 nfjobs-node-b %s\n' "$HOSTS_MARK" "$HOSTS_MARK" >> /etc/hosts
+    mapfile -t NODES < <(node_names)
+  fi
   [ ${#NODES[@]} = 2 ] || { say "/etc/hosts names ${#NODES[@]} name(s) of 127.x besides localhost; 2 needed"; exit 1; }
   for n in "${NODES[@]}"; do
     getent hosts "$n" >/dev/null || { say "$n does not resolve"; exit 1; }

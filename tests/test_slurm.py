@@ -353,6 +353,7 @@ def test_a_source_edit_after_launch_does_not_reach_a_queued_cell(sweep_file, tmp
     assert row["run.code_hash"] != snapshot.code_hash(project)  # the tree moved on; the job ran the launch's copy
 
 
+@pytest.mark.xdist_group(SECOND_LANE)
 def test_a_relaunch_that_resumes_a_cell_says_so_in_its_row(sweep_file, tmp_path):
     # 20 s of steps: submitit ignores scancel's SIGTERM, so the job steps on for KillWait (5 s) until SIGKILL;
     # it must still be far from its end then, on a loaded machine too
@@ -539,9 +540,13 @@ TWO_NODES = os.environ.get("NFJOBS_TEST_SLURM_TWO_NODES", "")
 """The slurm.conf of a cluster of two nodes (`bash scripts/dev-slurm-two-nodes.sh up`: two slurmd on this machine)."""
 
 
-@pytest.mark.skipif(not TWO_NODES, reason="no two-node cluster (bash scripts/dev-slurm-two-nodes.sh up, then "
-                                           "NFJOBS_TEST_SLURM_TWO_NODES=/tmp/nfjobs-slurm-two/slurm.conf)")
 def test_a_two_node_cell_runs_one_rank_on_each_node(sweep_file, tmp_path):
+    if not TWO_NODES:
+        why = ("no two-node cluster (bash scripts/dev-slurm-two-nodes.sh up, then "
+               "NFJOBS_TEST_SLURM_TWO_NODES=/tmp/nfjobs-slurm-two/slurm.conf)")
+        if os.environ.get("NFJOBS_REQUIRE_SLURM") == "1":
+            pytest.fail(f"Slurm is required here (NFJOBS_REQUIRE_SLURM=1) but there is {why}")
+        pytest.skip(why)
     path = sweep_file('kind = "ranked"\n', "nodes.toml")
     runs = tmp_path / "two" / "runs"  # not tmp_path/runs: its job ids are the other cluster's, never to be scancelled
     cmd = [sys.executable, "launch.py", "--sweep", str(path), "--runs-root", str(runs), "--log-root",
