@@ -208,6 +208,15 @@ class SlurmConfig:
     cells_per_gpu: int = 1
     """Local runs: cells that may share one GPU at once (and its memory: too many run out of it). Slurm gives
     every job GPUs of its own."""
+    nodes: int = 1
+    """Nodes per cell (`--nodes`): a cell of several nodes runs one rank per task on each, joined by
+    torch.distributed. Locally (no Slurm) only 1."""
+    tasks_per_node: int = 1
+    """Ranks per node (`--ntasks-per-node`), each on its own GPU when GPUs are asked for (so at most
+    `gpus_per_node`). Locally: that many processes on this machine."""
+    dist_timeout_s: int = 600
+    """Seconds a rank of a multi-task cell waits for the others (process-group set-up and every collective)
+    before the cell fails: a dead or hung rank ends the cell instead of holding its nodes."""
 
     def __post_init__(self):
         problems = self.problems()
@@ -243,12 +252,24 @@ class SlurmConfig:
                    "signal_delay_s": (self.signal_delay_s, f">= 0 and <= {MAX_SIGNAL_DELAY_S} (one day)",
                                       lambda v: 0 <= v <= MAX_SIGNAL_DELAY_S),
                    "max_requeues": (self.max_requeues, f">= 0 and <= {MAX_COUNT}", lambda v: 0 <= v <= MAX_COUNT),
-                   "cells_per_gpu": (self.cells_per_gpu, f">= 1 and <= {MAX_COUNT}", lambda v: 1 <= v <= MAX_COUNT)}
+                   "cells_per_gpu": (self.cells_per_gpu, f">= 1 and <= {MAX_COUNT}", lambda v: 1 <= v <= MAX_COUNT),
+                   "nodes": (self.nodes, f">= 1 and <= {MAX_COUNT}", lambda v: 1 <= v <= MAX_COUNT),
+                   "tasks_per_node": (self.tasks_per_node, f">= 1 and <= {MAX_COUNT}", lambda v: 1 <= v <= MAX_COUNT),
+                   "dist_timeout_s": (self.dist_timeout_s, f">= 1 and <= {MAX_SIGNAL_DELAY_S} (one day)",
+                                      lambda v: 1 <= v <= MAX_SIGNAL_DELAY_S)}
         for name, (value, rule, ok) in numbers.items():
             finite = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             if not (finite and ok(value)):
                 out.append((name, f"must be {rule}, got {value!r}"))
+        if not out and self.gpus_per_node and self.tasks_per_node > self.gpus_per_node:
+            out.append(("tasks_per_node", f"must be <= gpus_per_node ({self.gpus_per_node}): each rank has a GPU "
+                                          f"of its own, got {self.tasks_per_node}"))
         return out
+
+    @property
+    def world_size(self) -> int:
+        """Ranks of one cell: `nodes` x `tasks_per_node`."""
+        return self.nodes * self.tasks_per_node
 
 
 MAX_HOURS = 365 * 24
@@ -262,8 +283,9 @@ MAX_SIGNAL_DELAY_S = 24 * 3600
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _OPTION_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
-MANAGED_OPTIONS = frozenset({"array", "output", "error", "job-name", "wrap", "open-mode", "parsable", "dependency"})
-"""sbatch options the launcher writes itself (array indices, log paths, stage dependencies)."""
+MANAGED_OPTIONS = frozenset({"array", "output", "error", "job-name", "wrap", "open-mode", "parsable", "dependency",
+                             "nodes", "ntasks", "ntasks-per-node"})
+"""sbatch options the launcher writes itself (array indices, log paths, stage dependencies, ranks per cell)."""
 
 
 class SlurmParameterError(InvalidField):

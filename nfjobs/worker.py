@@ -9,6 +9,7 @@ from the checkpoint it saved through `ctx.save_checkpoint`.
 import datetime as dt
 import json
 import os
+import pickle
 import platform
 import socket
 import sys
@@ -20,8 +21,9 @@ from typing import Any
 
 from submitit.helpers import Checkpointable
 
-from nfjobs import parts
+from nfjobs import parts, ranks
 from nfjobs.context import Context, Pruned
+from nfjobs.errors import one_line
 from nfjobs.kinds import load_kind
 from nfjobs.store import locks, rows, states, study
 from nfjobs.store.files import atomic_write_bytes
@@ -48,6 +50,10 @@ class CellSpec:
     """The kind resumes from its checkpoint, so an interrupted run is requeued (else it fails, saying why)."""
     part: int | None = None
     """Which part of a cell split into `parts` tasks this is (None: the whole cell; see `nfjobs.parts`)."""
+    world_size: int = 1
+    """Ranks the cell runs as (`nodes` x `tasks_per_node`; see `nfjobs.ranks`)."""
+    dist_timeout_s: int = 600
+    """Seconds a rank waits for the others in set-up and in every collective before the cell fails."""
     trial: study.TrialRef | None = None
     """The search trial this cell runs as (its pruner is asked through `ctx.report`); None outside a search."""
 
@@ -56,11 +62,15 @@ class CellSpec:
         return RunDir(Path(self.runs_root), self.key)
 
 
-def runtime_provenance() -> dict[str, Any]:
-    """Where and with what the cell ran: host, Slurm ids, restarts, Python, GPU, versions of what it imported."""
+def runtime_provenance(place: ranks.Placement = ranks.Placement()) -> dict[str, Any]:
+    """Where and with what the cell ran: host (and its ranks' hosts), Slurm ids, restarts, Python, GPU, versions
+    of what it imported."""
     env = os.environ
     info: dict[str, Any] = {
         "run.host": socket.gethostname(),
+        "run.world_size": place.world_size,
+        "run.nodes": place.nodes,
+        "run.hosts": ",".join(dict.fromkeys(place.hosts or (ranks.host_name(),))),
         "run.slurm_job_id": env.get("SLURM_JOB_ID", ""),
         "run.slurm_array_job_id": env.get("SLURM_ARRAY_JOB_ID", ""),
         "run.slurm_array_task_id": env.get("SLURM_ARRAY_TASK_ID", ""),
@@ -74,7 +84,7 @@ def runtime_provenance() -> dict[str, Any]:
         info["run.torch"] = torch.__version__
         if torch.cuda.is_available():
             info["run.gpu"] = torch.cuda.get_device_name()
-            info["run.gpus"] = torch.cuda.device_count()  # what the job was given: on Slurm, what it asked for
+            info["run.gpus"] = torch.cuda.device_count()  # this process's: on Slurm, what it asked for; a rank's: one
     for name in ("numpy", "polars", "submitit", "sklearn", "mambapy", "mamba_ssm"):
         mod = sys.modules.get(name)
         if mod is not None:
@@ -97,50 +107,116 @@ def _write_config(spec: CellSpec) -> None:
 def run_cell(spec: CellSpec) -> list[dict[str, Any]]:
     """Run the cell and write its result file: status `ok`; `blocked` (not run) when a cell it reads did not end
     `ok`; or `failed` with the traceback, then re-raise. A cell (or part) another live process is running is
-    left to it: nothing is run or written, and [] is returned."""
+    left to it: nothing is run or written, and [] is returned. A cell of several ranks runs here as one rank of
+    a Slurm job of several tasks, or, elsewhere, as that many processes of this machine started by this one."""
     spec.run_dir.ensure()
+    place = ranks.slurm_placement() if spec.world_size > 1 else None
+    if place is not None:
+        return _run_rank(spec, place, parent_claims=False)
     claim = locks.claim(spec.run_dir, spec.part, parts.n_parts(spec.config))
     if claim is None:
         print(f"[{spec.kind} {spec.key}] is being run by another process; not run again", file=sys.stderr, flush=True)
         return []
     try:
-        return _run_claimed(spec)
+        return _run_ranks_here(spec) if spec.world_size > 1 else _run_claimed(spec, ranks.Placement())
     finally:
         claim.close()
 
 
-def _run_claimed(spec: CellSpec) -> list[dict[str, Any]]:
+def rank_main() -> None:
+    """A rank process started by `_run_ranks_here`: its cell's spec on stdin, its place in the environment."""
+    spec = pickle.load(sys.stdin.buffer)
+    _run_rank(spec, ranks.env_placement(), parent_claims=True)
+
+
+RANK_COMMAND = [sys.executable, "-c", "from nfjobs.worker import rank_main; rank_main()"]
+
+
+def _run_ranks_here(spec: CellSpec) -> list[dict[str, Any]]:
+    """The cell's ranks as processes of this machine, this one (holding the claim) their parent. A rank that
+    died without writing the cell's result (a signal, the out-of-memory killer) fails the cell from here."""
+    n = parts.n_parts(spec.config)
+    spec.run_dir.rank_ended(spec.part, n).unlink(missing_ok=True)
+    codes, failed = ranks.spawn(RANK_COMMAND, pickle.dumps(spec), spec.world_size)
+    if failed is None:
+        return []
+    if ranks.first_to_end(spec.run_dir.rank_ended(spec.part, n), failed):
+        error = (f"rank {failed} of {spec.world_size} ended with {ranks.exit_words(codes[failed])} before it "
+                 f"wrote a result (killed? see its lines in the cell's log)")
+        meta = {**spec.provenance, **runtime_provenance(ranks.Placement(world_size=spec.world_size)),
+                "run.resumed": False, "run.resumed_from": ""}
+        rows.write_rows(spec.run_dir.result, rows.build_rows(spec, states.FAILED, error, config=spec.config,
+                                                             meta=meta))
+    raise RuntimeError(f"cell {spec.key}: {rows.describe(rows.outcome(spec.runs_root, spec.key))}")
+
+
+def _run_rank(spec: CellSpec, place: ranks.Placement, parent_claims: bool) -> list[dict[str, Any]]:
+    """One rank of a cell of several. Rank 0 takes the claim (unless the parent that started the ranks holds
+    it) and tells the others whether to run; every rank then runs the cell's kind."""
+    claim = None
+    if place.is_main and not parent_claims:
+        claim = locks.claim(spec.run_dir, spec.part, parts.n_parts(spec.config))
+        if claim is not None:  # a new attempt: whoever ends it first writes its result
+            spec.run_dir.rank_ended(spec.part, parts.n_parts(spec.config)).unlink(missing_ok=True)
+    try:
+        return _run_claimed(spec, place, holds_claim=parent_claims or claim is not None)
+    finally:
+        ranks.leave()
+        if claim is not None:
+            claim.close()
+
+
+def _run_claimed(spec: CellSpec, place: ranks.Placement, holds_claim: bool = True) -> list[dict[str, Any]]:
+    """Run the cell's kind as this rank and write the cell's result where this rank is the one to write it: the
+    only rank, rank 0 when the cell ends well, else the first rank to fail."""
+    many = place.world_size > 1
     ctx = Context(key=spec.key, kind=spec.kind, runs_root=Path(spec.runs_root), part=spec.part,
-                  parts=parts.n_parts(spec.config),
+                  parts=parts.n_parts(spec.config), rank=place.rank, world_size=place.world_size,
                   pruning=study.pruning_hook(spec.trial) if spec.trial is not None else None)
     start = dt.datetime.now(dt.timezone.utc)
     t0 = time.monotonic()
-    _write_config(spec)
-    blocker = rows.upstream_blocker(spec.runs_root, spec.deps)
     failure: BaseException | None = None
     held = None  # the parts lock, held by the part that finalises until the cell's result is written
-    if blocker is not None:
-        metric_rows, status, error = [{}], states.BLOCKED, f"upstream {blocker[0]} {blocker[1]}"
-        ctx.log(error)
-    else:
-        try:
+    agreed = False
+    try:
+        if many:
+            joined = ranks.join(place, spec.dist_timeout_s, holds_claim)
+            if joined is None:
+                ctx.log("is being run by another process; not run again")
+                return []
+            place, agreed = joined, True
+        if place.is_main:
+            _write_config(spec)
+        blocker = rows.upstream_blocker(spec.runs_root, spec.deps)
+        if blocker is not None:
+            metric_rows, status, error = [{}], states.BLOCKED, f"upstream {blocker[0]} {blocker[1]}"
+            ctx.log(error)
+        else:
             module = load_kind(spec.kind)
+            if many and not getattr(module, "DISTRIBUTED", False):
+                if not place.is_main:
+                    return []
+                ctx.log(f"kind {spec.kind!r} does not split its work over ranks: rank 0 runs it alone, "
+                        f"the other {place.world_size - 1} end now")
             metric_rows = module.run(spec.config, ctx) or [{}]
-            if spec.part is not None:
+            if spec.part is not None and place.is_main:
                 held, metric_rows = parts.finish(module, spec.config, ctx, metric_rows)
                 if held is None:
                     return []  # another part writes the result
             status, error = states.OK, ""
-        except Pruned as err:  # the search's decision, not a failure: the checkpoint stays for a later look
-            metric_rows, status, error = [{}], states.PRUNED, f"pruned by the search: {err}"
-        except BaseException as err:  # noqa: BLE001 - record, then re-raise (KeyboardInterrupt included)
-            metric_rows, status, error = [{}], states.FAILED, "".join(traceback.format_exception(err))
-            if type(err).__name__ == "UncompletedJobError":  # submitit: interrupted and not requeued
-                error += "\n" + NOT_RESUMABLE.format(kind=spec.kind)
-            failure = err
-        finally:
-            ctx.close()
-    meta = {**spec.provenance, **runtime_provenance(),
+    except Pruned as err:  # the search's decision, not a failure: the checkpoint stays for a later look
+        metric_rows, status, error = [{}], states.PRUNED, f"pruned by the search: {err}"
+    except BaseException as err:  # noqa: BLE001 - record, then re-raise (KeyboardInterrupt included)
+        metric_rows, status, error = [{}], states.FAILED, "".join(traceback.format_exception(err))
+        if type(err).__name__ == "UncompletedJobError":  # submitit: interrupted and not requeued
+            error += "\n" + NOT_RESUMABLE.format(kind=spec.kind)
+        if many:  # the error's last line, which progress lines and `status` show, names the rank
+            error += (f"\nrank {place.rank} of {place.world_size} on {ranks.host_name()} failed: "
+                      f"{one_line(f'{type(err).__name__}: {err}')}")
+        failure = err
+    finally:
+        ctx.close()
+    meta = {**spec.provenance, **runtime_provenance(place),
             "run.resumed": ctx.resumed_from is not None, "run.resumed_from": ctx.resumed_from or "",
             "run.start": start, "run.end": dt.datetime.now(dt.timezone.utc), "run.seconds": time.monotonic() - t0}
     fixed = rows.build_rows(spec, states.OK, config=spec.config, meta=meta)[0]
@@ -149,17 +225,24 @@ def _run_claimed(spec: CellSpec) -> list[dict[str, Any]]:
         error = (f"job {spec.kind!r} returned metrics whose names clash with result columns {clash} "
                  f"(rename them); its rows were: {_metric_rows_repr(metric_rows)}")
         metric_rows, status, failure = [{}], states.FAILED, ValueError(error)
+    # before the ranks agreed, only a rank 0 holding the claim may speak for the cell (another process may run it)
+    speaks = agreed or (place.is_main and holds_claim)
+    ended = spec.run_dir.rank_ended(spec.part, ctx.parts)
     if isinstance(failure, (KeyboardInterrupt, SystemExit)):
+        if many and speaks:  # a requeue or a cancel: the ranks that lose this one then fail quietly, writing nothing
+            ranks.first_to_end(ended, place.rank)
         raise failure  # interrupted, not failed: no result, so a relaunch (or the requeue) runs it again
+    writes = not many or (speaks and (failure is not None or place.is_main) and ranks.first_to_end(ended, place.rank))
     result = rows.build_rows(spec, status, error, config=spec.config, meta=meta, metrics=metric_rows)
     try:
-        rows.write_rows(spec.run_dir.result, result)
+        if writes:
+            rows.write_rows(spec.run_dir.result, result)
     finally:
         if held is not None:
             held.close()
     if failure is not None:
         raise failure
-    return result
+    return result if writes else []
 
 
 def finished_in_this_launch(spec: CellSpec) -> bool:

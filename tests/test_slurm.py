@@ -353,6 +353,7 @@ def test_a_source_edit_after_launch_does_not_reach_a_queued_cell(sweep_file, tmp
     assert row["run.code_hash"] != snapshot.code_hash(project)  # the tree moved on; the job ran the launch's copy
 
 
+@pytest.mark.xdist_group(SECOND_LANE)
 def test_a_relaunch_that_resumes_a_cell_says_so_in_its_row(sweep_file, tmp_path):
     # 20 s of steps: submitit ignores scancel's SIGTERM, so the job steps on for KillWait (5 s) until SIGKILL;
     # it must still be far from its end then, on a loaded machine too
@@ -489,3 +490,73 @@ def test_status_logs_and_cancel_on_slurm(sweep_file, tmp_path):
     assert rows["status"].to_list() == ["cancelled"]  # one result, saying what happened
     final = launch_cmd(tmp_path, "status", "--sweep", str(path)).stdout
     assert final.splitlines()[0] == "watch: 2 cells | failed 1, cancelled 1"
+
+
+RANKED_TRAIN = """kind = "train"
+epochs = 6
+batch_size = 8
+curve_images = 2
+eval_batch_size = 4
+data.builtin_n = 800
+data.val_frac = 0.2
+optim.warmup_steps = 2
+perceiver.fourier_size = 8
+perceiver.latent_dims = [16, 24]
+perceiver.num_latents = 8
+perceiver.cross_heads = 1
+perceiver.cross_dim_head = 8
+perceiver.self_heads = 1
+perceiver.self_dim_head = 8
+perceiver.ff_mult = 1
+perceiver.processor_depth = 1
+"""
+
+
+def test_a_two_task_train_cell_requeued_mid_epoch_resumes_and_ends_with_one_result(sweep_file, tmp_path):
+    # 1 node x 2 tasks: Slurm starts both ranks (srun), DDP joins them; `scontrol requeue` kills both after epoch 1's
+    # checkpoint, mid-training (submitit ignores the SIGTERM: the SIGKILL comes KillWait = 5 s later, and an epoch of
+    # 80 steps takes 2-8 s here), and the whole job runs again from the last checkpoint
+    path = sweep_file(RANKED_TRAIN, "ranks.toml")
+    assert launch(path, tmp_path, "--tasks-per-node", "2").returncode == 0
+    ((key, job_id),) = manifest_jobs(tmp_path, "ranks").items()
+    runs = tmp_path / "runs"
+    wait_for(lambda: (runs / key / "checkpoint.pt").exists(), 240, "epoch 1's checkpoint")
+    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    wait_for(lambda: subprocess.run(["scontrol", "update", f"jobid={job_id}", "starttime=now"],
+                                    capture_output=True).returncode == 0, 60, "the requeued job to be pending")
+    wait_for(lambda: stored.status(runs, key) is not None, 300, "the requeued run's result")
+    df = results.load(path, runs).collect()
+    assert set(df["status"]) == {"ok"} and df["key"].n_unique() == 1
+    assert set(df["run.world_size"]) == {2} and set(df["run.nodes"]) == {1}
+    assert df["run.slurm_restarts"][0] >= 1 and df["run.resumed"][0]
+    assert df["run.resumed_from"][0] in [f"epoch {i}" for i in range(1, 6)]  # it was stopped before the end
+    logs = sorted(p.name for p in (tmp_path / "logs" / "ranks").glob("*/*_log.err"))
+    assert [name.rsplit("_", 2)[-2] for name in logs] == ["0", "1"]  # one log per rank
+    (script,) = [p.read_text() for p in (tmp_path / "logs" / "ranks").glob("*/*_submission.sh")]
+    assert "#SBATCH --nodes=1" in script and "#SBATCH --ntasks-per-node=2" in script and "--kill-on-bad-exit=1" in script
+
+
+TWO_NODES = os.environ.get("NFJOBS_TEST_SLURM_TWO_NODES", "")
+"""The slurm.conf of a cluster of two nodes (`bash scripts/dev-slurm-two-nodes.sh up`: two slurmd on this machine)."""
+
+
+def test_a_two_node_cell_runs_one_rank_on_each_node(sweep_file, tmp_path):
+    if not TWO_NODES:
+        why = ("no two-node cluster (bash scripts/dev-slurm-two-nodes.sh up, then "
+               "NFJOBS_TEST_SLURM_TWO_NODES=/tmp/nfjobs-slurm-two/slurm.conf)")
+        if os.environ.get("NFJOBS_REQUIRE_SLURM") == "1":
+            pytest.fail(f"Slurm is required here (NFJOBS_REQUIRE_SLURM=1) but there is {why}")
+        pytest.skip(why)
+    path = sweep_file('kind = "ranked"\n', "nodes.toml")
+    runs = tmp_path / "two" / "runs"  # not tmp_path/runs: its job ids are the other cluster's, never to be scancelled
+    cmd = [sys.executable, "launch.py", "--sweep", str(path), "--runs-root", str(runs), "--log-root",
+           str(tmp_path / "logs"), "--slurm-acct", "ci", "--slurm-partition", "two", "--cpus-per-task", "1",
+           "--nodes", "2", "--wait"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "SLURM_CONF": TWO_NODES})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    row = results.load(path, runs).collect().row(0, named=True)
+    nodes = row["run.hosts"].split(",")
+    assert row["status"] == "ok" and row["rank_sum"] == 3.0  # 1 + 2: the all-reduce spanned both ranks
+    assert row["run.world_size"] == 2 and row["run.nodes"] == 2 and len(set(nodes)) == 2
+    assert row["master_addr"] == nodes[0]  # Slurm's first node, through TorchDistributedEnvironment

@@ -305,6 +305,7 @@ HOSTILE = [
     ("cache_parts_huge.toml", "parts", "parts must be <= 10,000"),
     ("cache_parts_more_than_shards.toml", "parts", "parts must be <= 2, the shards of the largest split"),
     ("slurm_n_hours_huge.toml", "slurm.n_hours", "must be > 0 and <= 8760 (365 days), got 1e+308"),
+    ("slurm_tasks_beyond_gpus.toml", "slurm.tasks_per_node", "must be <= gpus_per_node (2)"),  # issue 24
     ("data_builtin_n_huge.toml", "data.builtin_n", "builtin_n must be >= 2 and <= 200,000"),
     ("deep_nesting.toml", "", "nested deeper than 32 levels"),
     ("deep_dotted_key.toml", "", "nested deeper than 32 levels"),
@@ -462,7 +463,7 @@ def test_the_kinds_command_lists_what_a_sweep_may_name(tmp_path):
                           text=True, timeout=120, env=declaring_broken(tmp_path / "env"))
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert [ln.split()[0] for ln in lines] == ["cache", "probe", "sae", "score", "smoke", "train", "broken", "toy"]
+    assert [ln.split()[0] for ln in lines] == ["cache", "probe", "sae", "score", "smoke", "train", "broken", "ranked", "toy"]
     assert "A deterministic job kind" in proc.stdout and "[entry point (brokenkind)]" in proc.stdout
     assert str(tmp_path / "pyproject.toml") not in proc.stdout
 

@@ -6,7 +6,8 @@ import os
 from typing import Any, Iterator, Literal, Sequence
 
 from nfjobs import parts
-from nfjobs.worker import CellTask
+from nfjobs.config import SlurmConfig
+from nfjobs.worker import CellSpec, CellTask
 
 JobState = Literal["pending", "running", "requeued", "cancelled", "ended", "unknown"]
 """A job as its scheduler sees it: still to run, running, requeued, cancelled, ended otherwise (its result file
@@ -62,6 +63,11 @@ class PartJobs:
     def state(self) -> str:
         states = [j.state for j in self.jobs]
         return next((s for s in states if s != "COMPLETED"), "COMPLETED")
+
+
+def with_ranks(spec: CellSpec, resources: SlurmConfig) -> CellSpec:
+    """The spec with the ranks its resources ask for (`nodes` x `tasks_per_node`) and their timeout."""
+    return dataclasses.replace(spec, world_size=resources.world_size, dist_timeout_s=resources.dist_timeout_s)
 
 
 def threads_env(cpus: int) -> dict[str, str]:

@@ -9,7 +9,22 @@ from typing import Any, Iterator, Sequence
 from nfjobs import parts
 from nfjobs.backends.base import environ, threads_env
 from nfjobs.config import SlurmConfig
+from nfjobs.errors import UserError
 from nfjobs.worker import CellSpec, run_cell
+
+
+class RanksRefused(UserError):
+    """`--debug` was asked to run a cell of several ranks (it runs cells in this one process)."""
+
+
+def check(cells: Sequence[Any], flags: dict[str, Any]) -> None:
+    """RanksRefused (one line) when a cell asks for more than one rank: they need processes of their own."""
+    for cell in cells:
+        n = SlurmConfig(**{**cell.slurm, **flags}).world_size
+        if n > 1:
+            raise RanksRefused(f"--debug runs each cell in this one process, but cell {cell.key} ({cell.group}) "
+                               f"asks for {n} ranks (nodes x tasks_per_node); run without --debug to start them "
+                               f"as {n} processes here; nothing was run")
 
 
 def run(cells: Sequence[Any], specs: dict[str, CellSpec], flags: dict[str, Any]) -> None:

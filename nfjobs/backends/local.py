@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from nfjobs.backends.base import JobState, environ, packs, submit_pack, threads_env
+from nfjobs.backends.base import JobState, environ, packs, submit_pack, threads_env, with_ranks
 from nfjobs.config import SlurmConfig
 from nfjobs.store import rows
 from nfjobs.worker import CellSpec, run_cell
@@ -109,7 +109,8 @@ def run(cells: Sequence[Any], specs: dict[str, CellSpec], runs_root: Path, log_d
     a cell asking for `gpus_per_node` GPUs waits until that many of this machine's are free and has them to
     itself (or shares each with at most `cells_per_gpu - 1` others), a cell asking for none sees no GPU, and on
     a machine without GPUs every cell runs on the CPU; its torch gets `cpus_per_task` threads, at most this
-    machine's cores / `max_parallel` (`threads_env`). `on_start(pack, job id, log paths)` is called as each
+    machine's cores / `max_parallel` (`threads_env`), shared by its ranks: a cell of `nodes` x `tasks_per_node`
+    ranks runs as that many processes here (`nfjobs.ranks.spawn`), rank i on the i-th of its GPUs. `on_start(pack, job id, log paths)` is called as each
     pack starts. Prints each cell's result as it ends; blocks until all have ended; returns {key: outcome}."""
     import submitit
 
@@ -153,7 +154,7 @@ def run(cells: Sequence[Any], specs: dict[str, CellSpec], runs_root: Path, log_d
             timeout = max(1, int(res.n_hours * 60)) * len(pack)
             executor.update_parameters(timeout_min=timeout, gpus_per_node=len(assigned), visible_gpus=tuple(assigned))
             with environ({**env, **threads_env(min(res.cpus_per_task, cores_each))}):
-                job = submit_pack(executor, [specs[c.key] for c in pack])
+                job = submit_pack(executor, [with_ranks(specs[c.key], res) for c in pack])
             running[id(job)] = (job, pack, assigned)
             waiting.remove(pack)
             on_start(pack, job_id(int(job.job_id)), {"stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)})

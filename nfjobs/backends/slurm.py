@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from nfjobs import parts
-from nfjobs.backends.base import JobState, packs, submit_pack, threads_env
+from nfjobs.backends.base import JobState, packs, submit_pack, threads_env, with_ranks
 from nfjobs.config import SlurmConfig
 from nfjobs.errors import UserError, one_line
 from nfjobs.store import rows
@@ -47,9 +47,11 @@ def parameters(slurm: SlurmConfig) -> dict[str, Any]:
         "slurm_account": slurm.account,
         "cpus_per_task": slurm.cpus_per_task,
         "slurm_signal_delay_s": slurm.signal_delay_s,
-        "nodes": 1,
-        "tasks_per_node": 1,
+        "nodes": slurm.nodes,
+        "tasks_per_node": slurm.tasks_per_node,
     }
+    if slurm.world_size > 1:  # a rank that fails ends the job's other ranks too, rather than leaving them waiting
+        params["slurm_srun_args"] = ["--kill-on-bad-exit=1"]
     optional = {"slurm_partition": slurm.partition, "slurm_qos": slurm.qos, "slurm_constraint": slurm.constraint}
     params.update({k: v for k, v in optional.items() if v})
     if slurm.mem_gb:
@@ -108,7 +110,7 @@ def submit(cells: Sequence[Any], specs: dict[str, CellSpec], log_dir: Path, flag
             part = group[start:start + step]
             try:
                 with executor.batch():
-                    submitted = [submit_pack(executor, [specs[c.key] for c in pack]) for pack in part]
+                    submitted = [submit_pack(executor, [with_ranks(specs[c.key], cfg) for c in pack]) for pack in part]
             except Exception as err:  # sbatch's own words are the useful part
                 words = " ".join(str(err).split())[:400]
                 raise SubmissionError(f"sbatch refused the job array: {one_line(words)}") from err

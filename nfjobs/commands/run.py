@@ -116,6 +116,12 @@ def main(args: Args, overrides: list[Override]) -> int:
     except sweep.SweepError as err:
         fail(f"the sweep is not valid; nothing was submitted.\n{err}")
     flags = typed_slurm(args)
+    for cell in cells:  # a [slurm] table and the flags may break together a rule neither breaks alone
+        try:
+            SlurmConfig(**{**cell.slurm, **flags})
+        except SlurmParameterError as err:
+            fail(f"{cell.source}: slurm.{err.field} with the command line's Slurm flags: {err.message}; "
+                 "nothing was submitted")
     if search is not None:
         from nfjobs.commands.searching import run_search
 

@@ -39,6 +39,9 @@ from nfjobs.store.layout import looks_like_path
 
 CHECKPOINTABLE = True
 """Resumable: progress is the shards on disk (written atomically), so a requeue continues where it stopped."""
+DISTRIBUTED = True
+"""A cell of several ranks splits each split's shards (of its part) between them: each rank writes its own range,
+then, once every rank is done, rank 0 marks the cache complete. The bytes do not depend on the number of ranks."""
 
 Source = Literal["original", "nf", "tdsm", "backbone"]
 Backbone = Literal["vit_b_16", "resnet18", "resnet50"]
@@ -349,6 +352,8 @@ def run(cfg: Config, ctx) -> list[dict]:
         return rows
     import torch
 
+    from nfjobs.nf.training import sum_over_ranks
+
     encode, provenance = _make_encoder(cfg, ctx)
     store_dtype = getattr(torch, cfg.dtype)
     for split in todo:
@@ -365,9 +370,11 @@ def run(cfg: Config, ctx) -> list[dict]:
         }
         writer = CacheWriter(cache_dir(ctx.run_dir, split), json.loads(json.dumps(meta)), data.n,
                              first.shape[1], first.shape[2], cfg.shard_size, cfg.dtype)
-        if ctx.part is None or not (writer.root / LABELS).exists():
+        if ctx.is_main and (ctx.part is None or not (writer.root / LABELS).exists()):
             writer.write_labels(data.labels, data.traits)
         mine = part_shards(writer.n_shards, ctx.part, ctx.parts) if ctx.part is not None else range(writer.n_shards)
+        ranks_share = part_shards(len(mine), ctx.rank, ctx.world_size)  # the ranks split a part as parts split a cell
+        mine = mine[ranks_share.start:ranks_share.stop]
         missing = [i for i in writer.missing_shards() if i in mine]
         if missing and len(missing) < len(mine):
             ctx.log(f"{split}: resuming at shard {missing[0]} of {mine}")
@@ -381,15 +388,17 @@ def run(cfg: Config, ctx) -> list[dict]:
                 parts.append(encode(split, sub, images).to(store_dtype).cpu().numpy())
             writer.write_shard(i, np.concatenate(parts))
             ctx.log_metrics(i, {"images": len(ids), "seconds": time.perf_counter() - start}, phase=f"cache_{split}")
-        if ctx.part is None:
+        ctx.barrier()  # every rank's shards are on disk
+        if ctx.part is None and ctx.is_main:
             writer.finish()
         elapsed = time.perf_counter() - start
-        n_new = sum(len(writer.shard_range(i)) for i in missing)
-        ctx.log_metrics(writer.n_shards, {"n_images": writer.n_images, "shards_written": len(missing),
+        written = [len(missing), sum(len(writer.shard_range(i)) for i in missing)]
+        n_written, n_new = (int(x) for x in sum_over_ranks(torch.tensor(written, dtype=torch.int64)).tolist())
+        ctx.log_metrics(writer.n_shards, {"n_images": writer.n_images, "shards_written": n_written,
                                           "cache_s": elapsed, "images_per_s": n_new / max(elapsed, 1e-9)},
                         phase=f"split_{split}")
         rows.append({"cached_split": split, "n_images": writer.n_images, "n_tokens": writer.n_tokens, "d": writer.d,
-                     "shards_written": len(missing), "cache_s": elapsed, "images_per_s": n_new / max(elapsed, 1e-9)})
+                     "shards_written": n_written, "cache_s": elapsed, "images_per_s": n_new / max(elapsed, 1e-9)})
     return rows
 
 

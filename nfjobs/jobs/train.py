@@ -14,6 +14,12 @@ image for a family whose reconstruction ignores the context, `CONTEXT_FREE`) and
 Rows: per epoch (`split="val_curve"`, first `curve_images` validation images) and at the end
 (`split` = `eval_split`: the whole validation or test split): whatever the family's `evaluate` returns
 (perceiver: one row per `eval_context_frac`, with `psnr` and `mse`), plus `epoch`, `train_loss`, `train_s` and `wall_s`.
+
+A cell of several ranks (`ctx.world_size`) runs DistributedDataParallel: every rank walks the same global batches
+and takes its slice of each, so the loss trajectory is the one-process trajectory up to float rounding when the
+objective draws nothing at random (full context, no NCE, jitter or augmentation); random draws come from a
+generator per rank and epoch, so they differ from the one-process run's. Rank 0 evaluates and writes every file;
+`train_loss` is the mean over the whole global batch (the `step` records of metrics.jsonl: rank 0's slice).
 """
 
 import dataclasses
@@ -27,6 +33,9 @@ from nfjobs.store import layout
 from nfjobs.store.files import atomic_write_with
 
 CHECKPOINTABLE = True
+DISTRIBUTED = True
+"""A cell of several ranks trains with DistributedDataParallel: the global batch (`batch_size`) is cut into one
+slice per rank, in the same order and with the same learning-rate schedule as on one process."""
 GRID_FRACS = (0.1, 0.2, 1.0)
 """Context fractions shown in the reconstruction grid."""
 GRID_IMAGES = 8
@@ -100,6 +109,8 @@ def run(cfg: Config, ctx) -> list[dict]:
         fused=device.type == "cuda",
     )
     batch = min(cfg.batch_size, len(train_u8))
+    mine = T.rank_slice(batch, ctx.rank, ctx.world_size)
+    share = (mine.stop - mine.start) / batch  # of the global batch: the weight of this rank's mean loss
     steps_per_epoch = len(train_u8) // batch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, T.lr_factor(cfg.optim, cfg.epochs * steps_per_epoch))
 
@@ -127,6 +138,8 @@ def run(cfg: Config, ctx) -> list[dict]:
     step_fn = family.training_loss
     if cfg.compile and device.type == "cuda":
         step_fn = torch.compile(step_fn, mode=cfg.compile_mode)
+    if ctx.world_size > 1:  # after the checkpoint is loaded: DDP starts every rank from rank 0's weights
+        step_fn = T.data_parallel(step_fn, model, device)
     after_step = getattr(family, "after_step", None)
     step = torch.tensor(start * steps_per_epoch, device=device)
     wall0 = time.perf_counter() - (curve[-1]["wall_s"] if curve else 0.0)
@@ -134,8 +147,10 @@ def run(cfg: Config, ctx) -> list[dict]:
     bar = ctx.progress_bar((cfg.epochs - start) * steps_per_epoch, desc="train steps")
     for epoch in range(start, cfg.epochs):
         model.train()
+        if ctx.world_size > 1:
+            torch.manual_seed(T.rank_seed(cfg.seed, epoch, ctx.rank))
         order = torch.randperm(len(train_u8), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
-        order = order[: steps_per_epoch * batch].view(steps_per_epoch, batch).to(device)
+        order = order[: steps_per_epoch * batch].view(steps_per_epoch, batch)[:, mine].to(device)
         losses = torch.zeros(steps_per_epoch, device=device)
         log_sums: dict[str, torch.Tensor] = {}
         t0 = time.perf_counter()
@@ -146,7 +161,8 @@ def run(cfg: Config, ctx) -> list[dict]:
             with autocast:
                 loss, logs = step_fn(model, images, step, cfg)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            # DDP averages the ranks' gradients: weighting each rank's mean by its share makes that the global mean
+            (loss * (share * ctx.world_size) if ctx.world_size > 1 else loss).backward()
             if cfg.optim.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip, foreach=True)
             opt.step()
@@ -161,6 +177,10 @@ def run(cfg: Config, ctx) -> list[dict]:
             if ctx.metrics_due("step"):  # a host sync, so at a bounded rate
                 ctx.log_metrics(int(step), {"loss": loss.item(), "lr": sched.get_last_lr()[0],
                                             **{f"train_{k}": v.item() for k, v in logs.items()}}, phase="step")
+        if ctx.world_size > 1:  # the global batch's means, from each rank's share
+            names = list(log_sums)
+            summed = T.sum_over_ranks(torch.cat([losses, *(log_sums[k].reshape(1) for k in names)]) * share)
+            losses, log_sums = summed[:steps_per_epoch], dict(zip(names, summed[steps_per_epoch:]))
         epoch_losses = losses.tolist()  # the epoch's one host sync
         train_s += time.perf_counter() - t0
         history.extend(epoch_losses)
@@ -168,6 +188,8 @@ def run(cfg: Config, ctx) -> list[dict]:
         epoch_logs = {f"train_{k}": v for k, v in log_means.items()}  # in the rows: JEPA loss, collapse monitor
         summary = {"epoch": epoch + 1, "train_loss": float(np.mean(epoch_losses)), "train_s": train_s, **epoch_logs}
         model.eval()
+        if not ctx.is_main:
+            continue  # rank 0 evaluates and saves; this rank goes on to the next epoch's first step and waits there
         if cfg.curve_images > 0:
             with autocast:
                 rows = family.evaluate(model, val[: cfg.curve_images], cfg)
@@ -194,6 +216,8 @@ def run(cfg: Config, ctx) -> list[dict]:
             raise Pruned(f"epoch {epoch + 1}")
 
     bar.close()
+    if not ctx.is_main:
+        return []
     model.eval()
     with autocast:
         final = family.evaluate(model, held_out, cfg)

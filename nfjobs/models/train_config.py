@@ -45,7 +45,7 @@ class TrainConfig:
     epochs: int = 40
     """Passes over the training images (the last incomplete batch of each is dropped)."""
     batch_size: int = 256
-    """Images per optimisation step."""
+    """Images per optimisation step (the global batch: a cell of several ranks splits it between them)."""
     init_from: str = ""
     """Cell key or run directory of a finished `train` cell whose `model.pt` initialises the model
     (same family and sizes); empty = from scratch."""

@@ -1,4 +1,5 @@
-"""Torch helpers of the `train` job: device-resident images, augmentation, LR schedule, RNG state, image grids."""
+"""Torch helpers of the `train` job: device-resident images, augmentation, LR schedule, RNG state, image grids,
+and data parallelism over the ranks of a cell (DistributedDataParallel, each rank a slice of the global batch)."""
 
 import math
 from pathlib import Path
@@ -48,6 +49,53 @@ def lr_factor(cfg: OptimConfig, total_steps: int):
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
+
+
+class _LossOf(torch.nn.Module):
+    """A model and its loss function as one module, so DistributedDataParallel sees the whole step as `forward`
+    (the model families' losses call `encode` / `decode`, never the model itself)."""
+
+    def __init__(self, model: torch.nn.Module, loss_fn):
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, images, step, cfg):
+        return self.loss_fn(self.model, images, step, cfg)
+
+
+def data_parallel(loss_fn, model: torch.nn.Module, device: torch.device):
+    """`loss_fn(model, images, step, cfg)` through DistributedDataParallel over `model` (joined process group):
+    the same call, with the gradients averaged over the ranks during backward. `static_graph`: a family's
+    parameters unused by its loss (an NCE head at `nce_weight = 0`) are unused at every step."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    wrapped = DistributedDataParallel(_LossOf(model, loss_fn), device_ids=[device] if device.type == "cuda" else None,
+                                      static_graph=True)
+    return lambda _model, images, step, cfg: wrapped(images, step, cfg)
+
+
+def rank_slice(batch: int, rank: int, world_size: int) -> slice:
+    """The images of a global batch of `batch` that `rank` takes (contiguous, disjoint, sizes differing by 1 at
+    most)."""
+    if batch < world_size:
+        raise ValueError(f"batch_size {batch} is smaller than the cell's {world_size} ranks: each needs an image")
+    return slice(rank * batch // world_size, (rank + 1) * batch // world_size)
+
+
+def sum_over_ranks(values: Tensor) -> Tensor:
+    """`values` summed over the ranks of the cell (unchanged in a cell of one process)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        values = values.clone()
+        dist.all_reduce(values)
+    return values
+
+
+def rank_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of a rank's random draws (views, context, augmentation) in one epoch of a cell of several ranks:
+    different on each rank, and a function of the epoch only, so a requeued rank draws as before."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
 
 def rng_state() -> dict:

@@ -49,6 +49,8 @@ def launch_held(cells: Sequence[Cell], runs_root: Path, log_root: Path, flags: d
                 trials: dict[str, TrialRef] | None = None) -> Outcome:
     """`launch` for a caller that already holds the sweeps' launch lock (a search, round after round); `trials`
     names the search trial each cell runs as (its pruner)."""
+    if mode == "debug":
+        debug.check(cells, flags)  # before anything is written
     log_dir = Path(log_root) / "+".join(sorted({c.sweep for c in cells}))
     p = planning.plan(cells, runs_root, force=force, in_flight=planning.live_jobs(cells, runs_root))
     announce(p)

@@ -24,6 +24,9 @@ PARTS = "parts"
 """Markers of a cell run as several tasks (`nfjobs.parts`)."""
 CLAIM = ".claim"
 """Held (flock) by the process running the cell (`.claim-<i>-of-<N>` by a part's): no cell runs twice at once."""
+RANK_ENDED = ".rank-ended"
+"""Created exclusively by the first rank of a multi-task cell to end it (`.rank-ended-<i>-of-<N>` in a part): that
+rank writes the result, no other (`nfjobs.ranks.first_to_end`); removed by the claim holder when an attempt starts."""
 PARTS_LOCK = ".lock"
 """In `parts/`: held by the part that finalises the cell."""
 RECONSTRUCTIONS = "reconstructions.png"
@@ -105,6 +108,9 @@ class RunDir:
 
     def claim(self, part: int | None = None, parts: int = 1) -> Path:
         return self.path / (CLAIM if part is None else f"{CLAIM}-{part}-of-{parts}")
+
+    def rank_ended(self, part: int | None = None, parts: int = 1) -> Path:
+        return self.path / (RANK_ENDED if part is None else f"{RANK_ENDED}-{part}-of-{parts}")
 
     @property
     def parts(self) -> Path:
