@@ -90,13 +90,15 @@ class SessionContext(Context):
 
 def epoch_logs(ctx: Context) -> list[dict]:
     """The `epoch` records of this run's metrics.jsonl (latest attempt): `epoch`, `loss` (mean train loss), the
-    family's log means (`psnr`, `alpha`, `jepa`, ...), `val_psnr@<frac>` of the curve images, `wall_s`."""
+    family's log means (`psnr`, `alpha`, `jepa`, ...: the records' `train_<log>`), `curve_psnr@<frac>` of the curve
+    images, `wall_s`."""
     from nfjobs.results import load_metrics
 
     table = load_metrics(ctx.runs_root, ctx.key, phase="epoch")
     if table.is_empty():
         return []
-    return table.filter(table["attempt"] == table["attempt"].max()).rename({"train_loss": "loss"}).to_dicts()
+    table = table.filter(table["attempt"] == table["attempt"].max())
+    return table.rename({c: c.removeprefix("train_") for c in table.columns}).to_dicts()
 
 
 @contextlib.contextmanager

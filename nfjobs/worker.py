@@ -77,12 +77,14 @@ def runtime_provenance(place: ranks.Placement = ranks.Placement()) -> dict[str, 
         "run.slurm_restarts": int(env.get("SLURM_RESTART_COUNT", "0") or 0),
         "run.python": platform.python_version(),
         "run.gpu": "",
+        "run.gpus": 0,
     }
     torch = sys.modules.get("torch")  # report versions of what the job actually used
     if torch is not None:
         info["run.torch"] = torch.__version__
         if torch.cuda.is_available():
             info["run.gpu"] = torch.cuda.get_device_name()
+            info["run.gpus"] = torch.cuda.device_count()  # this process's: on Slurm, what it asked for; a rank's: one
     for name in ("numpy", "polars", "submitit", "sklearn", "mambapy", "mamba_ssm"):
         mod = sys.modules.get(name)
         if mod is not None:

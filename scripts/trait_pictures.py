@@ -3,11 +3,11 @@
     uv run python scripts/trait_pictures.py --sweep configs/sweeps/traits_ginr_cifar.toml --runs-root runs \
         --out docs/results/traits
 
-Writes seed 004's chart (test mAP against training images, one line per prototype count, the 5-95 % band of
-per-trait AP) for all scorers together (`map_vs_train_images.png`) and per scorer (`map_<scorer>.png`), the
-table behind them (`summary.md`, with each cell's constant-predictor mAP), and copies one score cell's per-trait
-grids and index page into `pictures/`: by default the cell with the best test mAP among those that chose
-prototypes on the most training images (`--key` picks another). Files over 16 MiB are not copied.
+Writes what `launch.py tables` writes for seed 004 (`traits_summary.md`, `traits_map_vs_train_images.png`,
+`traits_map_<scorer>.png`: `nfjobs.reports.traits`) over the sweeps' rows together, and copies one score cell's
+per-trait grids and index page into `pictures/`, named in `pictures.md`: by default the cell with the best test
+mAP among those that chose prototypes on the most training images (`--key` picks another). Files over 16 MiB are
+not copied.
 """
 
 import argparse
@@ -23,25 +23,19 @@ def collect(sweep: list[str], runs_root: Path, out: Path, key: str = "") -> dict
     """The folder under `out`; returns what was written: `key` (the cell whose pictures were copied), `files`."""
     import polars as pl
 
-    from nfjobs import results
-    from nfjobs.reports import plots
-    from nfjobs.reports import traits as report
+    from nfjobs.reports import traits, views
 
-    rows = pl.concat([results.load(s, runs_root).collect() for s in sweep], how="diagonal_relaxed")
+    loaded = [views.load(s, runs_root) for s in sweep]
+    rows = pl.concat([s.rows for s in loaded], how="diagonal_relaxed")
     if "row_type" not in rows.columns:
         raise ValueError(f"{', '.join(sweep)}: no score rows under {runs_root} (has the sweep run?)")
     rows = rows.filter(pl.col("row_type") == "summary", pl.col("status") == "ok")
     if rows.is_empty():
         raise ValueError(f"{', '.join(sweep)}: no finished score cells under {runs_root}")
     out.mkdir(parents=True, exist_ok=True)
-    table = report.table(rows)
-    written = [out / "map_vs_train_images.png"]
-    plots.map_vs_train_images(table, written[0], "Trait discovery: test mAP vs training images")
-    for scorer in table["Scorer"].unique().sort().to_list():
-        path = out / f"map_{scorer}.png"
-        plots.map_vs_train_images(table.filter(pl.col("Scorer") == scorer), path,
-                                  f"{scorer}: test mAP vs training images (one line per prototype count)")
-        written.append(path)
+    together = views.Sweep(", ".join(s.name for s in loaded), runs_root, rows,
+                           {g: a for s in loaded for g, a in s.axes.items()})
+    written = traits.write(together, out)
     if not key:
         most = rows["n_train_images"].max()
         key = rows.filter(pl.col("n_train_images") == most).sort("map", descending=True)["key"][0]
@@ -61,15 +55,13 @@ def collect(sweep: list[str], runs_root: Path, out: Path, key: str = "") -> dict
             continue
         shutil.copyfile(file, target / file.name)
         written.append(target / file.name)
-    md = report.markdown(table)
-    (out / "summary.md").write_text(
-        f"# {', '.join(Path(s).name for s in sweep)}: trait discovery\n\n"
-        f"Pictures (`pictures/index.html`): cell `{key}`, scorer {cell['scorer']}, {cell.get('prototypes') or cell['n_prototypes']} "
+    (out / "pictures.md").write_text(
+        f"# {together.name}: one score cell's pictures\n\n"
+        f"`pictures/index.html`: cell `{key}`, scorer {cell['scorer']}, {cell.get('prototypes') or cell['n_prototypes']} "
         f"prototypes, chosen on {cell['n_train_images']} training images; test mAP {cell['map']:.4f} (constant "
-        f"predictor {cell['constant_map']:.4f}) over {cell['n_traits']} traits.\n\n"
-        "![mAP vs training images](map_vs_train_images.png)\n\n" + md + "\n"
+        f"predictor {cell['constant_map']:.4f}) over {cell['n_traits']} traits. The table: `traits_summary.md`.\n"
         + (f"\nNot copied (over 16 MiB): {', '.join(skipped)}\n" if skipped else ""))
-    written.append(out / "summary.md")
+    written.append(out / "pictures.md")
     return {"key": key, "files": written, "skipped": skipped}
 
 

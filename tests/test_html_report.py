@@ -76,14 +76,15 @@ def sweep(tmp_path_factory) -> Path:
         key = f"train-{i}"
         ctx = Context(key=key, kind="train", runs_root=runs)
         for epoch in (1, 2):
-            ctx.log_metrics(epoch * 10, {"epoch": epoch, "val_psnr@1.0": 15.0 + epoch + i}, phase="epoch")
+            ctx.log_metrics(epoch * 10, {"epoch": epoch, "curve_psnr@1.0": 15.0 + epoch + i}, phase="epoch")
         ctx.close()
         save_grid(ctx.run_dir / "reconstructions.png", [torch.rand(4, 3, 8, 8) for _ in range(4)],
                   labels=["ground truth", "context 10%", "context 20%", "context 100%"], title=model)
         stored.write_rows(run_dir(runs, key).result, [
             {"sweep": "demo", "key": key, "kind": "train", "group": "nf", "status": "ok", "error": "",
              "model": model, "context_frac": frac, "nce_weight": 0.0, "init_from": "", "seed": 0, "split": split,
-             "eval_context_frac": f, "psnr": 20.0 + 5 * f + i, "epoch": 2}
+             "eval_context_frac": f, "psnr": 20.0 + 5 * f + i, "epoch": 2, "run.seconds": 1800.0 * (i + 1),
+             "run.gpus": 2, "run.world_size": 2}
             for split in ("val_curve", "val") for f in (0.1, 1.0)])
         cells[key] = {"kind": "train", "group": "nf", "stage": 0, "source": "s.toml"}
     for seed in (0, 1):
@@ -114,7 +115,10 @@ def test_page_content_and_escaping(sweep, tmp_path):
     pngs = sorted(p.name for p in (tmp_path / "site" / "plots").glob("*.png"))
     for name in pngs:
         assert f'src="plots/{name}"' in text
-    assert any("epoch_val_psnr" in p for p in pngs) and any("map_vs_train_images" in p for p in pngs)
+    assert any("epoch_curve_psnr" in p for p in pngs) and any("map_vs_train_images" in p for p in pngs)
+    nf = text.split("group nf <small>")[1].split("<h3>")[0]  # the train cells' table: wall time, GPU-hours
+    assert "gpu_hours</th>" in nf and '<td class="">1800.0000</td><td class="">2.0000</td>' in nf  # 1800 s x 2 ranks x 2 GPUs
+    assert '<td class="">3600.0000</td><td class="">4.0000</td>' in nf
     assert any(p.endswith("_accuracy.png") for p in pngs) and any("psnr_context" in p for p in pngs)
     assert (tmp_path / "site" / "cells" / "train-0.png").is_file()
     assert 'src="train-0.png"' in (tmp_path / "site" / "cells" / "train-0.html").read_text()

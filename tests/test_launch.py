@@ -323,7 +323,8 @@ def test_a_finished_launch_says_where_its_results_are_and_what_to_run_next(sweep
     out = capsys.readouterr().out
     assert f"rows: 2 result file(s), <key>/result.parquet under {runs}/" in out
     assert f"results.load('s', runs_root={str(runs)!r})" in out  # the Python hint finds them too
-    assert f"next: uv run launch.py report --sweep {path} --runs-root {runs} --by head.width" in out
+    # report groups by the sweep's axis (head.width) unasked: the hint names no --by
+    assert f"next: uv run launch.py report --sweep {path} --runs-root {runs} --metric " in out and "--by" not in out
     assert f"uv run launch.py status --sweep {path} --runs-root {runs}" in out
 
 

@@ -11,7 +11,7 @@ import pytest
 from nfjobs import results
 from nfjobs.config import DataConfig
 from nfjobs.jobs import smoke
-from nfjobs.metrics import METRICS_FILE, Progress
+from nfjobs.metrics import METRICS_FILE, RECORD_FIELDS, Progress
 from nfjobs.worker import CellSpec, run_cell
 
 
@@ -152,15 +152,16 @@ def test_tiny_train_records_steps_epochs_and_the_final_psnr(tmp_path, make_conte
     table = results.load_metrics(tmp_path, "tr")
     steps = table.filter(phase="step")
     assert steps["step"].to_list() == [1, 2, 3, 4]  # 48 images / batch 24, 2 epochs, every step (rate 0)
-    assert {"loss", "lr", "recon"} <= set(steps.columns)
+    assert {"loss", "lr", "train_recon"} <= set(steps.columns)  # the batch's, not a validation number
     epochs = results.load_metrics(tmp_path, "tr", phase="epoch")
     assert epochs["epoch"].to_list() == [1, 2] and epochs["step"].to_list() == [2, 4]
     curve = [r for r in rows if r["split"] == "val_curve"]
     for r in curve:
-        got = epochs.filter(epoch=r["epoch"])[f"val_psnr@{r['eval_context_frac']}"].item()
+        got = epochs.filter(epoch=r["epoch"])[f"curve_psnr@{r['eval_context_frac']}"].item()
         assert got == pytest.approx(r["psnr"])
     assert epochs["train_loss"].to_list() == pytest.approx([r["train_loss"] for r in curve[:: len(curve) // 2]])
     final = results.load_metrics(tmp_path, "tr", phase="final")
+    assert not (set(final.columns) - set(RECORD_FIELDS)) & set(epochs.columns)  # no curve is named as a final number
     want = {f"val_psnr@{r['eval_context_frac']}": r["psnr"] for r in rows if r["split"] == "val"}
     assert {k: final[k].drop_nulls().item() for k in want} == pytest.approx(want)
 
@@ -187,7 +188,9 @@ def test_cache_probe_and_score_record_their_phases(tmp_path, make_context):
     (row,) = probe.run(probe.Config(activations="c", probe="transformer", epochs=2, batch_size=16, d_model=32), p)
     p.close()
     m = results.load_metrics(tmp_path, "p")
-    assert m.filter(phase="probe_epoch")["epoch"].to_list() == [1, 2]
+    epochs = m.filter(phase="probe_epoch")
+    assert epochs["epoch"].to_list() == [1, 2] and epochs["batch_accuracy"].is_finite().all()
+    assert epochs["train_accuracy"].is_null().all()  # the final number's name is not used by the curve
     assert m.filter(phase="probe")["accuracy"].to_list() == [row["accuracy"]]
     s = make_context("score", "s")
     rows = score.run(score.Config(scorer="random", n_prototypes=4, device="cpu", data=DataConfig(builtin_n=80)), s)

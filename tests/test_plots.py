@@ -22,7 +22,7 @@ def probe_rows(seeds: int) -> pl.DataFrame:
 
 @pytest.mark.parametrize("seeds", [1, 3])
 def test_probe_accuracy_groups_bars_and_shows_seed_spread(tmp_path, seeds):
-    table = summary(probe_rows(seeds))
+    table = summary(probe_rows(seeds), {})
     fig = plots.probe_accuracy(table, tmp_path / "acc.png")
     ax = fig.axes[0]
     bars = [c for c in ax.containers if isinstance(c, BarContainer)]
@@ -59,7 +59,7 @@ def test_psnr_vs_wall_reads_epoch_records(tmp_path):
     for key, gain in (("a", 1.0), ("b", 2.0)):
         ctx = Context(key=key, kind="train", runs_root=tmp_path)
         for epoch in (1, 2, 3):
-            ctx.log_metrics(epoch * 10, {"epoch": epoch, "val_psnr@1.0": 10 + gain * epoch}, phase="epoch")
+            ctx.log_metrics(epoch * 10, {"epoch": epoch, "curve_psnr@1.0": 10 + gain * epoch}, phase="epoch")
         ctx.close()
     curves = {k: load_metrics(tmp_path, k, phase="epoch") for k in ("a", "b")}
     curves["no metrics"] = load_metrics(tmp_path, "missing")
@@ -78,7 +78,7 @@ def test_map_vs_train_images_has_a_band_per_line_and_the_constant_predictor(tmp_
          "map": 0.2 + 0.01 * k + n / 1e4, "ap_q05": 0.05, "ap_q95": 0.6, "constant_map": 0.1}
         for sc in ("kmeans", "sae") for k in (8, 32) for n in (16, 160, 1600)
     ])
-    fig = plots.map_vs_train_images(table(rows), tmp_path / "map.png")
+    fig = plots.map_vs_train_images(table(rows, {}), tmp_path / "map.png")
     ax = fig.axes[0]
     labels = [ln.get_label() for ln in ax.get_lines()]
     assert labels == ["kmeans, 8 prototypes", "kmeans, 32 prototypes", "sae, 8 prototypes", "sae, 32 prototypes",
@@ -88,7 +88,7 @@ def test_map_vs_train_images_has_a_band_per_line_and_the_constant_predictor(tmp_
     assert list(ax.get_lines()[-1].get_ydata()) == [0.1, 0.1, 0.1]
     layers = pl.concat([rows.with_columns(layer=pl.lit(name), map=pl.col("map") + shift)
                         for name, shift in (("layer2", 0.0), ("layer3", 0.3))])
-    by_layer = table(layers)
+    by_layer = table(layers, {})
     assert by_layer.columns[:2] == ["Layer", "Scorer"] and by_layer.height == 24  # never averaged over layers
     l2, l3 = (by_layer.filter(pl.col("Layer") == name)["mAP"].to_numpy() for name in ("layer2", "layer3"))
     assert np.allclose(l3 - l2, 0.3)
@@ -111,3 +111,12 @@ def test_reconstruction_grid_has_labelled_rows(tmp_path):
     assert img.getpixel((margin + 1, 20 + 1)) == (0, 0, 0) and img.getpixel((margin + 1, 20 + 17)) == (255, 255, 255)
     label_pixels = [img.getpixel((x, y)) for x in range(margin) for y in range(20, h)]
     assert min(sum(p) for p in label_pixels) < 200  # dark text was drawn beside the rows
+
+
+def test_curves_are_drawn_against_step_and_against_wall_time(tmp_path):
+    lines = {"lr=0.1": pl.DataFrame({"step": [10, 20, 30], "wall_s": [1.5, 2.5, 4.0], "loss": [3.0, 2.0, 1.5]})}
+    fig = plots.curves(lines, "loss", "g: loss per step", tmp_path / "c.png")
+    by_step, by_wall = fig.axes
+    assert list(by_step.get_lines()[0].get_xdata()) == [10, 20, 30]
+    assert list(by_wall.get_lines()[0].get_xdata()) == [1.5, 2.5, 4.0] and "wall-clock" in by_wall.get_xlabel()
+    assert list(by_wall.get_lines()[0].get_ydata()) == [3.0, 2.0, 1.5]

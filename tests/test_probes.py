@@ -115,8 +115,8 @@ def test_report_table_and_chart(tmp_path):
         {"kind": "probe", "status": "ok", "representation": r, "context": c, "probe": p, "accuracy": a, "train_s": 1.0}
         for r, a in (("original", 0.4), ("perceiver", 0.6)) for c in ("full", "sparse") for p in ("linear", "knn")
     ])
-    table = summary(rows)
-    assert table.height == 8 and table["n_seeds"].to_list() == [1] * 8
+    table = summary(rows, {})
+    assert table.height == 8 and table["n"].to_list() == [1] * 8
     assert wide(table).columns == ["representation", "full/knn", "full/linear", "sparse/knn", "sparse/linear"]
     probe_accuracy(table, tmp_path / "acc.png")
     from PIL import Image
@@ -134,4 +134,4 @@ def test_report_names_tdsm_modes():
          "tdsm_mode": m, "accuracy": 0.5, "train_s": 1.0}
         for p, m in (("tdsm_gap", "frozen"), ("tdsm_gap", "finetune"), ("tdsm_gap", "two_stage"), ("linear", None))
     ])
-    assert summary(rows)["probe"].to_list() == ["linear", "tdsm_gap", "tdsm_gap+finetune", "tdsm_gap+two_stage"]
+    assert summary(rows, {})["probe"].to_list() == ["linear", "tdsm_gap", "tdsm_gap+finetune", "tdsm_gap+two_stage"]

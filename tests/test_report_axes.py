@@ -83,9 +83,10 @@ def test_the_html_folder_must_be_empty_or_a_reports_and_no_link_is_written_throu
 
 
 def test_a_dollar_in_a_label_is_drawn_verbatim(tmp_path):
-    curves = {"cost=$5$ and $\\alpha$": pl.DataFrame({"step": [1, 2], "loss": [1.0, 0.5]})}
+    curves = {"cost=$5$ and $\\alpha$": pl.DataFrame({"step": [1, 2], "wall_s": [0.5, 1.0], "loss": [1.0, 0.5]})}
     fig = plots.curves(curves, "loss", "a $title$", tmp_path / "c.png")
-    assert fig.axes[0].get_legend().get_texts()[0].get_text() == r"cost=\$5\$ and \$\alpha\$"
+    assert fig.axes[1].get_legend().get_texts()[0].get_text() == r"cost=\$5\$ and \$\alpha\$"
+    assert fig.get_suptitle() == r"a \$title\$"
     table = pl.DataFrame({"probe": ["$x$"], "mean": [0.5], "ci95_low": [None], "ci95_high": [None]})
     plots.metric_bars(table, ["probe"], "accuracy", "$t$", 0.1, tmp_path / "b.png")
     assert (tmp_path / "b.png").stat().st_size > 1000

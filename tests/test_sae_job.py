@@ -11,6 +11,7 @@ from nfjobs.context import Context
 from nfjobs.data.pixels import builtin_pixels
 from nfjobs.jobs import sae, score
 from nfjobs.kinds import KINDS
+from nfjobs.results import load_metrics
 from nfjobs.scoring import scorers
 from nfjobs.store import layout
 
@@ -60,6 +61,13 @@ def test_trains_with_dead_and_dense_statistics_per_epoch(tmp_path):
         assert r["gb_read"] * 1e9 == 24 * 6 * 8 * 2  # every training patch read once per epoch, float16
     model = scorers.load(tmp_path / "runs" / "a" / layout.SAE)
     assert model.n_prototypes == 16
+    epochs = load_metrics(tmp_path / "runs", "a", phase="epoch")  # the curves of the report page
+    steps = epochs["step"].to_list()  # optimiser steps so far: the same number each epoch
+    assert epochs["epoch"].to_list() == [1, 2, 3] and steps == [steps[0], 2 * steps[0], 3 * steps[0]]
+    assert epochs["mse"].to_list() == [r["mse"] for r in rows] and (epochs["lr"] == 3e-3).all()
+    assert epochs["train_loss"].to_list() == pytest.approx([r["mse"] + 1e-3 * r["code_l1"] for r in rows])
+    steps = load_metrics(tmp_path / "runs", "a", phase="step")
+    assert steps["step"][0] == 1 and steps["loss"].is_finite().all()
 
 
 def test_an_interrupted_run_resumes_at_the_next_epoch_with_the_same_result(tmp_path):
@@ -148,7 +156,7 @@ def test_an_sae_cell_run_by_the_launcher_gives_ok_rows_and_a_score_cell_scores_w
     assert summary["representation"] == "original" and summary["layer"] == ""
     from nfjobs.reports import traits as report
 
-    assert report.table(df)["Prototypes"].to_list() == [8]  # the table counts what was offered
+    assert report.table(df, results.axes(path, tmp_path / "runs"))["Prototypes"].to_list() == [8]  # the table counts what was offered
     capsys.readouterr()
     assert launch.main(["report", "--sweep", str(path), "--runs-root", str(tmp_path / "runs"), "--by", "n_prototypes",
                         "--metric", "map", "--where", "row_type=summary", "--format", "csv"]) == 0

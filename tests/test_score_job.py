@@ -15,6 +15,7 @@ from nfjobs.data import load_split
 from nfjobs.data.pixels import builtin_pixels
 from nfjobs.jobs import score
 from nfjobs.reports import traits as report
+from nfjobs.reports.tables import to_markdown
 
 TINY = dict(n_prototypes=8, train_patches=4000, kmeans_iters=3, sae_steps=20, device="cpu",
             data=DataConfig(builtin_n=200))
@@ -119,10 +120,11 @@ def test_report_table(tmp_path):
         rows = run(cfg, tmp_path, f"k{n_train}")
         frames.append(pl.DataFrame(rows, infer_schema_length=None).with_columns(
             scorer=pl.lit(cfg.scorer), n_prototypes=pl.lit(cfg.n_prototypes), status=pl.lit("ok")))
-    table = report.table(pl.concat(frames, how="diagonal_relaxed"))
-    assert table.columns[:7] == ["Scorer", "Prototypes", "Train", "mAP", "5%", "95%", "Constant mAP"]
+    table = report.table(pl.concat(frames, how="diagonal_relaxed"), {})
+    assert table.columns == ["Scorer", "Prototypes", "Train", "mAP", "std", "n", "ci95_low", "ci95_high", "5%", "95%",
+                             "Constant mAP"]
     assert table["Train"].to_list() == [16, 180]
-    text = report.markdown(table)
+    text = to_markdown(table)
     assert text.count("\n") == 3 and "| Constant mAP |" in text
 
 
@@ -136,7 +138,7 @@ def test_prototype_sweeps_expand_and_the_tiny_one_runs_to_the_table(tmp_path, ca
              if c.kind == "score" and c.config.scorer == "random"]
     for c in cells:
         run_cell(CellSpec(c.kind, c.config, c.key, c.sweep, c.group, str(tmp_path), {}))
-    table = report.table(results.load(tmp_path, warn=False).collect())
-    print(report.markdown(table))
+    table = report.table(results.load(tmp_path, warn=False).collect(), {})
+    print(to_markdown(table))
     assert table.height == len(cells) == 6 and table["Constant mAP"].n_unique() == 1
     assert "| Prototypes | Train |" in capsys.readouterr().out

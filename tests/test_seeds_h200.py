@@ -1,11 +1,9 @@
-"""The H200 run of seeds 002/003 (`seeds_h200.toml`, the lr check its `ginr_lr` group) and `bench/seed_results.py`:
+"""The H200 run of seeds 002/003 (`seeds_h200.toml`, the lr check its `ginr_lr` group) and `launch.py tables`:
 the stated recipe rules hold in the file, its way to lengthen the run keeps them, and a tiny copy of the sweep runs
 end to end on the CPU into the results folder."""
 
-import importlib.util
 import math
 import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
@@ -96,7 +94,7 @@ def _edit(text: str, old: str, new: str, count: int) -> str:
 
 
 @pytest.mark.slow
-def test_a_tiny_copy_runs_end_to_end_and_seed_results_writes_the_results_folder(tmp_path, run_launch):
+def test_a_tiny_copy_runs_end_to_end_and_tables_writes_the_results_folder(tmp_path, run_launch):
     """The shipped file with toy model sizes and the pure scan (the full-size GINR takes minutes per step on a CPU)."""
     tiny_ginr = ('ginr = { patch_size = 4, dim = 32, pos_emb_dim = 8, num_lp = 16, depth = 1, ff_dim = 64, '
                  'feature_dim = 16, head_dim = 8, d_state = 4, simple_hidden = 32, simple_freqs = 4, '
@@ -122,31 +120,16 @@ def test_a_tiny_copy_runs_end_to_end_and_seed_results_writes_the_results_folder(
         assert jepa[col].is_finite().all(), col
 
     out = tmp_path / "results"
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "seed_results.py"), "--runs-root", str(runs),
-                           "--out", str(out)], capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr + proc.stdout
-    for name in ("ginr_psnr_vs_time.png", "jepa_psnr_vs_time.png", "ginr_variants.png", "recon_ginr_default.png",
-                 "recon_ginr_faithful_bias.png", "recon_ginr_no_jitter.png", "recon_ginr_simple_decoder.png",
-                 "recon_ginr_lr_5e-4.png", "recon_ginr_lr_4e-3.png", "recon_jepa_default.png", "lr_psnr_vs_time.png"):
+    assert run_launch("tables", "--sweep", path, "--out", out) == 0
+    for name in ("fields_ginr_psnr_vs_time.png", "fields_jepa_psnr_vs_time.png", "representations_accuracy.png"):
         assert (out / name).stat().st_size > 1000, name
-    md = (out / "results.md").read_text()
+    lines = (out / "fields_summary.md").read_text().splitlines()
     val = df.filter(pl.col("split") == "val")
-    ginr = val.filter(pl.col("model") == "ginr").sort("group")
+    ginr = val.filter(pl.col("model") == "ginr")
+    assert ginr["key"].n_unique() == 6
     for group, psnr in ginr.select("group", "psnr").rows():  # the table holds the rows' numbers, not others
-        assert f"| {group} | {psnr:.4f} |" in md
-    psnr01 = jepa.filter(pl.col("eval_context_frac") == 0.1)["psnr"][0]
-    assert f"| jepa_default | {psnr01:.4f} |" in md
-    assert f"| {probe['accuracy'][0]:.4f} |" in md and "Cells that did not end ok\n\n(none)" in md
-    lr_part = md.split("## Learning-rate check")[1].split("##")[0]
-    lrs = ginr.filter(pl.col("group").is_in(["ginr_default", "ginr_lr"])).sort("optim.lr")
-    assert len(lrs) == 3 and lr_part.count("| train-") == 3  # the default and the ginr_lr group, no ablation
-    spec = importlib.util.spec_from_file_location("seed_results", ROOT / "bench" / "seed_results.py")
-    seed_results = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(seed_results)
-    for lr, group, psnr in lrs.select("optim.lr", "group", "psnr").rows():
-        assert f"| {seed_results._num(lr)} | {group} | {psnr:.4f} |" in lr_part
-    assert sorted(seed_results.lr_labels(df).values()) == ["ginr lr 1.41e-3 (ginr_default)", "ginr lr 4e-3",
-                                                           "ginr lr 5e-4"]
-    labels = seed_results._labels(df, seed_results._cells(df, "ginr")).values()
-    assert sorted(labels) == ["ginr lr 4e-3", "ginr lr 5e-4", "ginr_default", "ginr_faithful_bias", "ginr_no_jitter",
-                              "ginr_simple_decoder"]
+        assert any(ln.startswith(f"| {group} |") and f"| {psnr:.4f} |" in ln for ln in lines), (group, psnr)
+    for psnr in jepa["psnr"]:
+        assert any(ln.startswith("| jepa_default |") and f"| {psnr:.4f} |" in ln for ln in lines), psnr
+    assert "### jepa_default: per epoch (metrics.jsonl)" in lines and lines[-1] == "(none)"
+    assert f"| {probe['accuracy'][0]:.4f} |" in (out / "representations_summary.md").read_text()

@@ -19,6 +19,9 @@ CPU_SIZED = ["quickstart.toml", "nf_variants_tiny.toml", "ginr_tiny.toml", "jepa
              "representations_tiny.toml", "prototypes_tiny.toml", "prototypes_folder_tiny.toml",
              "traits_ginr_cifar_tiny.toml"]
 
+NO_SEED_TABLES = ["quickstart.toml", "nf_variants_tiny.toml"]
+"""Perceiver fields only: no seed table reads them (`launch.py tables` says so)."""
+
 
 def _cifar_stand_in(tmp_path: Path) -> list[sweep.Override]:
     root = tmp_path / "data" / "cifar-10-batches-py"
@@ -135,7 +138,7 @@ def test_cpu_sized_sweeps_run_end_to_end(name, tmp_path, monkeypatch, run_launch
     if name == "representations_tiny.toml":
         from nfjobs.reports.probes import summary
 
-        table = summary(df)
+        table = summary(df, results.axes(path, runs))
         assert set(table["context"]) == {"full", "sparse"}
         assert {"knn", "linear", "transformer"} <= set(table["probe"])
         assert table["representation"].n_unique() >= 5
@@ -172,9 +175,11 @@ def test_cpu_sized_sweeps_run_end_to_end(name, tmp_path, monkeypatch, run_launch
         assert meta["token_grid"] == [8, 8] and meta["token_cells"] == list(range(64))  # one LP per 4x4 patch
         for key in summary["key"]:
             assert len(list((runs / key / "pictures").glob("trait_*.png"))) == 10
-    if name != "ginr_tiny.toml":  # its page is checked in the quick loop (test_tiny_sweep_pages)
-        from test_tiny_sweep_pages import check_page
+    if name != "ginr_tiny.toml":  # its page and tables are checked in the quick loop (test_tiny_sweep_pages)
+        from test_tiny_sweep_pages import check_page, check_tables
 
+        if name not in NO_SEED_TABLES:
+            check_tables(path, runs, tmp_path / "tables", run_launch)
         check_page(path, runs, tmp_path, request.getfixturevalue("chromium"))  # skips without a browser, at the end
 
 

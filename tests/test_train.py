@@ -111,5 +111,5 @@ def test_a_search_s_pruner_is_asked_after_every_epoch_and_stops_the_cell_with_it
     with pytest.raises(Pruned, match="epoch 1"):
         train.run(replace(TINY, epochs=2, data=replace(TINY.data, augment=False)), ctx)
     [(step, metrics)] = asked
-    assert step == 1 and {"train_loss", "val_psnr@1.0"} <= set(metrics)
+    assert step == 1 and {"train_loss", "curve_psnr@1.0"} <= set(metrics)
     assert (tmp_path / "p" / "checkpoint.pt").exists() and not (tmp_path / "p" / "model.pt").exists()

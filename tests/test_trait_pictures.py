@@ -43,14 +43,14 @@ def test_charts_table_and_the_best_cells_pictures(tmp_path, run_launch):
     summary = results.load(sweep, runs).collect().filter(pl.col("row_type") == "summary")
     every = summary.filter(pl.col("n_train_images") == summary["n_train_images"].max())
     best = every.sort("map", descending=True)["key"][0]
-    assert best in proc.stdout and f"`{best}`" in (out / "summary.md").read_text()
-    for name in ("map_vs_train_images.png", "map_random.png", "map_kmeans.png"):
+    assert best in proc.stdout and f"`{best}`" in (out / "pictures.md").read_text()
+    for name in ("traits_map_vs_train_images.png", "traits_map_random.png", "traits_map_kmeans.png"):
         assert Image.open(out / name).size[0] > 300
     copied = sorted(p.name for p in (out / "pictures").iterdir())
     assert copied == sorted(p.name for p in (runs / best / "pictures").iterdir())
     assert "index.html" in copied and len(copied) == 1 + 27  # the builtin dataset's 27 traits
     other = every.sort("map")["key"][0]
     again = _run("--sweep", sweep, "--runs-root", runs, "--out", out, "--key", other)
-    assert again.returncode == 0 and f"`{other}`" in (out / "summary.md").read_text()
+    assert again.returncode == 0 and f"`{other}`" in (out / "pictures.md").read_text()
     bad = _run("--sweep", sweep, "--runs-root", runs, "--out", out, "--key", "score-000000000000")
     assert bad.returncode == 2 and "not a finished score cell" in bad.stderr

@@ -8,6 +8,7 @@
     uv run launch.py logs KEY [-f]                                           # a cell's stdout + stderr
     uv run launch.py cancel --sweep configs/sweeps/x.toml [--failed-only] [--cell KEY ...]
     uv run launch.py report --sweep configs/sweeps/x.toml --by model --metric psnr
+    uv run launch.py tables --sweep configs/sweeps/x.toml --out DIR          # the seeds' tables and charts
     uv run launch.py kinds                                                   # the job kinds a sweep may name
 
 Any `--dotted.key value` that `run` does not know sets that config field in every cell whose job kind has it,
@@ -18,10 +19,10 @@ booleans as `--x.flag` / `--x.no-flag`. See docs/sweeps.md. `launch.py run --hel
 import dataclasses
 import sys
 
-from nfjobs.commands import cancel, kinds, logs, report, run, status
+from nfjobs.commands import cancel, kinds, logs, report, run, status, tables
 from nfjobs.commands.errors import guarded
 
-VERBS = {"run": run, "status": status, "report": report, "logs": logs, "cancel": cancel, "kinds": kinds}
+VERBS = {"run": run, "status": status, "report": report, "tables": tables, "logs": logs, "cancel": cancel, "kinds": kinds}
 
 
 @guarded

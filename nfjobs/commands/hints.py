@@ -6,6 +6,7 @@ from pathlib import Path
 import polars as pl
 
 from nfjobs import results, typed
+from nfjobs.reports import tables
 from nfjobs.store import states
 from nfjobs.store.layout import run_dir
 
@@ -18,9 +19,9 @@ def next_steps(cells: list, sweep: str, runs_root: str) -> None:
     files = [f for f in files if f.exists()]
     pictures = sorted(p for f in files for p in f.parent.glob("*.png"))
     found = pl.concat([pl.read_parquet(f) for f in files[:50]], how="diagonal_relaxed") if files else pl.DataFrame()
-    hints = report_hints(cells, found)
-    root = f" --runs-root {runs_root}" if runs_root != "runs" else ""
     name = results.sweep_name(sweep)
+    hints = report_hints(cells, found, results.axes(name, runs_root) if files else {})
+    root = f" --runs-root {runs_root}" if runs_root != "runs" else ""
     python_root = f", runs_root={runs_root!r}" if runs_root != "runs" else ""
     print(f"\nrows: {len(files)} result file(s), <key>/result.parquet under {runs_root}/ "
           f"(in Python: from nfjobs import results; results.load({name!r}{python_root}).collect())")
@@ -35,10 +36,11 @@ def next_steps(cells: list, sweep: str, runs_root: str) -> None:
     print(f"{'      ' if hints else 'next: '}uv run launch.py status --sweep {sweep}{root}\n")
 
 
-def report_hints(cells: list, rows: pl.DataFrame) -> list[tuple[str, str]]:
+def report_hints(cells: list, rows: pl.DataFrame, axes_of: dict | None = None) -> list[tuple[str, str]]:
     """(metric, `report` flags) per kind whose ok rows carry a known metric (else the last kind with a float result
-    column): grouped by what the sweep varied, on validation rows where the kind has them. Every column and value
-    named is in these rows, so the command prints a table."""
+    column): grouped by what the sweep varied, on validation rows where the kind has them; `--by` only where
+    `report` would not group by those columns anyway (the sweep's axes, `axes_of`: `results.axes`). Every column
+    and value named is in these rows, so the command prints a table."""
     kinds = list(dict.fromkeys(c.kind for c in cells))
     found, fallback = [], []
     for kind in kinds if {"kind", "status"} <= set(rows.columns) else []:
@@ -59,8 +61,10 @@ def report_hints(cells: list, rows: pl.DataFrame) -> list[tuple[str, str]]:
         where = [f"kind={kind}"] if len(kinds) > 1 else []
         if "split" in own.columns and (own.filter(pl.col(metric).is_not_null())["split"] == "val").any():
             where.append("split=val")
-        hints.append((metric, f"--by {' '.join(by) or 'group'} --metric {metric}"
-                      + "".join(f" --where {w}" for w in where)))
+        chosen = own.filter(pl.col("split") == "val") if "split=val" in where else own
+        default = tables.by_axes(tables.final_rows(chosen, metric, ["split"])[0], axes_of or {}, metric)
+        grouping = "" if by and set(by) <= set(default) else f"--by {' '.join(by) or 'group'} "
+        hints.append((metric, f"{grouping}--metric {metric}" + "".join(f" --where {w}" for w in where)))
     return hints
 
 

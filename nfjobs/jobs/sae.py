@@ -10,6 +10,9 @@ the scorer a `score` cell with `scorer = "sae"` and `sae = <this cell>` uses). A
 `activations = "builtin-pixels"` trains on the builtin dataset's 4x4 pixel patches (`data`), what a `score` cell of
 that name scores, held in memory (so `gb_read` is 0).
 
+Metrics (`ctx.log_metrics`, metrics.jsonl): phase `step`, at most every `ctx.metrics_every_s`, the batch's `loss`
+and `lr`; phase `epoch`, the epoch's row below, its mean loss `train_loss` and `lr`.
+
 One row per epoch: `mse` (per patch), `fvu` (mse / variance of the patches), `code_l1` (L1 of the codes per patch;
 not `l1`, the coefficient's column), `l0` (active latents per patch), `frac_dead` (latents that never fired in the
 epoch), `frac_dense` (latents firing on more than `dense_frac` of the patches), and what was read (`gb_read`,
@@ -150,7 +153,7 @@ def run(cfg: Config, ctx) -> list[dict]:
     if state is None:
         mean, variance = _moments(cache, cfg.max_resident_bytes, device)
         opt = torch.optim.Adam(sae.init(mean), lr=cfg.lr)
-        state = {"epoch": 0, "rows": [], "variance": variance}
+        state = {"epoch": 0, "rows": [], "variance": variance, "steps": 0}
     else:
         opt = torch.optim.Adam(sae.init(state["sae"]["mean"].to(device)), lr=cfg.lr)
         with torch.no_grad():
@@ -158,6 +161,7 @@ def run(cfg: Config, ctx) -> list[dict]:
                 getattr(sae, name).copy_(state["sae"][name])
         opt.load_state_dict(state["opt"])
         ctx.log(f"resuming at epoch {state['epoch']} of {cfg.epochs}")
+    steps = state.get("steps", 0)  # checkpoints from before the metrics records have none
     for epoch in range(state["epoch"], cfg.epochs):
         stats, start = StreamStats(), time.perf_counter()
         fires = torch.zeros(cfg.width, device=device)
@@ -172,9 +176,13 @@ def run(cfg: Config, ctx) -> list[dict]:
             for i in range(0, len(x), cfg.batch):
                 mse, l1, codes = sae.losses(x[order[i : i + cfg.batch]])
                 opt.zero_grad(set_to_none=True)
-                (mse + cfg.l1 * l1).backward()
+                loss = mse + cfg.l1 * l1
+                loss.backward()
                 opt.step()
                 sae.normalise_decoder()
+                steps += 1
+                if ctx.metrics_due("step"):  # a host sync, so at a bounded rate
+                    ctx.log_metrics(steps, {"loss": loss.item(), "lr": cfg.lr}, phase="step")
                 m = len(codes)
                 with torch.no_grad():
                     active = codes > 0
@@ -191,9 +199,10 @@ def run(cfg: Config, ctx) -> list[dict]:
                "patches": n, "epoch_s": seconds, "patches_per_s": n / max(seconds, 1e-9), "gb_read": stats.bytes_read / 1e9,
                "read_gb_per_s": stats.bytes_read / 1e9 / max(stats.seconds, 1e-9),
                "peak_resident_bytes": stats.peak_resident_bytes}
+        ctx.log_metrics(steps, {**row, "train_loss": se + cfg.l1 * l1_sum, "lr": cfg.lr}, phase="epoch")
         ctx.log(f"epoch {epoch + 1}/{cfg.epochs}: mse {se:.4g} fvu {row['fvu']:.3f} l0 {l0_sum:.1f} "
                 f"dead {row['frac_dead']:.3f} dense {row['frac_dense']:.3f} ({row['patches_per_s']:.0f} patches/s)")
-        state = {"epoch": epoch + 1, "rows": [*state["rows"], row], "variance": state["variance"],
+        state = {"epoch": epoch + 1, "rows": [*state["rows"], row], "variance": state["variance"], "steps": steps,
                  "sae": {k: v.detach().clone() for k, v in sae.state_dict().items()}, "opt": opt.state_dict()}
         ctx.save_checkpoint(state)
     sae.detach()

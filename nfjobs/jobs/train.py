@@ -8,8 +8,9 @@ Writes under the run directory: `checkpoint.pt` (every epoch; exact resume), `mo
 ({"config": dict, "model": state_dict}), `train_loss.npy` (loss of every step), `reconstructions.png`
 (rows, labelled: ground truth, then reconstructions from each of `GRID_FRACS` of the pixels, or one from the whole
 image for a family whose reconstruction ignores the context, `CONTEXT_FREE`) and `metrics.jsonl` (phase
-`step`: loss, lr and the family's logs every `ctx.metrics_every_s`; `epoch`: train loss, train time, log means and
-`val_psnr@<frac>` of the curve images; `final`: `val_psnr@<frac>` of the whole validation split).
+`step`: the batch's `loss`, `lr` and the family's logs as `train_<log>`, every `ctx.metrics_every_s`; `epoch`:
+`train_loss`, `train_s`, the logs' means as `train_<log>` and `curve_psnr@<frac>` of the curve images; `final`:
+`val_psnr@<frac>` of the whole validation split: a curve and a final number never share a name).
 Rows: per epoch (`split="val_curve"`, first `curve_images` validation images) and at the end
 (`split` = `eval_split`: the whole validation or test split): whatever the family's `evaluate` returns
 (perceiver: one row per `eval_context_frac`, with `psnr` and `mse`), plus `epoch`, `train_loss`, `train_s` and `wall_s`.
@@ -77,10 +78,11 @@ def save_reconstructions(path: Path, family, model, shown, title: str) -> None:
     T.save_grid(path, [shown] + [family.reconstruct(model, shown, f) for f in fracs], labels=labels, title=title)
 
 
-def _psnr_name(row: dict) -> str:
-    """Metric name of an evaluation row's PSNR: `val_psnr@<eval_context_frac>`, or `val_psnr`."""
-    frac = row.get("eval_context_frac")
-    return "val_psnr" if frac is None else f"val_psnr@{frac}"
+def _psnr_name(row: dict, curve: bool = False) -> str:
+    """Metric name of a final evaluation row's PSNR: `val_psnr@<eval_context_frac>`, or `val_psnr`; a curve
+    row's (`curve=True`): `curve_psnr@...`."""
+    frac, name = row.get("eval_context_frac"), "curve_psnr" if curve else "val_psnr"
+    return name if frac is None else f"{name}@{frac}"
 
 
 def run(cfg: Config, ctx) -> list[dict]:
@@ -174,7 +176,7 @@ def run(cfg: Config, ctx) -> list[dict]:
             bar.update()
             if ctx.metrics_due("step"):  # a host sync, so at a bounded rate
                 ctx.log_metrics(int(step), {"loss": loss.item(), "lr": sched.get_last_lr()[0],
-                                            **{k: v.item() for k, v in logs.items()}}, phase="step")
+                                            **{f"train_{k}": v.item() for k, v in logs.items()}}, phase="step")
         if ctx.world_size > 1:  # the global batch's means, from each rank's share
             names = list(log_sums)
             summed = T.sum_over_ranks(torch.cat([losses, *(log_sums[k].reshape(1) for k in names)]) * share)
@@ -199,8 +201,8 @@ def run(cfg: Config, ctx) -> list[dict]:
                         for r in curve if r["epoch"] == epoch + 1)
         record = {
             "epoch": epoch + 1, "train_loss": summary["train_loss"], "train_s": train_s,
-            **log_means,
-            **{_psnr_name(r): r["psnr"] for r in curve if r["epoch"] == epoch + 1 and "psnr" in r},
+            **epoch_logs,
+            **{_psnr_name(r, curve=True): r["psnr"] for r in curve if r["epoch"] == epoch + 1 and "psnr" in r},
         }
         ctx.log_metrics(int(step), record, phase="epoch")
         ctx.log(f"epoch {epoch + 1}/{cfg.epochs} loss={summary['train_loss']:.4g} {means} {psnr} "

@@ -84,7 +84,7 @@ def fit_batches(
             loss_sum += loss.detach() * len(yb)
         if on_epoch is not None:
             on_epoch({"epoch": epoch + 1, "loss": loss_sum.item() / max(seen, 1),
-                      "train_accuracy": correct / max(seen, 1), "train_s": time.perf_counter() - start})
+                      "batch_accuracy": correct / max(seen, 1), "train_s": time.perf_counter() - start})
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     train_s = time.perf_counter() - start

@@ -223,7 +223,7 @@ def fit_tdsm(
             done += 1
             if on_epoch is not None:
                 on_epoch({"epoch": done, "field_trained": int(train_field), "loss": loss_sum.item() / max(seen, 1),
-                          "train_accuracy": correct / max(seen, 1), "train_s": time.perf_counter() - start})
+                          "batch_accuracy": correct / max(seen, 1), "train_s": time.perf_counter() - start})
     clf.field.requires_grad_(True)
     if y_train.device.type == "cuda":
         torch.cuda.synchronize(y_train.device)

@@ -3,11 +3,12 @@
 
 `DIR/index.html` shows every cell's state, the failures with their last error line, a search's trials and plots
 (`reports.search`), then per group of the sweep its axes (`results.axes`), a sortable table of its cells (swept
-values, state, final metrics, wall time), its curves from metrics.jsonl (one line per cell, named by its axis
-values) and its metric tables grouped by the axes (pooled over seeds only), and a page per cell (swept values,
-what differs from the defaults, final metrics, error, the log's tail, pictures). Result files, configs and
-metrics are untrusted: every text is escaped, only keys that are plain names become file names, and only regular
-PNG files inside the runs root are copied beside the page. `DIR` must be empty or a folder an earlier report wrote (it holds `MARKER`), and nothing
+values, state, final metrics, wall time, GPU-hours), its curves from metrics.jsonl against step and against wall
+time (one line per cell, named by its axis values) and its metric tables grouped by the axes (pooled over seeds
+only), and a page per cell (swept values, what differs from the defaults, final metrics, error, the log's tail,
+pictures). Result files, configs and metrics are untrusted: every text is escaped, only keys that are plain names
+become file names, and only regular PNG files inside the runs root are copied beside the page. `DIR` must be
+empty or a folder an earlier report wrote (it holds `MARKER`), and nothing
 is written through a symbolic link found in it.
 """
 
@@ -24,8 +25,9 @@ from typing import Any
 import polars as pl
 
 from nfjobs import results, typed
-from nfjobs.reports import plots, search
+from nfjobs.reports import plots, search, traits
 from nfjobs.reports import tables as reporting
+from nfjobs.reports.views import label, short_names
 from nfjobs.kinds import load_kind
 from nfjobs.store import manifest as manifests
 from nfjobs.store import rows as stored
@@ -223,24 +225,12 @@ def _failures_section(cells: dict[str, dict], states: dict[str, tuple[str, str]]
             f'<th class="t">state</th><th class="t">last error line</th></tr>{rows}</table>')
 
 
-def short_names(axes: list[str]) -> dict[str, str]:
-    """Each axis by its last part (`activations.context` -> `context`) where that names one axis only."""
-    tails = [a.rsplit(".", 1)[-1] for a in axes]
-    return {a: t if tails.count(t) == 1 else a for a, t in zip(axes, tails)}
-
-
-def label(values: dict[str, Any], axes: list[str], key: str) -> str:
-    """A cell's name in a legend: its axis values (`decoder=lainr, lr=0.001`), else its key."""
-    names = short_names(axes)
-    parts = [f"{names[a]}={values.get(a)}" for a in axes]
-    return ", ".join(parts) if parts else key
-
-
-CURVES = (("step", "loss"), ("epoch", "train_loss"), ("step", "psnr"), ("epoch", "psnr"),
-          ("epoch", "val_psnr@1.0"), ("step", "accuracy"), ("epoch", "accuracy"), ("epoch", "fvu"),
+CURVES = (("step", "loss"), ("epoch", "train_loss"), ("step", "train_psnr"), ("epoch", "train_psnr"),
+          ("epoch", "curve_psnr@1.0"), ("step", "accuracy"), ("epoch", "accuracy"), ("epoch", "fvu"),
           ("epoch", "loss"), ("step", "lr"))
 """(metrics.jsonl phase, metric) drawn per group where its cells logged them, in this order."""
 MAX_CURVES = 4
+"""Metrics drawn per group at most (each against step and against wall time, side by side)."""
 
 
 def _figure(out: Path, name: str, draw, *args, caption: str = "") -> str:
@@ -282,9 +272,10 @@ def _group_section(n: int, group: str, info: Any, cells: pl.DataFrame, rows: pl.
                 f = frame.filter(pl.col("phase") == phase, pl.col(metric).is_not_null())
                 if f.height:
                     lines[label(values[key], axes, key)] = f
-        if lines and len(figures) < MAX_CURVES:
+        flat = all(f[metric].n_unique() == 1 for f in lines.values())  # a constant (the sae's lr) says nothing
+        if lines and not flat and len(figures) < MAX_CURVES:
             figures.append(_figure(out, f"g{n}_{phase}_{re.sub(r'[^A-Za-z0-9_]', '_', metric)}", plots.curves,
-                                   lines, metric, f"{group}: {metric} per {phase}"))
+                                   lines, metric, f"{group}: {metric} per {phase}, against step and wall time"))
     parts.append("".join(figures) or "<p>No curves: these cells logged no per-step or per-epoch loss, PSNR or "
                  "accuracy to metrics.jsonl.</p>")
     ok = mine.filter(pl.col("status") == "ok") if "status" in mine.columns else mine
@@ -304,11 +295,9 @@ def _group_section(n: int, group: str, info: Any, cells: pl.DataFrame, rows: pl.
             parts.append(_figure(out, f"g{n}_{metric}", plots.metric_bars, summary, by, metric,
                                  f"{group}: final {metric}", _chance(final) if metric == "accuracy" else None))
     if kind == "score" and "row_type" in ok.columns and (ok["row_type"] == "summary").any():
-        from nfjobs.reports.traits import table as score_table
-
-        traits = score_table(ok)
-        parts.append("<h3>trait discovery (seed 004 table)</h3>" + html_table(traits, sortable=True))
-        parts.append(_figure(out, f"g{n}_map_vs_train_images", plots.map_vs_train_images, traits))
+        found = traits.table(ok, {group: info} if info else {})
+        parts.append("<h3>trait discovery (seed 004 table)</h3>" + html_table(found, sortable=True))
+        parts.append(_figure(out, f"g{n}_map_vs_train_images", plots.map_vs_train_images, found))
     return "".join(parts)
 
 

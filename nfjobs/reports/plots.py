@@ -5,7 +5,8 @@
 - `psnr_vs_wall`: val PSNR of the curve images against wall-clock seconds, from metrics.jsonl `epoch` records;
 - `map_vs_train_images`: seed 004's mAP against training images, one line per scorer × prototypes, 5–95 % AP band.
 
-- `curves`: one line per cell of a metrics.jsonl metric against step (legend: the cell's axis values);
+- `curves`: one line per cell of a metrics.jsonl metric against step and against wall time, side by side (legend:
+  the cell's axis values);
 - `metric_bars`: a report table (`tables.report`) as bars with its interval, chance level dashed where known;
 - `metric_vs`: a report table as lines of the metric against one column, one line per value of the others.
 
@@ -53,12 +54,14 @@ def _save(fig, path: Path | str):
 
 
 def probe_accuracy(table: pl.DataFrame, path: Path | str, title: str = "Probe accuracy (val)"):
-    """Grouped bars from `nfjobs.reports.probes.summary`: one group per (context, probe), one bar per representation;
-    error bars (std over seeds) where a bar has more than one seed."""
-    reps = sorted(table["representation"].unique().to_list())
+    """Grouped bars from `nfjobs.reports.probes.summary`: one group per (context, probe), one bar per representation
+    (and the axes beside it: the columns before `accuracy`); error bars (std over seeds) where a bar has more than one seed."""
+    names = [c for c in table.columns[:table.columns.index("accuracy")] if c not in ("context", "probe")]
+    table = table.with_columns(pl.concat_str([pl.col(c).cast(pl.String).fill_null("") for c in names],
+                                             separator=", ").alias("_bar"))
+    reps = sorted(table["_bar"].unique().to_list())
     groups = table.select("context", "probe").unique().sort("context", "probe").rows()
-    has_std = "accuracy_std" in table.columns
-    by = {(r["representation"], r["context"], r["probe"]): r for r in table.iter_rows(named=True)}
+    by = {(r["_bar"], r["context"], r["probe"]): r for r in table.iter_rows(named=True)}
     width = 0.8 / max(len(reps), 1)
     fig, ax = _figure(max(6.0, 1.2 + 0.3 * len(groups) * max(len(reps), 1)), 4.5)
     for i, rep in enumerate(reps):
@@ -69,8 +72,7 @@ def probe_accuracy(table: pl.DataFrame, path: Path | str, title: str = "Probe ac
                 continue
             xs.append(g - 0.4 + width * (i + 0.5))
             ys.append(row["accuracy"])
-            seeds = row.get("n_seeds", 1) or 1
-            errs.append(row["accuracy_std"] if has_std and seeds > 1 and row["accuracy_std"] is not None else 0.0)
+            errs.append(row["std"] if (row.get("n") or 1) > 1 and row.get("std") is not None else 0.0)
         ax.bar(xs, ys, width * 0.95, yerr=errs if any(errs) else None, capsize=3, label=plain(rep),
                color=COLORS[i % len(COLORS)])
     ax.set_xticks(range(len(groups)), [plain(f"{p}\n{c}") for c, p in groups], fontsize=8)
@@ -78,7 +80,8 @@ def probe_accuracy(table: pl.DataFrame, path: Path | str, title: str = "Probe ac
     ax.set_ylabel("accuracy")
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(title="representation", fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.legend(title=", ".join(n.rsplit(".", 1)[-1] for n in names), title_fontsize=8, fontsize=8, loc="upper left",
+              bbox_to_anchor=(1.0, 1.0))
     return _save(fig, path)
 
 
@@ -118,7 +121,7 @@ def psnr_vs_context(rows: pl.DataFrame, path: Path | str, title: str = "Reconstr
     return _save(fig, path)
 
 
-def psnr_vs_wall(curves: dict[str, pl.DataFrame], path: Path | str, metric: str = "val_psnr@1.0",
+def psnr_vs_wall(curves: dict[str, pl.DataFrame], path: Path | str, metric: str = "curve_psnr@1.0",
                  title: str = "Val PSNR while training"):
     """One line per run: `metric` of its metrics.jsonl `epoch` records (`results.load_metrics(..., phase="epoch")`)
     against `wall_s`; runs without that metric are left out."""
@@ -157,6 +160,9 @@ def map_vs_train_images(table: pl.DataFrame, path: Path | str, title: str = "Tra
     train = table["Train"].drop_nulls()
     if len(train) and train.min() > 0 and train.max() / train.min() >= 10:
         ax.set_xscale("log")
+        ax.minorticks_off()  # log minor labels (3x10^1, 4x10^1, ...) overlap; label the measured counts only
+    ticks = sorted(set(train.to_list()))
+    ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.set_xlabel("training images (prototype choice)")
     ax.set_ylabel("AP (band: 5–95 % of traits)")
     ax.set_ylim(0, 1)
@@ -167,18 +173,25 @@ def map_vs_train_images(table: pl.DataFrame, path: Path | str, title: str = "Tra
 
 
 def curves(lines: dict[str, pl.DataFrame], metric: str, title: str, path: Path | str):
-    """One line per label: `metric` of a cell's metrics.jsonl records (`step`, `metric` columns) against step."""
-    fig, ax = _figure(7.0, 3.6)
+    """One line per label: `metric` of a cell's metrics.jsonl records against step (left) and against wall-clock
+    seconds since the cell started (right), one legend for both."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10.0, 3.4), dpi=100, layout="constrained")
+    by_step, by_wall = fig.subplots(1, 2, sharey=True)
     for i, (name, frame) in enumerate(sorted(lines.items())):
-        f = frame.sort("step")
-        ax.plot(f["step"].to_list(), f[metric].to_list(), marker="." if f.height < 30 else None,
-                label=plain(name), color=COLORS[i % len(COLORS)], lw=1.2)
-    ax.set_xlabel("step")
-    ax.set_ylabel(plain(metric))
-    ax.set_title(plain(title))
-    ax.grid(alpha=0.3)
+        for ax, x in ((by_step, "step"), (by_wall, "wall_s")):
+            f = frame.sort(x)
+            ax.plot(f[x].to_list(), f[metric].to_list(), marker="." if f.height < 30 else None,
+                    label=plain(name), color=COLORS[i % len(COLORS)], lw=1.2)
+    by_step.set_xlabel("step")
+    by_wall.set_xlabel("wall-clock seconds since the cell started")
+    by_step.set_ylabel(plain(metric))
+    fig.suptitle(plain(title))
+    for ax in (by_step, by_wall):
+        ax.grid(alpha=0.3)
     if len(lines) <= 12:
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        by_wall.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _save(fig, path)
 
 

@@ -1,68 +1,52 @@
-"""The representation comparison as one table and one bar chart, from the probe rows of a sweep.
+"""Seed 000's representation comparison, a view of the probe rows (`views`): one table and one bar chart.
 
-    uv run python -m nfjobs.reports.probes --sweep representations --runs-root runs --out runs/representations
-
-writes `<out>/summary.md` (accuracy per representation × context × probe, mean over seeds) and
-`<out>/accuracy.png` (grouped bars with std over seeds, `nfjobs.reports.plots.probe_accuracy`). A TDSM head trained with its
-field is its own probe, `tdsm_gap+finetune` or `tdsm_gap+two_stage`, beside the frozen `tdsm_gap`.
+`launch.py tables --sweep representations --out DIR` writes `DIR/representations_summary.md` (accuracy per
+representation × context × probe, pooled over seeds only, wide and long) and `DIR/representations_accuracy.png`
+(`plots.probe_accuracy`). A TDSM head trained with its field is its own probe, `tdsm_gap+finetune` or
+`tdsm_gap+two_stage`, beside the frozen `tdsm_gap`.
 """
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
+from nfjobs.reports import plots, views
+from nfjobs.reports.tables import to_markdown
 
-def summary(rows: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
-    """Mean (and count) of val accuracy and train time per representation, context mode and probe (`probe+mode`
-    for a TDSM mode other than frozen; rows from before the modes count as frozen)."""
-    rows = rows.lazy()
-    mode = pl.col("tdsm_mode").fill_null("frozen") if "tdsm_mode" in rows.collect_schema() else pl.lit("frozen")
-    return (
-        rows
-        .filter(pl.col("kind") == "probe", pl.col("status") == "ok")
-        .with_columns(pl.when(mode == "frozen").then("probe").otherwise(pl.concat_str("probe", pl.lit("+"), mode))
-                      .alias("probe"))  # not pl.format: it panics after a filter in polars 2.1
-        .group_by("representation", "context", "probe")
-        .agg(pl.col("accuracy").mean(), pl.col("accuracy").std().alias("accuracy_std"),
-             pl.col("train_s").mean(), pl.len().alias("n_seeds"))
-        .sort("representation", "context", "probe")
-        .collect()
-    )
+LABELS = ("representation", "context", "probe")
+
+
+def summary(rows: pl.DataFrame, axes: dict[str, Any]) -> pl.DataFrame:
+    """Val accuracy (mean, std, n seeds, interval) and mean train time per representation, context, probe
+    (`probe+mode` for a TDSM mode other than frozen; rows from before the modes count as frozen) and any axis
+    of the probe groups those do not tell apart. Empty without probe rows."""
+    if not {"kind", "probe", "accuracy"} <= set(rows.columns):
+        return pl.DataFrame()
+    probes = rows.filter(pl.col("kind") == "probe")
+    mode = pl.col("tdsm_mode").fill_null("frozen") if "tdsm_mode" in probes.columns else pl.lit("frozen")
+    probes = probes.with_columns(pl.when(mode == "frozen").then("probe")
+                                 .otherwise(pl.concat_str("probe", pl.lit("+"), mode)).alias("probe"))
+    return views.summary(probes, axes, "accuracy", LABELS, also=("train_s",))
 
 
 def wide(table: pl.DataFrame) -> pl.DataFrame:
-    """One row per representation, one column per `context/probe`."""
+    """One row per representation (and distinguishing axis), one column per `context/probe`: mean accuracy."""
+    index = [c for c in table.columns[:table.columns.index("accuracy")] if c not in ("context", "probe")]
     return (table.with_columns(pl.format("{}/{}", "context", "probe").alias("column"))
-            .pivot(on="column", index="representation", values="accuracy", sort_columns=True)
-            .sort("representation"))
+            .pivot(on="column", index=index, values="accuracy", sort_columns=True)
+            .sort(index, nulls_last=True))
 
 
-@dataclass(frozen=True)
-class Args:
-    sweep: str
-    """Sweep name or file (as for `launch.py report`)."""
-    runs_root: str = "runs"
-    out: str = "runs/representations"
-    """Folder for summary.md and accuracy.png."""
-
-
-def main(args: Args) -> None:
-    from nfjobs.reports.plots import probe_accuracy
-    from nfjobs.reports.tables import to_markdown
-    from nfjobs.results import load
-
-    table = summary(load(args.sweep, args.runs_root))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    text = f"{to_markdown(wide(table))}\n\n{to_markdown(table)}\n"
-    (out / "summary.md").write_text(text)
-    probe_accuracy(table, out / "accuracy.png")
-    print(text)
-    print(f"wrote {out / 'summary.md'} and {out / 'accuracy.png'}")
-
-
-if __name__ == "__main__":
-    import tyro
-
-    main(tyro.cli(Args))
+def write(sweep: views.Sweep, out: Path) -> list[Path]:
+    """`representations_summary.md` and `representations_accuracy.png` under `out`; nothing without probe rows.
+    Returns the files written."""
+    table = summary(sweep.rows, sweep.axes)
+    if table.is_empty():
+        return []
+    md, png = out / "representations_summary.md", out / "representations_accuracy.png"
+    md.write_text(f"# {sweep.name}: probe accuracy (val) per representation (seed 000)\n\n"
+                  "Mean over seeds; `n` seeds; interval: bootstrap of the mean (empty for one seed).\n\n"
+                  f"{to_markdown(wide(table))}\n\n{to_markdown(table)}\n")
+    plots.probe_accuracy(table, png, f"{sweep.name}: probe accuracy (val)")
+    return [md, png]

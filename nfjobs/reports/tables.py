@@ -172,7 +172,9 @@ def _config_fields(rows: pl.DataFrame) -> set[str]:
 
 def cell_table(rows: pl.DataFrame, cells: pl.DataFrame, axes: list[str], max_metrics: int = 8) -> pl.DataFrame:
     """One row per cell of `cells` (`key`, `state`, and its axis values): its axes, state, final headline
-    metrics (`psnr@1.0` per evaluation context where a cell has several) and wall time."""
+    metrics (`psnr@1.0` per evaluation context where a cell has several), wall time (`wall_s`) and
+    `gpu_hours` (wall time × the GPUs its ranks were given, `run.gpus` × `run.world_size`; empty for rows from
+    before `run.gpus`)."""
     out = cells.select(["key", *[a for a in axes if a in cells.columns], "state"])
     if rows.is_empty() or "key" not in rows.columns:
         return out
@@ -201,4 +203,9 @@ def cell_table(rows: pl.DataFrame, cells: pl.DataFrame, axes: list[str], max_met
         out = out.join(wide, on="key", how="left")
     if "run.seconds" in mine.columns:
         out = out.join(mine.group_by("key").agg(pl.col("run.seconds").max().alias("wall_s")), on="key", how="left")
+    if "wall_s" in out.columns and "run.gpus" in mine.columns:
+        ranks = pl.col("run.world_size").fill_null(1) if "run.world_size" in mine.columns else pl.lit(1)
+        gpus = mine.group_by("key").agg((pl.col("run.gpus") * ranks).max().alias("_gpus"))  # one GPU set per rank
+        out = out.join(gpus, on="key", how="left").with_columns(
+            (pl.col("wall_s") * pl.col("_gpus") / 3600).alias("gpu_hours")).drop("_gpus")
     return out

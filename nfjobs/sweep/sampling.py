@@ -125,7 +125,7 @@ class Search:
     where: dict[str, Any] = field(default_factory=dict)
     """Columns a row must have these values in to count (`{ split = "val" }`)."""
     intermediate: str = ""
-    """The per-epoch (or per-step) value the pruner watches, as the kind reports it (train: `val_psnr@1.0`,
+    """The per-epoch (or per-step) value the pruner watches, as the kind reports it (train: `curve_psnr@1.0`,
     `train_loss`); default: `metric`."""
     space: dict[str, Distribution] = field(default_factory=dict, compare=False)
     """Dotted key -> distribution: what Optuna chooses (filled in from the group)."""
