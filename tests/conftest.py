@@ -7,8 +7,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from waiting import SLURM_LANE
 from hypothesis import HealthCheck, settings
+from waiting import SLURM_LANE
+
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") != "1":
+    # Several workers on a few cores: one torch (OpenMP) thread per test process and per cell it starts, unless a test
+    # sets its own. Two threads per process on two busy cores stall on each other: the quickstart end to end took
+    # 290 s in `pytest -n 3` with torch's default threads (47 s alone, BENCHMARKS.md "Test suite").
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent

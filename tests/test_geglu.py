@@ -21,14 +21,15 @@ def reference(up):
 
 
 def test_cpu_path_is_the_torch_expression_with_its_gradient():
-    up = torch.randn(3, 5, 2 * 12, requires_grad=True)
+    up = torch.randn(3, 5, 2 * 12, generator=torch.Generator().manual_seed(0), requires_grad=True)
     out = geglu(up)
     grad = torch.randn_like(out)
     out.backward(grad)
     ref_up = up.detach().double().requires_grad_()
     reference(ref_up).backward(grad.double())
     torch.testing.assert_close(out.double(), reference(up.detach()))
-    torch.testing.assert_close(up.grad.double(), ref_up.grad)
+    # a float32 gradient against the float64 one: float32's tolerance (double's 1e-7 failed by 4.7e-7 once in CI)
+    torch.testing.assert_close(up.grad, ref_up.grad.float())
 
 
 KERNEL_CHECK = """
