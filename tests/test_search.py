@@ -159,18 +159,21 @@ def best_value(name: str, runs: Path) -> float:
     return found.best()["value"]
 
 
-@pytest.mark.parametrize("seed", [4])
-def test_tpe_gets_near_the_optimum_in_30_trials_where_random_sampling_does_not(seed, sweep_file, run_launch, tmp_path):
+def test_tpe_beats_random_sampling_over_five_seeds_with_the_same_budget(sweep_file, run_launch, tmp_path):
     # objective = (x - 0.3)^2 + (log10 lr + 3)^2, least 0; both samplers draw the same first 10 points (TPE starts
-    # at random), so what differs is what TPE makes of them. Over 8 seeds (bench/search_bench.py) TPE ends below
-    # random in 7 (BENCHMARKS.md); this one is asserted, deterministic for its seed.
+    # at random), so what differs is what TPE makes of them. Seeds 0-4, not one chosen seed: measured (BENCHMARKS.md,
+    # bench/search_bench.py) medians 0.033 (TPE) and 0.219 (random) after 30 trials, TPE better or tied in all five.
     runs = tmp_path / "runs"
-    for sampler in ("tpe", "random"):
-        assert run_launch("--sweep", search_file(sweep_file, f"{sampler}{seed}", seed=seed, sampler=sampler),
-                          "--debug") == 0
-    tpe, rnd = best_value(f"tpe{seed}", runs), best_value(f"random{seed}", runs)
-    assert tpe < 0.01 < rnd, (tpe, rnd)
-    assert results.search_trials(f"tpe{seed}", runs).trials["round"].max() == 6  # 30 trials in rounds of 5
+    best: dict[str, list[float]] = {"tpe": [], "random": []}
+    for seed in range(5):
+        for sampler in best:
+            name = f"{sampler}{seed}"
+            assert run_launch("--sweep", search_file(sweep_file, name, seed=seed, sampler=sampler), "--debug") == 0
+            best[sampler].append(best_value(name, runs))
+    tpe, rnd = statistics.median(best["tpe"]), statistics.median(best["random"])
+    assert tpe < 0.05 and tpe < rnd / 3, best
+    assert sum(t <= r for t, r in zip(best["tpe"], best["random"])) >= 4, best
+    assert results.search_trials("tpe0", runs).trials["round"].max() == 6  # 30 trials in rounds of 5
 
 
 def test_a_search_launched_again_after_its_end_does_nothing(sweep_file, run_launch, tmp_path, capsys):
