@@ -120,3 +120,11 @@ def test_curves_are_drawn_against_step_and_against_wall_time(tmp_path):
     assert list(by_step.get_lines()[0].get_xdata()) == [10, 20, 30]
     assert list(by_wall.get_lines()[0].get_xdata()) == [1.5, 2.5, 4.0] and "wall-clock" in by_wall.get_xlabel()
     assert list(by_wall.get_lines()[0].get_ydata()) == [3.0, 2.0, 1.5]
+
+
+def test_a_legend_shows_a_drawn_float_to_four_digits_and_a_written_value_as_written():
+    from nfjobs.reports.plots import value_label
+
+    assert value_label(0.000890904464452652) == "0.0008909" and value_label(0.550069769010154) == "0.5501"
+    assert [value_label(v) for v in (0.2, 1.0, 1e-05, 3e-4, 64, "lainr")] == ["0.2", "1.0", "1e-05", "0.0003", "64",
+                                                                               "lainr"]

@@ -90,3 +90,18 @@ def test_a_dollar_in_a_label_is_drawn_verbatim(tmp_path):
     table = pl.DataFrame({"probe": ["$x$"], "mean": [0.5], "ci95_low": [None], "ci95_high": [None]})
     plots.metric_bars(table, ["probe"], "accuracy", "$t$", 0.1, tmp_path / "b.png")
     assert (tmp_path / "b.png").stat().st_size > 1000
+
+
+def test_the_cells_table_leaves_a_measurement_only_one_cell_has_to_that_cells_page():
+    # a search over context_frac: each train cell also evaluates at its own drawn fraction
+    from nfjobs.reports import tables
+
+    rows = pl.DataFrame({
+        "key": ["a", "a", "a", "b", "b", "b"], "kind": ["x"] * 6, "status": ["ok"] * 6,
+        "eval_context_frac": [0.5, 1.0, 0.5501, 0.5, 1.0, 0.6391], "psnr": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]})
+    cells = pl.DataFrame({"key": ["a", "b"], "state": ["ok", "ok"], "context_frac": [0.5501, 0.6391]})
+    table = tables.cell_table(rows, cells, ["context_frac"])
+    assert [c for c in table.columns if c.startswith("psnr")] == ["psnr@0.5", "psnr@1.0"]
+    assert table.filter(pl.col("key") == "b")["psnr@1.0"].item() == 5.0
+    one = tables.cell_table(rows.filter(pl.col("key") == "a"), cells.head(1), ["context_frac"])
+    assert "psnr@0.5501" in one.columns  # a cell alone keeps all its own

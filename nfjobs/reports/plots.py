@@ -196,7 +196,15 @@ def curves(lines: dict[str, pl.DataFrame], metric: str, title: str, path: Path |
 
 
 def _row_label(row: dict, by: list[str]) -> str:
-    return ", ".join(f"{c.rsplit('.', 1)[-1]}={row[c]}" for c in by) or "all"
+    return ", ".join(f"{c.rsplit('.', 1)[-1]}={value_label(row[c])}" for c in by) or "all"
+
+
+def value_label(value: Any) -> str:
+    """A value as a legend or table shows it: a float drawn by a search (`0.000890904464452652`) to 4 significant
+    digits, anything else as written (`0.2`, `1e-05`, `lainr`)."""
+    if isinstance(value, float) and len(repr(value)) > 8:
+        return f"{value:.4g}"
+    return str(value)
 
 
 def metric_bars(table: pl.DataFrame, by: list[str], metric: str, title: str, chance: float | None, path: Path | str):

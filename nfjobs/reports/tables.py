@@ -198,6 +198,9 @@ def cell_table(rows: pl.DataFrame, cells: pl.DataFrame, axes: list[str], max_met
             wide = final.with_columns(pl.concat_str([pl.lit(f"{m}@"), *[pl.col(d).cast(pl.String) for d in dims]],
                                                     separator="").alias("_col"))
             wide = wide.pivot(on="_col", index="key", values=m, aggregate_function="first", sort_columns=True)
+            shared = [c for c in wide.columns if c != "key" and wide[c].drop_nulls().len() > 1]
+            if wide.height > 1 and shared:  # a value one cell alone has (a searched context_frac): on its page
+                wide = wide.select(["key", *shared])
         else:
             wide = final.group_by("key").agg(pl.col(m).first())
         out = out.join(wide, on="key", how="left")

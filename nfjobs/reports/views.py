@@ -13,7 +13,7 @@ from typing import Any, Iterable
 import polars as pl
 
 from nfjobs import results
-from nfjobs.reports import tables
+from nfjobs.reports import plots, tables
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def short_names(axes: list[str]) -> dict[str, str]:
 def label(values: dict[str, Any], axes: list[str], key: str) -> str:
     """A cell's name in a legend: its axis values (`decoder=lainr, lr=0.001`), else its key."""
     names = short_names(axes)
-    parts = [f"{names[a]}={values.get(a)}" for a in axes]
+    parts = [f"{names[a]}={plots.value_label(values.get(a))}" for a in axes]
     return ", ".join(parts) if parts else key
 
 
