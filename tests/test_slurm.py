@@ -560,3 +560,20 @@ def test_a_two_node_cell_runs_one_rank_on_each_node(sweep_file, tmp_path):
     assert row["status"] == "ok" and row["rank_sum"] == 3.0  # 1 + 2: the all-reduce spanned both ranks
     assert row["run.world_size"] == 2 and row["run.nodes"] == 2 and len(set(nodes)) == 2
     assert row["master_addr"] == nodes[0]  # Slurm's first node, through TorchDistributedEnvironment
+
+
+def test_a_search_on_slurm_submits_one_array_per_round_and_tells_the_study_each_trials_row(sweep_file, tmp_path):
+    path = sweep_file('kind = "toy"\nx = { uniform = [-2.0, 2.0] }\noptim.lr = { loguniform = [1e-6, 1.0] }\n'
+                      '[sweep]\nname = "slurmsearch"\nsample_seed = 0\n[search]\nmetric = "objective"\n'
+                      'where = { split = "val" }\ntrials = 4\nper_round = 2\nsampler = "random"\n', "search.toml")
+    proc = launch(path, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    jobs = manifest_jobs(tmp_path, "slurmsearch")
+    assert len(jobs) == 4 and len({j.split("_")[0] for j in jobs.values()}) == 2  # two rounds, an array each
+    found = results.search_trials("slurmsearch", tmp_path / "runs")
+    assert found.trials["state"].to_list() == ["complete"] * 4 and found.trials["round"].to_list() == [1, 1, 2, 2]
+    df = results.load(path, tmp_path / "runs").filter(pl.col("split") == "val").collect()
+    assert sorted(df["objective"].to_list()) == sorted(found.trials["value"].to_list())  # told from the rows
+    assert set(df["key"]) == set(jobs) and df["run.slurm_job_id"].is_not_null().all()
+    again = launch(path, tmp_path)  # a relaunch after the end submits nothing
+    assert again.returncode == 0 and manifest_jobs(tmp_path, "slurmsearch") == jobs, again.stdout + again.stderr
