@@ -92,6 +92,16 @@ def test_the_cli_starts_without_importing_torch(argv):
     assert proc.stderr.strip().endswith("NO-TORCH"), proc.stderr
 
 
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["kinds"]])
+def test_help_and_kinds_import_no_numerics(argv):
+    # numpy alone costs ~0.2 s; a sweep module drawing samples imported it at the CLI's start once
+    code = ("import sys, launch\ntry:\n    launch.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "print('HEAVY', sorted(m for m in ('numpy', 'polars', 'torch', 'optuna') if m in sys.modules), "
+            "file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.stderr.strip().endswith("HEAVY []"), proc.stderr
+
+
 def test_the_package_imports_from_a_script_outside_the_checkout(tmp_path):
     script = tmp_path / "elsewhere" / "analysis.py"
     script.parent.mkdir()

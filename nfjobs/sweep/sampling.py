@@ -11,7 +11,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
-import numpy as np
 
 from nfjobs import identity, typed
 
@@ -95,6 +94,8 @@ def _takes(tp: Any, value: Any) -> bool:
 
 def draw(dist: Distribution, n: int, sample_seed: int, group: str, key: str) -> list[Any]:
     """`n` values of `dist` from the stream of (`sample_seed`, `group`, dotted `key`): the same on every machine."""
+    import numpy as np  # only a sweep that draws pays for it: the CLI starts without numpy
+
     rng = np.random.default_rng(identity.stream_seed(sample_seed, group, key))
     if dist.kind == "choice":
         return [dist.values[i] for i in rng.integers(len(dist.values), size=n)]
