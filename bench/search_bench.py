@@ -16,31 +16,18 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SWEEP = """kind = "toy"
-x = {{ uniform = [-2.0, 2.0] }}
-optim.lr = {{ loguniform = [1e-6, 1.0] }}
-
-[sweep]
-name = "{name}"
-sample_seed = {seed}
-
-[search]
-metric = "objective"
-where = {{ split = "val" }}
-trials = {trials}
-per_round = {per_round}
-sampler = "{sampler}"
-"""
 
 
 def best_after(sampler: str, seed: int, trials: int, per_round: int, root: Path, checkpoints: list[int]) -> list[float]:
     """Run one search; the best objective after each number of trials in `checkpoints`."""
     from nfjobs import results
     from nfjobs.commands import main
+    from tests.kinds.toy import SEARCH
 
     name = f"{sampler}-{seed}"
     path = root / f"{name}.toml"
-    path.write_text(SWEEP.format(name=name, seed=seed, trials=trials, per_round=per_round, sampler=sampler))
+    path.write_text(SEARCH.format(name=name, seed=seed, trials=trials, per_round=per_round, sampler=sampler,
+                                  pruner="none", extra=""))
     runs = root / "runs"
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         rc = main(["--sweep", str(path), "--debug", "--runs-root", str(runs), "--log-root", str(root / "logs")])

@@ -14,6 +14,7 @@ import pytest
 
 from nfjobs import results
 from nfjobs.sweep import SweepError, expand, sampling
+from tests.kinds.toy import SEARCH
 from waiting import wait_for
 
 FIXTURES = Path(__file__).parent / "sweeps"
@@ -129,22 +130,6 @@ def test_other_distribution_mistakes_are_named(sweep_file):  # in-process only: 
 
 
 # ------------------------------------------------------------------------------------------ Optuna searches
-SEARCH = """kind = "toy"
-x = {{ uniform = [-2.0, 2.0] }}
-optim.lr = {{ loguniform = [1e-6, 1.0] }}
-{extra}
-[sweep]
-name = "{name}"
-sample_seed = {seed}
-
-[search]
-metric = "objective"
-where = {{ split = "val" }}
-trials = {trials}
-per_round = {per_round}
-sampler = "{sampler}"
-pruner = "{pruner}"
-"""
 
 
 def search_file(sweep_file, name: str, *, seed: int = 0, trials: int = 30, per_round: int = 5, sampler: str = "tpe",

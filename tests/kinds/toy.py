@@ -11,6 +11,26 @@ from nfjobs.config import DataConfig, OptimConfig, runtime_field
 from nfjobs.context import Pruned
 
 
+SEARCH = """kind = "toy"
+x = {{ uniform = [-2.0, 2.0] }}
+optim.lr = {{ loguniform = [1e-6, 1.0] }}
+{extra}
+[sweep]
+name = "{name}"
+sample_seed = {seed}
+
+[search]
+metric = "objective"
+where = {{ split = "val" }}
+trials = {trials}
+per_round = {per_round}
+sampler = "{sampler}"
+pruner = "{pruner}"
+"""
+"""A `[search]` sweep over the toy objective (format it: name, seed, trials, per_round, sampler, pruner, extra);
+tests/test_search.py and bench/search_bench.py run it."""
+
+
 @dataclass(frozen=True)
 class Head:
     width: int = 8
