@@ -240,6 +240,10 @@ def test_key_ignores_runtime_fields_and_depends_on_everything_else(sweep_file):
     ("invalid_value.toml", "optim.lr", "lr must be > 0"),
     ("bad_reference.toml", "upstream", "references @a: it is defined later"),
     ("no_kind.toml", "kind", "missing"),
+    ("search_metric_newline.toml", "search.metric", "got 'obj\\nective'"),
+    ("search_where_control.toml", "search.where", "without control characters"),
+    ("dist_nan_bound.toml", "x", "two finite numbers, got [nan, 1.0]"),
+    ("slurm_nodes_negative.toml", "slurm.nodes", "must be >= 1"),
 ])
 def test_each_bad_input_fixture_names_file_key_and_expectation(fixture, key, expected):
     msg = problems_of(FIXTURES / fixture)

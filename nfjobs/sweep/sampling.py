@@ -13,6 +13,7 @@ from typing import Any, Callable, Literal
 
 
 from nfjobs import identity, typed
+from nfjobs.errors import one_line
 
 KINDS = ("uniform", "loguniform", "intuniform", "choice")
 """The distributions a field may take, in the order the docs list them."""
@@ -162,12 +163,20 @@ def parse_search(add: Callable[[str, str], None], table: Any) -> Search | None:
             if not ok:
                 add("search.where", f"expected a table of column = value, e.g. {{ split = \"val\" }}, got {value!r}")
                 continue
+            if any(not _printable(x) for item in value.items() for x in item):
+                add("search.where", "expected column names and values without control characters (a newline, "
+                                    f"a tab), got {one_line(repr(value))}")
+                continue
             values[key] = dict(value)
             continue
         try:
             values[key] = typed.coerce(value, SEARCH_TYPES[key])
         except typed.TypeMismatch as err:
             add(f"search.{key}", f"expected {err.expected}, got {value!r}")
+    for key in ("metric", "intermediate"):
+        if isinstance(values.get(key), str) and not _printable(values[key]):
+            add(f"search.{key}", f"expected a result column's name, without control characters, got "
+                                 f"{one_line(repr(values.pop(key)))}")
     if "metric" not in table:
         add("search.metric", "missing: name the result column to optimise, e.g. metric = \"psnr\"")
     for key in ("trials", "per_round"):
@@ -177,3 +186,7 @@ def parse_search(add: Callable[[str, str], None], table: Any) -> Search | None:
     if len(values) < len(table) or "metric" not in values:
         return None
     return Search(**values)
+
+
+def _printable(value: Any) -> bool:
+    return not isinstance(value, str) or one_line(value) == value
