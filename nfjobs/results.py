@@ -158,8 +158,7 @@ def search_trials(target: str | Path, runs_root: str | Path = "runs") -> SearchT
     name = sweep_name(target)
     if not RunsRoot(runs_root).study(name).exists():
         return None
-    optuna = study.optuna()
-    found = optuna.load_study(study_name=name, storage=study.storage(runs_root, name))
+    found = study.open_study(runs_root, name)
     space = found.user_attrs.get("space", {})
     out = [{"trial": t.number, "round": t.user_attrs.get("round"), "state": t.state.name.lower(),
             "value": t.value, "key": t.user_attrs.get("key", ""), **{k: t.params.get(k) for k in space}}

@@ -260,3 +260,23 @@ def test_a_metric_no_row_has_stops_the_search_in_one_line_and_force_is_refused(s
     with pytest.raises(SystemExit):
         run_launch("--sweep", path, "--debug", "--force")
     assert "--force: a search keeps its trials in " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("junk", ['{not json', '{"op_code": 99, "worker_id": "x"}', '\x00\x01'])
+def test_a_damaged_study_journal_is_one_line_naming_the_file_and_nothing_runs(junk, sweep_file, run_launch, tmp_path,
+                                                                              capsys):
+    runs = tmp_path / "runs"
+    path = search_file(sweep_file, "damaged", trials=2, per_round=2, sampler="random")
+    assert run_launch("--sweep", path, "--debug") == 0
+    journal = runs / "_searches" / "damaged.journal"
+    with journal.open("a") as f:
+        f.write(junk + "\n")
+    log = runs / "toy_runs.log"
+    before = log.read_text() if log.exists() else ""
+    capsys.readouterr()
+    for argv in (["--sweep", path, "--debug"], ["status", "--sweep", path]):
+        with pytest.raises(SystemExit) as info:
+            run_launch(*argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert info.value.code == 2 and len(err) == 1 and err[0].startswith(f"error: {journal}: not a search journal")
+    assert (log.read_text() if log.exists() else "") == before  # no cell ran again

@@ -49,9 +49,8 @@ def open_study(search: Search, runs_root: Path) -> Any:
     optuna = study.optuna()
     sampler = (optuna.samplers.TPESampler(seed=search.seed) if search.sampler == "tpe"
                else optuna.samplers.RandomSampler(seed=search.seed))
-    found = optuna.create_study(study_name=search.sweep, storage=study.storage(runs_root, search.sweep),
-                                direction=search.direction, sampler=sampler, pruner=study.pruner(search.pruner),
-                                load_if_exists=True)
+    found = study.open_study(runs_root, search.sweep, create=dict(direction=search.direction, sampler=sampler,
+                                                                  pruner=study.pruner(search.pruner)))
     found.set_user_attr("metric", search.metric)  # what `status` and `report` show beside the trials
     found.set_user_attr("space", {k: d.kind for k, d in search.space.items()})
     return found

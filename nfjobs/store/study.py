@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from nfjobs.errors import UserError
+from nfjobs.errors import UserError, one_line
 from nfjobs.store.layout import RunsRoot
 
 INSTALL = "pip install 'nfjobs[search]' (or: uv sync --extra search)"
@@ -16,6 +16,10 @@ INSTALL = "pip install 'nfjobs[search]' (or: uv sync --extra search)"
 
 class SearchUnavailable(UserError):
     """A `[search]` table was given but Optuna is not installed."""
+
+
+class StudyUnreadable(UserError):
+    """A search's journal file in the runs root cannot be read back (damaged, or not Optuna's)."""
 
 
 def optuna() -> Any:
@@ -57,6 +61,21 @@ def storage(runs_root: Path | str, sweep: str) -> Any:
     return JournalStorage(JournalFileBackend(str(path), lock_obj=FlockLock(path.with_name(path.name + ".lock"))))
 
 
+def open_study(runs_root: Path | str, sweep: str, create: dict[str, Any] | None = None, **load: Any) -> Any:
+    """The sweep's study, loaded (`load`: load_study's other arguments), or, given `create` (create_study's other
+    arguments), created on first use. The journal is data of the runs root, read back (replayed) here: one that
+    cannot be read is StudyUnreadable, one line naming it."""
+    module = optuna()
+    try:
+        if create is None:
+            return module.load_study(study_name=sweep, storage=storage(runs_root, sweep), **load)
+        return module.create_study(study_name=sweep, storage=storage(runs_root, sweep), load_if_exists=True, **create)
+    except Exception as err:  # noqa: BLE001 - any way a damaged journal fails is the same problem for the user
+        raise StudyUnreadable(f"{RunsRoot(runs_root).study(sweep)}: not a search journal this launcher can read "
+                              f"({one_line(f'{type(err).__name__}: {err}')[:200]}); move it aside to start the "
+                              "search afresh (finished trial cells are kept and reused); nothing was submitted") from None
+
+
 def pruner(name: str) -> Any:
     """Optuna's pruner for a `[search] pruner` name."""
     pruners = optuna().pruners
@@ -84,10 +103,8 @@ def pruning_hook(ref: TrialRef) -> Callable[[int, dict[str, Any]], bool]:
         if ref.pruner == "none" or not isinstance(value, (int, float)) or not math.isfinite(value):
             return False
         if "trial" not in found:
-            module = optuna()
-            study = module.load_study(study_name=ref.sweep, storage=storage(ref.runs_root, ref.sweep),
-                                      pruner=pruner(ref.pruner))
-            found["trial"] = module.trial.Trial(study, ref.trial_id)
+            study = open_study(ref.runs_root, ref.sweep, pruner=pruner(ref.pruner))
+            found["trial"] = optuna().trial.Trial(study, ref.trial_id)
         trial = found["trial"]
         trial.report(float(value), step)
         return trial.should_prune()
